@@ -1,0 +1,1 @@
+//! MessagePack codec (placeholder; being written).

@@ -1,0 +1,497 @@
+//! Names and identities: [`TopicName`], [`Pattern`], [`EventId`], [`InstanceId`],
+//! and the metadata every event carries ([`Meta`]). Pure data, no I/O.
+//!
+//! ## Topic names
+//!
+//! A topic is `component:event_type`: two or more segments joined by `:`, each
+//! segment one or more of `a-z 0-9 _ -`, at most [`TopicName::MAX_LEN`] bytes in
+//! all. The rules are strict on purpose: a topic name becomes part of a Redis key
+//! (`tickbus:stream:{position:updated}`), so characters that mean something to
+//! Redis or to Redis Cluster (`{ } * ? [ ]`, spaces, NUL, upper case that would
+//! make two keys of one topic) are rejected when the name is created, and can
+//! never reach a key.
+//!
+//! ## Patterns
+//!
+//! A [`Pattern`] matches topic names segment by segment: `*` matches exactly one
+//! segment, `>` (last only) matches one or more remaining segments, anything else
+//! matches itself. `trading:>` matches `trading:cycle:start`; `*:updated` matches
+//! `position:updated`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// A validated topic name, `component:event_type`. Cheap to clone.
+///
+/// # Examples
+///
+/// ```
+/// use tickbus::TopicName;
+///
+/// let topic = TopicName::new("trading:cycle:start")?;
+/// assert_eq!(topic.as_str(), "trading:cycle:start");
+/// assert_eq!(topic.segments().count(), 3);
+///
+/// // A name that would be a malformed Redis key is refused, saying why.
+/// let err = TopicName::new("orders:{eu}").unwrap_err();
+/// assert!(err.to_string().contains("'{'"));
+/// # Ok::<(), tickbus::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicName(Arc<str>);
+
+impl TopicName {
+    /// The longest topic name accepted, in bytes.
+    pub const MAX_LEN: usize = 200;
+
+    /// Validates `name` and returns it as a topic name.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidTopic`] naming the rule that was broken: empty, longer
+    /// than [`TopicName::MAX_LEN`], fewer than two segments, an empty segment, or a
+    /// character outside `a-z 0-9 _ -` (upper case included).
+    pub fn new(name: &str) -> Result<Self> {
+        validate_name(name, Kind::Topic)?;
+        Ok(TopicName(Arc::from(name)))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The `:`-separated segments, in order.
+    pub fn segments(&self) -> std::str::Split<'_, char> {
+        self.0.split(':')
+    }
+}
+
+impl fmt::Display for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TopicName({:?})", &*self.0)
+    }
+}
+
+impl AsRef<str> for TopicName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<&str> for TopicName {
+    type Error = Error;
+    fn try_from(name: &str) -> Result<Self> {
+        TopicName::new(name)
+    }
+}
+
+/// A validated subscription pattern over topic names.
+///
+/// `*` matches exactly one segment; `>` matches one or more trailing segments and
+/// may appear only last. A pattern without wildcards matches exactly one topic.
+///
+/// # Examples
+///
+/// ```
+/// use tickbus::{Pattern, TopicName};
+///
+/// let all_trading = Pattern::new("trading:>")?;
+/// assert!(all_trading.matches(&TopicName::new("trading:cycle:start")?));
+/// assert!(!all_trading.matches(&TopicName::new("news:scrape:start")?));
+///
+/// let any_update = Pattern::new("*:updated")?;
+/// assert!(any_update.matches(&TopicName::new("position:updated")?));
+/// # Ok::<(), tickbus::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Pattern {
+    text: Arc<str>,
+}
+
+impl Pattern {
+    /// Validates `pattern`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidPattern`] naming the broken rule: the topic rules apply
+    /// to every literal segment, a segment is either a wildcard or a literal (never
+    /// `ab*`), and `>` may only be the last segment. A pattern may have a single
+    /// segment when that segment is `>` (everything).
+    pub fn new(pattern: &str) -> Result<Self> {
+        validate_name(pattern, Kind::Pattern)?;
+        Ok(Pattern { text: Arc::from(pattern) })
+    }
+
+    /// The pattern as text.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether `topic` matches this pattern.
+    pub fn matches(&self, topic: &TopicName) -> bool {
+        let mut topic_segments = topic.segments();
+        for pattern_segment in self.text.split(':') {
+            match pattern_segment {
+                ">" => return topic_segments.next().is_some(),
+                "*" => {
+                    if topic_segments.next().is_none() {
+                        return false;
+                    }
+                }
+                literal => {
+                    if topic_segments.next() != Some(literal) {
+                        return false;
+                    }
+                }
+            }
+        }
+        topic_segments.next().is_none()
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Debug for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pattern({:?})", &*self.text)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Topic,
+    Pattern,
+}
+
+/// Shows an untrusted name in an error message: escaped, and cut to a readable length.
+fn quoted(name: &str) -> String {
+    const SHOWN: usize = 64;
+    let mut shown: String = name.chars().take(SHOWN).collect::<String>().escape_debug().collect();
+    if name.chars().count() > SHOWN {
+        shown.push_str("...");
+    }
+    format!("\"{shown}\"")
+}
+
+fn validate_name(name: &str, kind: Kind) -> Result<()> {
+    let (error_kind, what) = match kind {
+        Kind::Topic => (ErrorKind::InvalidTopic, "topic"),
+        Kind::Pattern => (ErrorKind::InvalidPattern, "pattern"),
+    };
+    let fail = |rule: String| Err(Error::new(error_kind, format!("{what} {}: {rule}", quoted(name))));
+    if name.is_empty() {
+        return fail("must not be empty".into());
+    }
+    if name.len() > TopicName::MAX_LEN {
+        return fail(format!(
+            "is {} bytes long, the limit is {}",
+            name.len(),
+            TopicName::MAX_LEN
+        ));
+    }
+    let segment_count = name.split(':').count();
+    let is_everything = kind == Kind::Pattern && name == ">";
+    if segment_count < 2 && !is_everything {
+        return fail("must have at least two ':'-separated segments (component:event_type)".into());
+    }
+    for (index, segment) in name.split(':').enumerate() {
+        if segment.is_empty() {
+            return fail(format!("segment {} is empty", index + 1));
+        }
+        if kind == Kind::Pattern && (segment == "*" || segment == ">") {
+            if segment == ">" && index + 1 != segment_count {
+                return fail("'>' may only be the last segment".into());
+            }
+            continue;
+        }
+        if let Some(bad) = segment.chars().find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-')) {
+            let rule = if bad.is_ascii_uppercase() {
+                format!("{bad:?} is upper case; names are lowercase a-z, 0-9, '_' and '-'")
+            } else if kind == Kind::Pattern && (bad == '*' || bad == '>') {
+                format!("wildcard {bad:?} must be a whole segment")
+            } else {
+                format!("{bad:?} is not allowed; names are lowercase a-z, 0-9, '_' and '-' in ':'-separated segments")
+            };
+            return fail(rule);
+        }
+    }
+    Ok(())
+}
+
+/// The identity of one [`Bus`](crate::Bus) value: a random UUID unless one is set
+/// on the builder (backtests fix it to make event ids reproducible).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceId(Uuid);
+
+impl InstanceId {
+    /// A new random instance id (UUIDv4).
+    pub fn random() -> Self {
+        InstanceId(Uuid::new_v4())
+    }
+
+    /// An instance id from a given UUID.
+    pub const fn from_uuid(uuid: Uuid) -> Self {
+        InstanceId(uuid)
+    }
+
+    /// The UUID.
+    pub const fn as_uuid(&self) -> &Uuid {
+        &self.0
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InstanceId({})", self.0)
+    }
+}
+
+/// The id of one event: a UUIDv7, time-ordered to the millisecond, unique across
+/// instances.
+///
+/// tickbus does not call `Uuid::now_v7()` per event (about 60 ns here, more than a
+/// whole publish). It derives the id from the event's timestamp, a 32-bit salt
+/// fixed per (instance, topic) and the topic's 42-bit sequence number:
+///
+/// ```text
+///  48 bits unix ms | ver 7 | 12 bits salt[31..20] | var 0b10 | 20 bits salt[19..0] | 42 bits seq
+/// ```
+///
+/// Two ids of one topic differ in their sequence; ids of different topics or
+/// instances differ in their salt (random-like, a collision needs the same
+/// millisecond and the same sequence as well). Within a topic, ids sort by time,
+/// then by sequence.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId(Uuid);
+
+impl EventId {
+    /// Derives the id of the event with topic sequence `seq`, published at `unix_ns`,
+    /// on a topic whose salt is `salt`.
+    pub(crate) fn derive(unix_ns: u64, salt: u32, seq: u64) -> Self {
+        const SEQ_BITS: u32 = 42;
+        let unix_ms = (unix_ns / 1_000_000) & ((1 << 48) - 1);
+        let salt_high = u64::from(salt >> 20); // 12 bits
+        let salt_low = u64::from(salt & 0xF_FFFF); // 20 bits
+        let high = (unix_ms << 16) | (0x7 << 12) | salt_high;
+        let low = (0b10 << 62) | (salt_low << SEQ_BITS) | (seq & ((1 << SEQ_BITS) - 1));
+        EventId(Uuid::from_u64_pair(high, low))
+    }
+
+    /// An event id from a given UUID (for example one read back from a stream).
+    pub const fn from_uuid(uuid: Uuid) -> Self {
+        EventId(uuid)
+    }
+
+    /// The UUID.
+    pub const fn as_uuid(&self) -> &Uuid {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EventId({})", self.0)
+    }
+}
+
+/// The salt of a topic's event ids: a mix of the instance id and the topic name, so
+/// that one instance's topics and different instances get different id spaces.
+pub(crate) fn topic_salt(instance: &InstanceId, topic: &TopicName) -> u32 {
+    // FNV-1a over the name, then splitmix64 with the instance: deterministic, so a
+    // backtest with a fixed instance id reproduces its ids.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in topic.as_str().bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let (a, b) = instance.0.as_u64_pair();
+    let mut z = hash ^ a ^ b.rotate_left(32);
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 32) as u32
+}
+
+/// Where an event came from: this instance, or another one through Redis (later).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Published on this bus: its id derives from the topic sequence.
+    Local,
+    /// Published by another instance; carries its own id and source.
+    #[allow(dead_code)] // Written by the Redis bridge (next issue).
+    Remote { id: EventId, source: InstanceId },
+}
+
+/// What every event carries besides its payload: id, topic sequence, source
+/// instance and publish time. `Copy`, about 48 bytes, computed without allocation.
+///
+/// # Examples
+///
+/// ```
+/// use tickbus::Bus;
+///
+/// let bus = Bus::builder().build()?;
+/// let prices = bus.topic::<f64>("price:tick")?;
+/// let mut sub = prices.subscribe();
+/// prices.publish(101.25)?;
+/// let event = sub.try_recv()?;
+/// assert_eq!(event.meta.seq(), 0);
+/// assert_eq!(event.meta.source(), bus.instance_id());
+/// assert!(event.meta.timestamp_ns() > 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub(crate) seq: u64,
+    pub(crate) timestamp_ns: u64,
+    pub(crate) salt: u32,
+    pub(crate) origin: Origin,
+    pub(crate) instance: InstanceId,
+}
+
+impl Meta {
+    /// The event's position in its topic on this bus, from 0, without gaps.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Publish time, nanoseconds since the Unix epoch (from the bus clock, which a
+    /// backtest can replace with a virtual one).
+    pub fn timestamp_ns(&self) -> u64 {
+        self.timestamp_ns
+    }
+
+    /// The event id (UUIDv7).
+    pub fn id(&self) -> EventId {
+        match self.origin {
+            Origin::Local => EventId::derive(self.timestamp_ns, self.salt, self.seq),
+            Origin::Remote { id, .. } => id,
+        }
+    }
+
+    /// The instance that published the event.
+    pub fn source(&self) -> InstanceId {
+        match self.origin {
+            Origin::Local => self.instance,
+            Origin::Remote { source, .. } => source,
+        }
+    }
+}
+
+impl fmt::Debug for Meta {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Meta")
+            .field("id", &self.id())
+            .field("seq", &self.seq)
+            .field("timestamp_ns", &self.timestamp_ns)
+            .field("source", &self.source())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_rules_name_the_rule_broken() {
+        let cases: &[(&str, &str)] = &[
+            ("", "empty"),
+            ("position", "two"),
+            ("position:", "segment 2 is empty"),
+            (":updated", "segment 1 is empty"),
+            ("Position:updated", "upper case"),
+            ("orders:{eu}", "'{'"),
+            ("orders:e*", "'*'"),
+            ("orders:a?", "'?'"),
+            ("orders:[a]", "'['"),
+            ("orders:a b", "' '"),
+            ("orders:a\0b", "'\\0'"),
+            ("orders:caf\u{e9}", "'\u{e9}'"),
+        ];
+        for (name, expected) in cases {
+            let err = TopicName::new(name).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidTopic, "{name:?}");
+            assert!(err.to_string().contains(expected), "{name:?}: {err}");
+        }
+        let long = format!("a:{}", "b".repeat(10 * 1024));
+        let err = TopicName::new(&long).unwrap_err();
+        assert!(err.to_string().contains("limit is 200"), "{err}");
+        assert!(err.to_string().len() < 300, "message must not echo 10 KiB: {err}");
+    }
+
+    #[test]
+    fn valid_topics_are_accepted() {
+        for name in ["position:updated", "trading:cycle:start", "a:b", "md-feed:btc_usd:l2"] {
+            assert_eq!(TopicName::new(name).unwrap().as_str(), name);
+        }
+    }
+
+    #[test]
+    fn patterns_match_by_segment() {
+        let t = |s: &str| TopicName::new(s).unwrap();
+        let p = |s: &str| Pattern::new(s).unwrap();
+        assert!(p("trading:>").matches(&t("trading:cycle:start")));
+        assert!(p("trading:>").matches(&t("trading:cycle")));
+        assert!(!p("trading:>").matches(&t("news:cycle")));
+        assert!(p("*:updated").matches(&t("position:updated")));
+        assert!(!p("*:updated").matches(&t("position:updated:v2")));
+        assert!(p("trading:*:start").matches(&t("trading:cycle:start")));
+        assert!(!p("trading:*").matches(&t("trading:cycle:start")));
+        assert!(p(">").matches(&t("a:b")));
+        assert!(p("a:b").matches(&t("a:b")));
+        assert!(!p("a:b").matches(&t("a:b:c")));
+    }
+
+    #[test]
+    fn pattern_rules() {
+        for bad in ["trading:>:x", "trading:ab*", "*", "", "Trading:>"] {
+            let err = Pattern::new(bad).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidPattern, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn derived_ids_are_v7_unique_and_ordered() {
+        let instance = InstanceId::random();
+        let salt = topic_salt(&instance, &TopicName::new("a:b").unwrap());
+        let first = EventId::derive(1_700_000_000_123_456_789, salt, 7);
+        let second = EventId::derive(1_700_000_000_123_456_789, salt, 8);
+        let later = EventId::derive(1_700_000_000_124_000_000, salt, 9);
+        assert_eq!(first.as_uuid().get_version_num(), 7);
+        assert_eq!(first.as_uuid().get_variant(), uuid::Variant::RFC4122);
+        assert!(first < second && second < later);
+        let ms = first.as_uuid().get_timestamp().unwrap().to_unix();
+        assert_eq!((ms.0, ms.1 / 1_000_000), (1_700_000_000, 123));
+        let other = topic_salt(&instance, &TopicName::new("a:c").unwrap());
+        assert_ne!(salt, other);
+    }
+}
