@@ -1,0 +1,563 @@
+//! The lock-free broadcast ring: many publishers, many subscribers, one topic.
+//!
+//! This file and nothing else in tickbus holds `unsafe` code and raw atomics for the
+//! local bus. It imports nothing from tokio, fred, serde or tracing; waking parked
+//! or async subscribers is the job of the layer above (`topic.rs`).
+//!
+//! # The algorithm
+//!
+//! A power-of-two array of slots, a shared `tail` (the next sequence to claim), and a
+//! private cursor per subscriber, as in the LMAX Disruptor. What differs is how
+//! overwriting is made safe for non-`Copy` values:
+//!
+//! * Each slot has one `state` word holding a **stamp** (which lap of the ring the
+//!   slot's value belongs to), a **writing** flag and a **reader count**.
+//! * A publisher claims a sequence `seq` by a CAS on `tail`, then takes the slot by
+//!   one CAS on its state: from "previous lap, published, no readers" to "this lap,
+//!   writing". It drops the old value, writes the new one and releases the slot with
+//!   a store of "this lap, published, no readers".
+//! * A subscriber in **lag** mode (it may be overwritten) pins the slot by a CAS that
+//!   increments the reader count, but only from "the lap I expect, published". It
+//!   clones (or lends) the value and unpins with a `fetch_sub`. A publisher can only
+//!   take a slot whose reader count is zero, and a subscriber can only pin a slot
+//!   that is not being written: both go through CAS on the same word, so one total
+//!   order on that word decides every race. A reader therefore never sees a value
+//!   that is being rewritten; a writer never frees a value being cloned.
+//! * A subscriber in **backpressure** mode owns a *gate*: an atomic holding the
+//!   next sequence it will read. Publishers never claim `seq` unless
+//!   `seq < min(gates) + capacity`, so such a slot cannot be overwritten until the
+//!   subscriber has moved past it, and the subscriber reads it without pinning.
+//!   Gates are published in batches (every [`Cursor::flush_every`] reads, and
+//!   whenever the subscriber runs dry), so the hot path is a plain load.
+//! * The minimum over gates is cached (`gate_cache`, a lower bound that only
+//!   grows); publishers rescan the gates only when the cached bound blocks them.
+//!
+//! # Encodings
+//!
+//! `tail` (`u64`): bit 63 is `CLOSED`; bits 0..63 are the next sequence to claim.
+//! Sequences are 63-bit: at 10⁹ events a second they last 292 years.
+//!
+//! `Slot::state` (`u64`):
+//! ```text
+//!  63                       17   16      15            0
+//! +---------------------------+-------+----------------+
+//! | stamp (47 bits)           |WRITING| readers (16)   |
+//! +---------------------------+-------+----------------+
+//! ```
+//! `stamp(seq) = (seq / capacity + 1) mod 2^47`; `0` marks a slot never written (it
+//! reads as "the lap before lap 0"). Stamps are compared by wrapping difference:
+//! `0` is the expected lap, `-1` the previous one (not published yet), anything
+//! else a later lap (the subscriber was overrun).
+//!
+//! Gates (`u64`): the next sequence the subscriber will read, or `GATE_FREE`.
+//!
+//! # Memory ordering
+//!
+//! * Value hand-over, writer → reader: the writer's `Release` store of the published
+//!   state; the reader's `Acquire` load (and, in lag mode, its `Acquire` CAS).
+//! * Value hand-back, reader → next writer of the slot: the reader's `Release`
+//!   `fetch_sub` (lag mode) or `Release` gate store (backpressure); the writer's
+//!   `Acquire` CAS on the state (the `fetch_sub`s are RMWs, so they head release
+//!   sequences the CAS reads from) or `Acquire` gate load.
+//! * Gate registration versus claims is a store-then-load handshake on two
+//!   locations (the gate, then `tail`; a claim on `tail`, then the gates), so those
+//!   operations are `SeqCst`.
+
+use std::mem::MaybeUninit;
+
+use crossbeam_utils::CachePadded;
+
+use crate::sync::{backoff, AtomicU64, ConstPtr, Ordering, UnsafeCell};
+
+const READER_BITS: u32 = 16;
+const READER_MASK: u64 = (1 << READER_BITS) - 1;
+const WRITING: u64 = 1 << READER_BITS;
+const STAMP_SHIFT: u32 = READER_BITS + 1;
+const STAMP_MASK: u64 = (1 << (64 - STAMP_SHIFT)) - 1;
+
+const CLOSED: u64 = 1 << 63;
+const SEQ_MASK: u64 = CLOSED - 1;
+const GATE_FREE: u64 = u64::MAX;
+
+/// Why a read found no event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Miss {
+    /// Nothing new yet.
+    Empty,
+    /// The subscriber was overrun; this many events were skipped and the cursor now
+    /// points at the oldest event still in the ring.
+    Lagged(u64),
+    /// The ring is closed and everything published has been read.
+    Closed,
+}
+
+/// Why a claim failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ClaimError {
+    /// A backpressure subscriber has not yet read the event this claim would overwrite.
+    Full,
+    /// The ring is closed.
+    Closed,
+}
+
+/// All gates are taken: the topic already has its maximum of backpressure subscribers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct NoFreeGate;
+
+struct Slot<V> {
+    state: AtomicU64,
+    value: UnsafeCell<MaybeUninit<V>>,
+}
+
+/// A bounded broadcast ring of `V`.
+pub(crate) struct Ring<V> {
+    tail: CachePadded<AtomicU64>,
+    gate_cache: CachePadded<AtomicU64>,
+    gates: Box<[CachePadded<AtomicU64>]>,
+    slots: Box<[Slot<V>]>,
+    lap_shift: u32,
+    mask: u64,
+}
+
+// SAFETY: values move into the ring from publishing threads (`V: Send`) and are read
+// through shared references or cloned by subscribing threads on other threads
+// (`V: Sync`). All other state is atomics.
+unsafe impl<V: Send + Sync> Send for Ring<V> {}
+// SAFETY: as above; every access to a slot's value is ordered by its state word.
+unsafe impl<V: Send + Sync> Sync for Ring<V> {}
+
+impl<V> std::fmt::Debug for Ring<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tail = self.tail.load(Ordering::Relaxed);
+        f.debug_struct("Ring")
+            .field("capacity", &self.slots.len())
+            .field("tail", &(tail & SEQ_MASK))
+            .field("closed", &(tail & CLOSED != 0))
+            .finish()
+    }
+}
+
+#[inline]
+fn stamp_of(state: u64) -> u64 {
+    state >> STAMP_SHIFT
+}
+
+/// Whether `actual` is the lap `expected`, the lap before it, or a later one.
+#[derive(PartialEq, Eq)]
+enum Lap {
+    Expected,
+    Previous,
+    Later,
+}
+
+#[inline]
+fn compare_lap(actual: u64, expected: u64) -> Lap {
+    match actual.wrapping_sub(expected) & STAMP_MASK {
+        0 => Lap::Expected,
+        STAMP_MASK => Lap::Previous,
+        _ => Lap::Later,
+    }
+}
+
+impl<V> Ring<V> {
+    /// A ring of `capacity` slots (a power of two, at least 1) with room for
+    /// `max_gates` backpressure subscribers.
+    pub(crate) fn new(capacity: usize, max_gates: usize) -> Self {
+        assert!(capacity.is_power_of_two(), "ring capacity must be a power of two");
+        let slots = (0..capacity)
+            .map(|_| Slot {
+                state: AtomicU64::new(0),
+                value: UnsafeCell::new(MaybeUninit::uninit()),
+            })
+            .collect();
+        let gates = (0..max_gates).map(|_| CachePadded::new(AtomicU64::new(GATE_FREE))).collect();
+        Ring {
+            tail: CachePadded::new(AtomicU64::new(0)),
+            gate_cache: CachePadded::new(AtomicU64::new(0)),
+            gates,
+            slots,
+            lap_shift: capacity.trailing_zeros(),
+            mask: capacity as u64 - 1,
+        }
+    }
+
+    /// Number of slots.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.mask + 1
+    }
+
+    #[inline]
+    fn stamp(&self, seq: u64) -> u64 {
+        ((seq >> self.lap_shift) + 1) & STAMP_MASK
+    }
+
+    #[inline]
+    fn slot(&self, seq: u64) -> &Slot<V> {
+        // The index is masked, so it is always in bounds; `get_unchecked` would save
+        // one compare, not worth an `unsafe`.
+        &self.slots[(seq & self.mask) as usize]
+    }
+
+    /// The next sequence to be claimed, and whether the ring is closed.
+    pub(crate) fn tail(&self) -> (u64, bool) {
+        let tail = self.tail.load(Ordering::SeqCst);
+        (tail & SEQ_MASK, tail & CLOSED != 0)
+    }
+
+    /// Closes the ring: no claim succeeds afterwards; what was claimed is still
+    /// written and can be read. Returns `false` if it was already closed.
+    pub(crate) fn close(&self) -> bool {
+        self.tail.fetch_or(CLOSED, Ordering::SeqCst) & CLOSED == 0
+    }
+
+    /// Whether a publisher may claim `seq` without overwriting an event that a
+    /// backpressure subscriber has not read.
+    #[inline]
+    fn gates_allow(&self, seq: u64) -> bool {
+        let capacity = self.capacity();
+        if seq < self.gate_cache.load(Ordering::Acquire).saturating_add(capacity) {
+            return true;
+        }
+        self.rescan_gates().saturating_add(capacity) > seq
+    }
+
+    /// Recomputes the lower bound of all gates (the tail when there are none).
+    ///
+    /// A gate registered after the tail load below starts at a sequence at least as
+    /// large as that tail (see [`Ring::subscribe`]), so the result stays a lower
+    /// bound of every gate, present and future.
+    #[cold]
+    fn rescan_gates(&self) -> u64 {
+        let mut bound = self.tail.load(Ordering::SeqCst) & SEQ_MASK;
+        for gate in self.gates.iter() {
+            let position = gate.load(Ordering::SeqCst);
+            if position != GATE_FREE {
+                bound = bound.min(position);
+            }
+        }
+        let previous = self.gate_cache.fetch_max(bound, Ordering::AcqRel);
+        previous.max(bound)
+    }
+
+    /// Claims the next sequence, unless the ring is closed or a backpressure
+    /// subscriber would be overrun.
+    ///
+    /// The caller must then [`write`](Ring::write) exactly once at the returned
+    /// sequence: readers wait for every claimed sequence.
+    #[inline]
+    pub(crate) fn try_claim(&self) -> Result<u64, ClaimError> {
+        let mut tail = self.tail.load(Ordering::Relaxed);
+        loop {
+            if tail & CLOSED != 0 {
+                return Err(ClaimError::Closed);
+            }
+            if !self.gates_allow(tail) {
+                return Err(ClaimError::Full);
+            }
+            // The claim is `SeqCst` for the handshake with gate registration.
+            match self.tail.compare_exchange_weak(
+                tail,
+                tail + 1,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(tail),
+                Err(actual) => tail = actual,
+            }
+        }
+    }
+
+    /// Writes `value` at the claimed sequence `seq` and publishes it.
+    ///
+    /// Waits (briefly, spinning) while the slot still belongs to the previous lap's
+    /// publisher or while lag-mode subscribers are cloning the previous value.
+    #[inline]
+    pub(crate) fn write(&self, seq: u64, value: V) {
+        let slot = self.slot(seq);
+        let stamp = self.stamp(seq);
+        let previous = stamp.wrapping_sub(1) & STAMP_MASK;
+        let mut attempt = 0;
+        loop {
+            let state = slot.state.load(Ordering::Relaxed);
+            let ready = stamp_of(state) == previous && state & (WRITING | READER_MASK) == 0;
+            if ready {
+                // Take the slot: "previous lap, published, no readers" -> "writing".
+                // Acquire: the readers' `Release` unpins and the previous writer's
+                // `Release` publish happen before we touch the value.
+                match slot.state.compare_exchange_weak(
+                    state,
+                    (stamp << STAMP_SHIFT) | WRITING,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break,
+                    Err(_) => continue,
+                }
+            }
+            backoff(&mut attempt);
+        }
+        slot.value.get_mut().with(|cell| {
+            // SAFETY: the WRITING flag we set by CAS excludes every other access: readers
+            // only pin from a published state with our stamp (not yet stored), the next
+            // lap's writer waits for our published state, and backpressure readers are
+            // excluded by the gates (`try_claim`). Past the first lap, the previous lap
+            // left an initialised value, which we drop exactly once before overwriting.
+            unsafe {
+                if seq > self.mask {
+                    (*cell).assume_init_drop();
+                }
+                (*cell).write(value);
+            }
+        });
+        // Publish: "this lap, published, no readers". Release: the value write above
+        // happens before any reader's Acquire of this state.
+        slot.state.store(stamp << STAMP_SHIFT, Ordering::Release);
+    }
+
+    /// Registers a subscriber that starts at the next event to be published. A
+    /// `gated` subscriber takes a gate and applies backpressure to publishers.
+    pub(crate) fn subscribe(&self, gated: bool) -> Result<Cursor, NoFreeGate> {
+        if !gated {
+            let (next, _) = self.tail();
+            return Ok(Cursor::new(next, None, self.capacity()));
+        }
+        let first = self.tail.load(Ordering::SeqCst) & SEQ_MASK;
+        let index = self
+            .gates
+            .iter()
+            .position(|gate| {
+                gate.compare_exchange(GATE_FREE, first, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
+            })
+            .ok_or(NoFreeGate)?;
+        // Handshake with claims: the gate is stored (SeqCst) before this tail load, so a
+        // claim of any sequence >= `next` comes after it in the SeqCst order and its
+        // gate check sees our gate. Claims before `next` cannot overwrite anything we
+        // will read.
+        let next = self.tail.load(Ordering::SeqCst) & SEQ_MASK;
+        self.gates[index].store(next, Ordering::SeqCst);
+        Ok(Cursor::new(next, Some(index), self.capacity()))
+    }
+
+    /// Releases the cursor's gate, if it has one (dropping a subscriber).
+    pub(crate) fn unsubscribe(&self, cursor: &mut Cursor) {
+        if let Some(index) = cursor.gate.take() {
+            self.gates[index].store(GATE_FREE, Ordering::Release);
+        }
+    }
+
+    /// Publishes the cursor's gate position (so blocked publishers can go on).
+    /// Returns `true` if the gate moved.
+    pub(crate) fn flush_gate(&self, cursor: &mut Cursor) -> bool {
+        match cursor.gate {
+            Some(index) if cursor.unflushed > 0 => {
+                cursor.unflushed = 0;
+                cursor.gate_moved = true;
+                // Release: our reads of every sequence below `next` happen before a
+                // publisher's Acquire of this gate lets it overwrite them.
+                self.gates[index].store(cursor.next, Ordering::Release);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Classifies a miss at the cursor: empty, closed, or overrun (then moves the
+    /// cursor to the oldest retained event).
+    #[cold]
+    fn miss(&self, cursor: &mut Cursor, lap: Lap) -> Miss {
+        if lap == Lap::Later {
+            let (tail, _) = self.tail();
+            let oldest = tail.saturating_sub(self.capacity()).max(cursor.next + 1);
+            let missed = oldest - cursor.next;
+            cursor.next = oldest;
+            return Miss::Lagged(missed);
+        }
+        let (tail, closed) = self.tail();
+        if closed && cursor.next >= tail {
+            Miss::Closed
+        } else {
+            Miss::Empty
+        }
+    }
+
+    /// Reads the next event at the cursor through `read`, without copying it out of
+    /// the ring, and advances the cursor.
+    ///
+    /// `read` runs while the slot is pinned (lag mode) or gated (backpressure mode):
+    /// publishers that come round to this slot wait for it, so keep it short.
+    #[inline]
+    pub(crate) fn try_read<R>(&self, cursor: &mut Cursor, read: impl FnOnce(&V) -> R) -> Result<R, Miss> {
+        let pinned = self.try_pin(cursor)?;
+        Ok(read(pinned.get()))
+    }
+
+    /// Pins the next event at the cursor and advances the cursor. The event stays
+    /// valid, and its slot unwritable, until the returned [`Pinned`] is dropped.
+    #[inline]
+    pub(crate) fn try_pin<'a>(&'a self, cursor: &'a mut Cursor) -> Result<Pinned<'a, V>, Miss> {
+        let seq = cursor.next;
+        let slot = self.slot(seq);
+        let stamp = self.stamp(seq);
+        if cursor.gate.is_some() {
+            let state = slot.state.load(Ordering::Acquire);
+            let lap = compare_lap(stamp_of(state), stamp);
+            if lap != Lap::Expected || state & WRITING != 0 {
+                self.flush_gate(cursor);
+                return Err(self.miss(cursor, lap));
+            }
+            cursor.next = seq + 1;
+            cursor.unflushed += 1;
+            if cursor.unflushed >= cursor.flush_every {
+                // Flushed after the read (in `Pinned::drop`), not now: the gate must
+                // not pass `seq` while the value is lent out.
+                cursor.flush_pending = true;
+            }
+            return Ok(Pinned { ring: self, slot, value: slot.value.get(), unpin: Unpin::Gate(cursor) });
+        }
+        let mut attempt = 0;
+        loop {
+            let state = slot.state.load(Ordering::Acquire);
+            let lap = compare_lap(stamp_of(state), stamp);
+            if lap != Lap::Expected || state & WRITING != 0 {
+                return Err(self.miss(cursor, lap));
+            }
+            if state & READER_MASK == READER_MASK {
+                // 65 535 readers inside this very slot: wait for one to leave.
+                backoff(&mut attempt);
+                continue;
+            }
+            // Pin: only from "this lap, published"; a writer cannot take the slot
+            // while the count is non-zero.
+            if slot
+                .state
+                .compare_exchange_weak(state, state + 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                cursor.next = seq + 1;
+                return Ok(Pinned { ring: self, slot, value: slot.value.get(), unpin: Unpin::Reader });
+            }
+        }
+    }
+}
+
+impl<V> Drop for Ring<V> {
+    fn drop(&mut self) {
+        let written = (self.tail.load(Ordering::Relaxed) & SEQ_MASK).min(self.capacity());
+        for slot in self.slots.iter().take(written as usize) {
+            slot.value.get_mut().with(|cell| {
+                // SAFETY: `&mut self`: no publisher or subscriber remains, and every
+                // claimed sequence was written (a claim is always followed by its write
+                // in the same call). Slots below min(tail, capacity) have been written at
+                // least once, and `write` drops an old value before writing a new one,
+                // so each holds exactly one live value.
+                unsafe { (*cell).assume_init_drop() }
+            });
+        }
+    }
+}
+
+/// A subscriber's private position in a ring.
+#[derive(Debug)]
+pub(crate) struct Cursor {
+    /// The next sequence to read.
+    next: u64,
+    /// Index of this subscriber's gate (backpressure mode).
+    gate: Option<usize>,
+    /// Reads since the gate was last published.
+    unflushed: u32,
+    /// Publish the gate every this many reads.
+    flush_every: u32,
+    /// A read reached `flush_every`; publish the gate once the value is released.
+    flush_pending: bool,
+    /// The gate was published since the last `take_gate_moved`.
+    gate_moved: bool,
+}
+
+impl Cursor {
+    fn new(next: u64, gate: Option<usize>, capacity: u64) -> Self {
+        // A quarter of the ring, at most 32: publishers see progress often enough to
+        // keep the ring from looking full, and the gate store stays off the hot path.
+        let flush_every = (capacity / 4).clamp(1, 32) as u32;
+        Cursor { next, gate, unflushed: 0, flush_every, flush_pending: false, gate_moved: false }
+    }
+
+    /// The next sequence this cursor will read.
+    pub(crate) fn next(&self) -> u64 {
+        self.next
+    }
+
+    /// Whether the gate moved since the last call: blocked publishers should be woken.
+    pub(crate) fn take_gate_moved(&mut self) -> bool {
+        std::mem::take(&mut self.gate_moved)
+    }
+
+    /// Whether this cursor holds a gate (backpressure mode).
+    pub(crate) fn is_gated(&self) -> bool {
+        self.gate.is_some()
+    }
+}
+
+enum Unpin<'a> {
+    /// Lag mode: decrement the slot's reader count.
+    Reader,
+    /// Backpressure mode: maybe publish the gate.
+    Gate(&'a mut Cursor),
+}
+
+/// A pinned event in the ring, lent out without copying.
+pub(crate) struct Pinned<'a, V> {
+    ring: &'a Ring<V>,
+    slot: &'a Slot<V>,
+    value: ConstPtr<MaybeUninit<V>>,
+    unpin: Unpin<'a>,
+}
+
+impl<V> Pinned<'_, V> {
+    /// The event.
+    #[inline]
+    pub(crate) fn get(&self) -> &V {
+        // SAFETY: the slot is published for the lap we expect (checked in `try_pin`),
+        // so its value is initialised; and it cannot be written until this `Pinned`
+        // is dropped: in lag mode our reader count blocks the writer's CAS, in
+        // backpressure mode our gate (not yet past this sequence) blocks the claim.
+        unsafe { self.value.deref().assume_init_ref() }
+    }
+
+}
+
+impl<V> Pinned<'_, V> {
+    /// Unpins now and says whether a backpressure gate moved (publishers to wake).
+    #[inline]
+    pub(crate) fn release(mut self) -> bool {
+        let moved = self.unpin();
+        std::mem::forget(self); // Holds only references: nothing else to drop.
+        moved
+    }
+
+    #[inline]
+    fn unpin(&mut self) -> bool {
+        match &mut self.unpin {
+            Unpin::Reader => {
+                // Release: our reads of the value happen before the writer's Acquire CAS.
+                self.slot.state.fetch_sub(1, Ordering::Release);
+                false
+            }
+            Unpin::Gate(cursor) => {
+                if cursor.flush_pending {
+                    cursor.flush_pending = false;
+                    self.ring.flush_gate(cursor)
+                } else {
+                    false
+                }
+            }
+        }
+    }
+}
+
+impl<V> Drop for Pinned<'_, V> {
+    #[inline]
+    fn drop(&mut self) {
+        self.unpin();
+    }
+}

@@ -1,0 +1,386 @@
+//! Typed subscriptions: synchronous, blocking and async receives over one topic.
+
+use std::fmt;
+use std::future::Future;
+use std::ops::Deref;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use event_listener::{EventListener, Listener as _};
+use futures_core::Stream;
+
+use super::error::{RecvError, TryRecvError};
+use super::ring::{Cursor, Miss, Pinned};
+use super::topic::{Stored, TopicShared};
+use super::wait::{SpinYieldPark, WaitStep, WaitStrategy};
+use crate::event::{Meta, TopicName};
+
+/// An event received by value: the payload and its metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event<T> {
+    /// The payload, cloned out of the ring.
+    pub value: T,
+    /// Id, sequence, source and timestamp.
+    pub meta: Meta,
+}
+
+impl<T> Event<T> {
+    /// The payload, without the metadata.
+    pub fn into_value(self) -> T {
+        self.value
+    }
+}
+
+/// An event lent out of the ring without copying it (see
+/// [`Subscriber::try_recv_ref`]). Dereferences to the payload.
+///
+/// While it lives, the slot it points into cannot be overwritten: a publisher that
+/// comes round the ring to this slot waits for it. Drop it promptly.
+pub struct EventRef<'a, T> {
+    /// Always `Some` until dropped.
+    pinned: Option<Pinned<'a, Stored<T>>>,
+    meta: Meta,
+    space: &'a event_listener::Event,
+}
+
+impl<T> Drop for EventRef<'_, T> {
+    fn drop(&mut self) {
+        if let Some(pinned) = self.pinned.take() {
+            if pinned.release() {
+                // Our backpressure gate moved on: wake publishers waiting for room.
+                self.space.notify(usize::MAX);
+            }
+        }
+    }
+}
+
+impl<T> EventRef<'_, T> {
+    /// Id, sequence, source and timestamp.
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+}
+
+impl<T> Deref for EventRef<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        match &self.pinned {
+            Some(pinned) => &pinned.get().value,
+            None => unreachable!("an EventRef is pinned until dropped"),
+        }
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for EventRef<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventRef").field("value", &**self).field("meta", &self.meta).finish()
+    }
+}
+
+/// A subscription to one topic, created by [`Topic::subscribe`](crate::Topic::subscribe).
+///
+/// It receives every event published to the topic after it was created, in the
+/// topic's order (the same order for every subscriber). Receive it from a pinned
+/// thread with [`try_recv`](Subscriber::try_recv) or
+/// [`recv_blocking_with`](Subscriber::recv_blocking_with), or from async code with
+/// [`recv`](Subscriber::recv) or as a [`Stream`].
+///
+/// Dropping it unsubscribes; in backpressure mode that releases any publisher it
+/// was holding back.
+pub struct Subscriber<T> {
+    shared: Arc<TopicShared<T>>,
+    cursor: Cursor,
+    /// The registered wake-up of a pending `poll_next`.
+    listener: Option<EventListener>,
+}
+
+impl<T> fmt::Debug for Subscriber<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("topic", &self.shared.name)
+            .field("next_seq", &self.cursor.next())
+            .field("backpressure", &self.cursor.is_gated())
+            .finish()
+    }
+}
+
+impl<T> Drop for Subscriber<T> {
+    fn drop(&mut self) {
+        if self.cursor.is_gated() {
+            self.shared.ring.unsubscribe(&mut self.cursor);
+            self.shared.space.notify(usize::MAX);
+        }
+    }
+}
+
+fn miss_to_try(miss: Miss) -> TryRecvError {
+    match miss {
+        Miss::Empty => TryRecvError::Empty,
+        Miss::Lagged(n) => TryRecvError::Lagged(n),
+        Miss::Closed => TryRecvError::Closed,
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
+    pub(crate) fn new(shared: Arc<TopicShared<T>>, cursor: Cursor) -> Self {
+        Subscriber { shared, cursor, listener: None }
+    }
+
+    /// The topic this subscription reads.
+    pub fn topic(&self) -> &TopicName {
+        &self.shared.name
+    }
+
+    pub(crate) fn data_ready(&self) -> &event_listener::Event {
+        &self.shared.data_ready
+    }
+
+    /// The sequence number of the next event this subscriber will receive.
+    pub fn next_seq(&self) -> u64 {
+        self.cursor.next()
+    }
+
+    /// Wakes publishers held back by this subscriber's gate, if it moved.
+    #[inline]
+    fn release_publishers(&mut self) {
+        if self.cursor.take_gate_moved() {
+            self.shared.space.notify(usize::MAX);
+        }
+    }
+
+    /// Lends the next event without copying it.
+    ///
+    /// # Errors
+    ///
+    /// [`TryRecvError::Empty`] when nothing new has been published,
+    /// [`TryRecvError::Lagged`] when events were overwritten before this subscriber
+    /// read them (it then continues from the oldest event held), and
+    /// [`TryRecvError::Closed`] once the bus is shut down and everything is read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let bus = tickbus::Bus::builder().build()?;
+    /// let book = bus.topic::<[f64; 8]>("orderbook:btc")?;
+    /// let mut sub = book.subscribe();
+    /// book.publish([1.0; 8])?;
+    /// let best_bid = sub.try_recv_ref()?[0]; // reads inside the ring
+    /// assert_eq!(best_bid, 1.0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[inline]
+    pub fn try_recv_ref(&mut self) -> Result<EventRef<'_, T>, TryRecvError> {
+        if self.cursor.take_gate_moved() {
+            self.shared.space.notify(usize::MAX);
+        }
+        let seq = self.cursor.next();
+        let gated = self.cursor.is_gated();
+        let shared = &*self.shared;
+        match shared.ring.try_pin(&mut self.cursor) {
+            Ok(pinned) => {
+                let meta = shared.meta(seq, pinned.get());
+                Ok(EventRef { pinned: Some(pinned), meta, space: &shared.space })
+            }
+            Err(miss) => {
+                // A miss publishes a backpressure gate (the subscriber ran dry): wake
+                // publishers. (The cursor is still borrowed here, so we cannot ask it
+                // whether the gate moved.)
+                if gated {
+                    shared.space.notify(usize::MAX);
+                }
+                Err(miss_to_try(miss))
+            }
+        }
+    }
+
+    /// Receives the next event, cloned out of the ring, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_recv_ref`](Subscriber::try_recv_ref).
+    #[inline]
+    pub fn try_recv(&mut self) -> Result<Event<T>, TryRecvError> {
+        let seq = self.cursor.next();
+        let shared = &self.shared;
+        let result = shared.ring.try_read(&mut self.cursor, |stored| Event {
+            value: stored.value.clone(),
+            meta: shared.meta(seq, stored),
+        });
+        self.release_publishers();
+        result.map_err(miss_to_try)
+    }
+
+    /// Receives the next event, waiting with the default [`SpinYieldPark`] strategy.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError::Lagged`] and [`RecvError::Closed`], as for
+    /// [`try_recv`](Subscriber::try_recv).
+    pub fn recv_blocking(&mut self) -> Result<Event<T>, RecvError> {
+        self.recv_blocking_with(&mut SpinYieldPark::default())
+    }
+
+    /// Receives the next event, waiting with the given strategy. For threads that
+    /// must not touch an async runtime.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv_blocking`](Subscriber::recv_blocking).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tickbus::{Bus, BusySpin};
+    ///
+    /// let bus = Bus::builder().build()?;
+    /// let ticks = bus.topic::<u64>("md:tick")?;
+    /// let mut sub = ticks.subscribe();
+    /// let publisher = std::thread::spawn({
+    ///     let ticks = ticks.clone();
+    ///     move || ticks.publish(42)
+    /// });
+    /// assert_eq!(sub.recv_blocking_with(&mut BusySpin)?.value, 42);
+    /// publisher.join().unwrap()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn recv_blocking_with<W: WaitStrategy + ?Sized>(
+        &mut self,
+        wait: &mut W,
+    ) -> Result<Event<T>, RecvError> {
+        wait.reset();
+        loop {
+            match self.try_recv() {
+                Ok(event) => return Ok(event),
+                Err(TryRecvError::Lagged(n)) => return Err(RecvError::Lagged(n)),
+                Err(TryRecvError::Closed) => return Err(RecvError::Closed),
+                Err(TryRecvError::Empty) => {}
+            }
+            match wait.next_step() {
+                WaitStep::Spin => std::hint::spin_loop(),
+                WaitStep::Yield => std::thread::yield_now(),
+                WaitStep::Park => {
+                    // Register first, then look again: a publish between the two is
+                    // either seen by the look or wakes the listener.
+                    let listener = self.shared.data_ready.listen();
+                    match self.try_recv() {
+                        Ok(event) => return Ok(event),
+                        Err(TryRecvError::Lagged(n)) => return Err(RecvError::Lagged(n)),
+                        Err(TryRecvError::Closed) => return Err(RecvError::Closed),
+                        Err(TryRecvError::Empty) => listener.wait(),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Receives the next event, waiting asynchronously. Runtime-agnostic: it needs
+    /// no tokio, only a waker.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if the future is dropped before it completes, no event was
+    /// taken, and the next receive returns it.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError::Lagged`] and [`RecvError::Closed`], as for
+    /// [`try_recv`](Subscriber::try_recv).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tickbus::{Bus, RecvError};
+    ///
+    /// let bus = Bus::builder().build()?;
+    /// let fills = bus.topic::<u32>("order:filled")?;
+    /// let mut sub = fills.subscribe();
+    /// fills.publish(7)?;
+    /// bus.shutdown();
+    /// assert_eq!(sub.recv().await?.value, 7); // published before shutdown: delivered
+    /// assert_eq!(sub.recv().await, Err(RecvError::Closed));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn recv(&mut self) -> Result<Event<T>, RecvError> {
+        RecvFuture { subscriber: self }.await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Event<T>, RecvError>> {
+        loop {
+            match self.try_recv() {
+                Ok(event) => {
+                    self.listener = None;
+                    return Poll::Ready(Ok(event));
+                }
+                Err(TryRecvError::Lagged(n)) => {
+                    self.listener = None;
+                    return Poll::Ready(Err(RecvError::Lagged(n)));
+                }
+                Err(TryRecvError::Closed) => {
+                    self.listener = None;
+                    return Poll::Ready(Err(RecvError::Closed));
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+            match &mut self.listener {
+                None => {
+                    // Register, then loop to look again before sleeping.
+                    self.listener = Some(self.shared.data_ready.listen());
+                }
+                Some(listener) => match Pin::new(listener).poll(cx) {
+                    Poll::Ready(()) => self.listener = None,
+                    Poll::Pending => return Poll::Pending,
+                },
+            }
+        }
+    }
+}
+
+struct RecvFuture<'a, T> {
+    subscriber: &'a mut Subscriber<T>,
+}
+
+impl<T: Clone + Send + Sync + 'static> Future for RecvFuture<'_, T> {
+    type Output = Result<Event<T>, RecvError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.subscriber.poll_recv(cx)
+    }
+}
+
+/// The subscriber as a `Stream` of events. A lag is an item,
+/// `Err(RecvError::Lagged(n))`, and the stream goes on; it ends after shutdown,
+/// once everything published before it has been yielded.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use futures::StreamExt;
+///
+/// let bus = tickbus::Bus::builder().build()?;
+/// let pnl = bus.topic::<f64>("pnl:calculated")?;
+/// let sub = pnl.subscribe();
+/// for value in [1.5, -0.5] {
+///     pnl.publish(value)?;
+/// }
+/// bus.shutdown();
+/// let total: f64 = sub.map(|event| event.unwrap().value).collect::<Vec<_>>().await.iter().sum();
+/// assert_eq!(total, 1.0);
+/// # Ok(())
+/// # }
+/// ```
+impl<T: Clone + Send + Sync + 'static> Stream for Subscriber<T> {
+    type Item = Result<Event<T>, RecvError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.get_mut().poll_recv(cx) {
+            Poll::Ready(Err(RecvError::Closed)) => Poll::Ready(None),
+            Poll::Ready(other) => Poll::Ready(Some(other)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! Typed topics: the publishing handle and the shared state of one topic.
+
+use std::fmt;
+use std::sync::Arc;
+
+use event_listener::{Event as Notify, Listener as _};
+
+use super::error::{PublishError, TryPublishError};
+use super::ring::{ClaimError, Ring};
+use super::subscriber::Subscriber;
+use super::wait::{SpinYieldPark, WaitStep, WaitStrategy};
+use crate::clock::Clock;
+use crate::config::{SlowPolicy, SubscribeOptions, TopicOptions};
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::{topic_salt, EventId, InstanceId, Meta, Origin, TopicName};
+
+/// What a slot holds: the value and the metadata that cannot be derived.
+pub(crate) struct Stored<T> {
+    pub(crate) value: T,
+    pub(crate) timestamp_ns: u64,
+    /// Set only for events that came from another instance (through Redis).
+    pub(crate) remote: Option<Box<(EventId, InstanceId)>>,
+}
+
+/// The state of one topic, shared by its publishers and subscribers.
+pub(crate) struct TopicShared<T> {
+    pub(crate) name: TopicName,
+    pub(crate) ring: Ring<Stored<T>>,
+    /// Notified after every publish, and on close: wakes parked and async subscribers.
+    pub(crate) data_ready: Notify,
+    /// Notified when a backpressure subscriber moves on or leaves: wakes publishers.
+    pub(crate) space: Notify,
+    pub(crate) salt: u32,
+    pub(crate) instance: InstanceId,
+    pub(crate) clock: Clock,
+}
+
+impl<T> TopicShared<T> {
+    pub(crate) fn new(
+        name: TopicName,
+        options: &TopicOptions,
+        instance: InstanceId,
+        clock: Clock,
+    ) -> Result<Self> {
+        if options.capacity == 0 || options.capacity > TopicOptions::MAX_CAPACITY {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "topic {name}: capacity {} is outside 1..={}",
+                    options.capacity,
+                    TopicOptions::MAX_CAPACITY
+                ),
+            ));
+        }
+        Ok(TopicShared {
+            salt: topic_salt(&instance, &name),
+            ring: Ring::new(options.capacity.next_power_of_two(), options.max_backpressure_subscribers),
+            name,
+            data_ready: Notify::new(),
+            space: Notify::new(),
+            instance,
+            clock,
+        })
+    }
+
+    /// The metadata of the event at `seq`.
+    #[inline]
+    pub(crate) fn meta(&self, seq: u64, stored: &Stored<T>) -> Meta {
+        Meta {
+            seq,
+            timestamp_ns: stored.timestamp_ns,
+            salt: self.salt,
+            origin: match &stored.remote {
+                None => Origin::Local,
+                Some(remote) => Origin::Remote { id: remote.0, source: remote.1 },
+            },
+            instance: self.instance,
+        }
+    }
+
+    /// Closes the topic and wakes everyone waiting on it.
+    pub(crate) fn close(&self) {
+        self.ring.close();
+        self.data_ready.notify(usize::MAX);
+        self.space.notify(usize::MAX);
+    }
+
+    #[inline]
+    fn try_publish_stored(&self, stored: Stored<T>) -> Result<u64, (ClaimError, Stored<T>)> {
+        match self.ring.try_claim() {
+            Ok(seq) => {
+                self.ring.write(seq, stored);
+                // A fence and one load when nobody is parked or awaiting.
+                self.data_ready.notify(usize::MAX);
+                Ok(seq)
+            }
+            Err(error) => Err((error, stored)),
+        }
+    }
+
+    /// Publishes, waiting while a backpressure subscriber blocks the ring.
+    pub(crate) fn publish_stored(&self, stored: Stored<T>) -> Result<u64, Stored<T>> {
+        let mut wait = SpinYieldPark::new(100, 10);
+        let mut stored = stored;
+        loop {
+            match self.try_publish_stored(stored) {
+                Ok(seq) => return Ok(seq),
+                Err((ClaimError::Closed, back)) => return Err(back),
+                Err((ClaimError::Full, back)) => {
+                    stored = back;
+                    match wait.next_step() {
+                        WaitStep::Spin => std::hint::spin_loop(),
+                        WaitStep::Yield => std::thread::yield_now(),
+                        WaitStep::Park => {
+                            let listener = self.space.listen();
+                            match self.try_publish_stored(stored) {
+                                Err((ClaimError::Full, back)) => {
+                                    stored = back;
+                                    listener.wait();
+                                }
+                                Err((ClaimError::Closed, back)) => return Err(back),
+                                Ok(seq) => return Ok(seq),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A typed handle to publish to and subscribe to one topic. `Clone` is cheap (an
+/// `Arc`), and any number of clones may publish at once from any threads.
+///
+/// Created by [`Bus::topic`](crate::Bus::topic); asking the bus again for the same
+/// name and type returns a handle to the same topic.
+///
+/// # Examples
+///
+/// ```
+/// use tickbus::Bus;
+///
+/// #[derive(Clone, Debug, PartialEq)]
+/// struct Position { symbol: &'static str, qty: f64 }
+///
+/// let bus = Bus::builder().build()?;
+/// let positions = bus.topic::<Position>("position:updated")?;
+/// let mut exposure_monitor = positions.subscribe();
+///
+/// positions.publish(Position { symbol: "ETH-PERP", qty: -5.12 })?;
+///
+/// let event = exposure_monitor.try_recv()?;
+/// assert_eq!(event.value.qty, -5.12);
+/// assert_eq!(event.meta.seq(), 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Topic<T> {
+    pub(crate) shared: Arc<TopicShared<T>>,
+}
+
+impl<T> Clone for Topic<T> {
+    fn clone(&self) -> Self {
+        Topic { shared: Arc::clone(&self.shared) }
+    }
+}
+
+impl<T> fmt::Debug for Topic<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Topic")
+            .field("name", &self.shared.name)
+            .field("type", &std::any::type_name::<T>())
+            .field("ring", &self.shared.ring)
+            .finish()
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> Topic<T> {
+    /// The topic's name.
+    pub fn name(&self) -> &TopicName {
+        &self.shared.name
+    }
+
+    /// The ring capacity in events.
+    pub fn capacity(&self) -> usize {
+        self.shared.ring.capacity() as usize
+    }
+
+    /// Publishes `value` to every current subscriber and returns its sequence number.
+    ///
+    /// The value is moved into the ring once; nothing is serialized or allocated.
+    /// Subscribers in [`Lag`](SlowPolicy::Lag) mode never slow this down. If a
+    /// [`Backpressure`](SlowPolicy::Backpressure) subscriber has not read the event
+    /// that would be overwritten, this waits (spinning, yielding, then parked) until
+    /// it has.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError`] with the value when the bus is shut down.
+    #[inline]
+    pub fn publish(&self, value: T) -> Result<u64, PublishError<T>> {
+        let stored = self.stored(value);
+        self.shared.publish_stored(stored).map_err(|stored| PublishError(stored.value))
+    }
+
+    /// Publishes `value` unless that would have to wait for a backpressure subscriber.
+    ///
+    /// # Errors
+    ///
+    /// [`TryPublishError::Full`] with the value when a backpressure subscriber has not
+    /// read the oldest event; [`TryPublishError::Closed`] when the bus is shut down.
+    #[inline]
+    pub fn try_publish(&self, value: T) -> Result<u64, TryPublishError<T>> {
+        let stored = self.stored(value);
+        self.shared.try_publish_stored(stored).map_err(|(error, stored)| match error {
+            ClaimError::Full => TryPublishError::Full(stored.value),
+            ClaimError::Closed => TryPublishError::Closed(stored.value),
+        })
+    }
+
+    #[inline]
+    fn stored(&self, value: T) -> Stored<T> {
+        Stored { value, timestamp_ns: self.shared.clock.now_ns(), remote: None }
+    }
+
+    /// Subscribes to events published from now on, in [`Lag`](SlowPolicy::Lag) mode.
+    pub fn subscribe(&self) -> Subscriber<T> {
+        let cursor = match self.shared.ring.subscribe(false) {
+            Ok(cursor) => cursor,
+            Err(_) => unreachable!("an ungated subscription needs no gate"),
+        };
+        Subscriber::new(Arc::clone(&self.shared), cursor)
+    }
+
+    /// Subscribes with the given options.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`] when the topic already has its maximum of
+    /// backpressure subscribers ([`TopicOptions::max_backpressure_subscribers`]).
+    pub fn subscribe_with(&self, options: SubscribeOptions) -> Result<Subscriber<T>> {
+        let gated = options.policy == SlowPolicy::Backpressure;
+        let cursor = self.shared.ring.subscribe(gated).map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "topic {}: all backpressure subscriber places are taken; raise \
+                     TopicOptions::max_backpressure_subscribers",
+                    self.shared.name
+                ),
+            )
+        })?;
+        Ok(Subscriber::new(Arc::clone(&self.shared), cursor))
+    }
+}

@@ -1,0 +1,160 @@
+//! Wait strategies: what a pinned trading thread does while its subscription is empty.
+//!
+//! Each strategy trades latency for CPU. Measured one-way latencies on the 2-core
+//! development VM are in `docs/benchmarks.md`; the shape is:
+//!
+//! | strategy | wake-up latency | CPU while idle |
+//! |---|---|---|
+//! | [`BusySpin`] | lowest (a cache-line transfer, ~100-300 ns) | one full core, always |
+//! | [`SpinThenYield`] | low while busy; a scheduler round when other threads run | one core, shared with runnable threads |
+//! | [`SpinYieldPark`] | as above while events flow; a thread wake-up (~30 µs) after parking | none once parked |
+//!
+//! A publisher never pays for a parked subscriber unless one is actually parked:
+//! waking is a fence and one load on the publisher's side when nobody waits.
+
+/// What to do after finding a subscription empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitStep {
+    /// Spin once (`std::hint::spin_loop`) and look again.
+    Spin,
+    /// Give the core to another runnable thread, then look again.
+    Yield,
+    /// Sleep until a publisher (or shutdown) wakes this thread.
+    Park,
+}
+
+/// A policy for waiting on an empty subscription from a synchronous thread.
+///
+/// Implement it to build your own (for example spinning only during market hours).
+///
+/// # Examples
+///
+/// ```
+/// use tickbus::{WaitStep, WaitStrategy};
+///
+/// /// Spins for ever: for a thread pinned to an isolated core.
+/// struct Hot;
+/// impl WaitStrategy for Hot {
+///     fn next_step(&mut self) -> WaitStep { WaitStep::Spin }
+///     fn reset(&mut self) {}
+/// }
+/// ```
+pub trait WaitStrategy {
+    /// Called each time the subscription was found empty; says what to do next.
+    fn next_step(&mut self) -> WaitStep;
+    /// Called when an event (or an error) arrived: start the next wait afresh.
+    fn reset(&mut self);
+}
+
+/// Spin until an event arrives. Lowest latency; burns its core while idle.
+/// Use it only on a thread pinned to a core of its own.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BusySpin;
+
+impl WaitStrategy for BusySpin {
+    fn next_step(&mut self) -> WaitStep {
+        WaitStep::Spin
+    }
+    fn reset(&mut self) {}
+}
+
+/// Spin `spins` times, then yield the core between looks. Close to [`BusySpin`]'s
+/// latency when the thread has its core; shares it politely when it does not.
+#[derive(Clone, Copy, Debug)]
+pub struct SpinThenYield {
+    /// Spins before the first yield. Default 1 000 (a few microseconds).
+    pub spins: u32,
+    tried: u32,
+}
+
+impl SpinThenYield {
+    /// Spin `spins` times before yielding.
+    pub const fn new(spins: u32) -> Self {
+        SpinThenYield { spins, tried: 0 }
+    }
+}
+
+impl Default for SpinThenYield {
+    fn default() -> Self {
+        SpinThenYield::new(1_000)
+    }
+}
+
+impl WaitStrategy for SpinThenYield {
+    fn next_step(&mut self) -> WaitStep {
+        if self.tried < self.spins {
+            self.tried += 1;
+            WaitStep::Spin
+        } else {
+            WaitStep::Yield
+        }
+    }
+    fn reset(&mut self) {
+        self.tried = 0;
+    }
+}
+
+/// Spin, then yield, then park the thread until a publisher wakes it. The default of
+/// [`Subscriber::recv_blocking`](crate::Subscriber::recv_blocking): no CPU while
+/// idle, microsecond latency while events flow.
+#[derive(Clone, Copy, Debug)]
+pub struct SpinYieldPark {
+    /// Spins before yielding. Default 1 000.
+    pub spins: u32,
+    /// Yields before parking. Default 10.
+    pub yields: u32,
+    tried: u32,
+}
+
+impl SpinYieldPark {
+    /// Spin `spins` times, yield `yields` times, then park.
+    pub const fn new(spins: u32, yields: u32) -> Self {
+        SpinYieldPark { spins, yields, tried: 0 }
+    }
+}
+
+impl Default for SpinYieldPark {
+    fn default() -> Self {
+        SpinYieldPark::new(1_000, 10)
+    }
+}
+
+impl WaitStrategy for SpinYieldPark {
+    fn next_step(&mut self) -> WaitStep {
+        self.tried = self.tried.saturating_add(1);
+        if self.tried <= self.spins {
+            WaitStep::Spin
+        } else if self.tried <= self.spins.saturating_add(self.yields) {
+            WaitStep::Yield
+        } else {
+            WaitStep::Park
+        }
+    }
+    fn reset(&mut self) {
+        self.tried = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spin_yield_park_escalates_and_resets() {
+        let mut wait = SpinYieldPark::new(2, 1);
+        let steps: Vec<_> = (0..5).map(|_| wait.next_step()).collect();
+        assert_eq!(
+            steps,
+            [WaitStep::Spin, WaitStep::Spin, WaitStep::Yield, WaitStep::Park, WaitStep::Park]
+        );
+        wait.reset();
+        assert_eq!(wait.next_step(), WaitStep::Spin);
+    }
+
+    #[test]
+    fn spin_then_yield_never_parks() {
+        let mut wait = SpinThenYield::new(1);
+        assert_eq!(wait.next_step(), WaitStep::Spin);
+        assert!((0..100).all(|_| wait.next_step() == WaitStep::Yield));
+    }
+}

@@ -1,0 +1,85 @@
+//! The std / loom shim: everything lock-free imports its atomics and cells from here,
+//! so the `loom` models (`RUSTFLAGS="--cfg loom"`) check the very code that ships.
+
+#[cfg(loom)]
+pub(crate) use loom::cell::{ConstPtr, UnsafeCell};
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(not(loom))]
+pub(crate) use self::cell::{ConstPtr, UnsafeCell};
+
+/// One step of a short wait inside the lock-free core (a slot another thread is
+/// finishing). Under loom it yields, so the model checker can schedule the other
+/// thread; otherwise it spins, then yields the core after `SPINS_BEFORE_YIELD` tries.
+#[inline]
+pub(crate) fn backoff(attempt: &mut u32) {
+    #[cfg(loom)]
+    {
+        let _ = attempt;
+        loom::thread::yield_now();
+    }
+    #[cfg(not(loom))]
+    {
+        const SPINS_BEFORE_YIELD: u32 = 64;
+        if *attempt < SPINS_BEFORE_YIELD {
+            *attempt += 1;
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
+#[cfg(not(loom))]
+mod cell {
+    /// `std::cell::UnsafeCell` with loom's access API (`get`, `get_mut`), so that the
+    /// same code compiles against both.
+    #[derive(Debug)]
+    pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+    impl<T> UnsafeCell<T> {
+        pub(crate) const fn new(value: T) -> Self {
+            UnsafeCell(std::cell::UnsafeCell::new(value))
+        }
+
+        #[inline(always)]
+        pub(crate) fn get(&self) -> ConstPtr<T> {
+            ConstPtr(self.0.get())
+        }
+
+        #[inline(always)]
+        pub(crate) fn get_mut(&self) -> MutPtr<T> {
+            MutPtr(self.0.get())
+        }
+    }
+
+    /// A shared-access pointer into an [`UnsafeCell`] (loom tracks its lifetime).
+    #[derive(Debug)]
+    pub(crate) struct ConstPtr<T>(*const T);
+
+    impl<T> ConstPtr<T> {
+        /// # Safety
+        /// No `&mut` to the value may exist for the returned lifetime.
+        #[inline(always)]
+        pub(crate) unsafe fn deref(&self) -> &T {
+            // SAFETY: forwarded to the caller (see above).
+            unsafe { &*self.0 }
+        }
+    }
+
+    /// An exclusive-access pointer into an [`UnsafeCell`].
+    #[derive(Debug)]
+    pub(crate) struct MutPtr<T>(*mut T);
+
+    impl<T> MutPtr<T> {
+        /// # Safety
+        /// No other reference to the value may exist while the pointer is used.
+        #[inline(always)]
+        pub(crate) fn with<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            f(self.0)
+        }
+    }
+}
