@@ -4,10 +4,10 @@
 #[cfg(loom)]
 pub(crate) use loom::cell::{ConstPtr, UnsafeCell};
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
+pub(crate) use loom::sync::atomic::{fence, AtomicU64, Ordering};
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicU64, Ordering};
+pub(crate) use std::sync::atomic::{fence, AtomicU64, Ordering};
 #[cfg(not(loom))]
 pub(crate) use self::cell::{ConstPtr, UnsafeCell};
 
