@@ -110,7 +110,8 @@ impl Bus {
     /// [`ErrorKind::InvalidPattern`](crate::ErrorKind::InvalidPattern) for a bad
     /// pattern, [`ErrorKind::Closed`](crate::ErrorKind::Closed) after shutdown.
     pub fn subscribe_pattern(&self, pattern: &str) -> Result<PatternSubscriber> {
-        self.shared.subscribe_pattern(pattern, SubscribeOptions::default())
+        self.shared
+            .subscribe_pattern(pattern, SubscribeOptions::default())
     }
 
     /// As [`subscribe_pattern`](Bus::subscribe_pattern), with options applied to every
@@ -208,6 +209,8 @@ impl BusBuilder {
         }
         let instance = self.instance_id.unwrap_or_else(InstanceId::random);
         let clock = self.clock.unwrap_or_else(Clock::system);
-        Ok(Bus { shared: Arc::new(BusShared::new(instance, clock, options)) })
+        Ok(Bus {
+            shared: Arc::new(BusShared::new(instance, clock, options)),
+        })
     }
 }

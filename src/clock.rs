@@ -31,7 +31,11 @@ pub struct Clock {
 
 #[derive(Clone)]
 enum Inner {
-    Counter { clock: quanta::Clock, base_raw: u64, base_unix_ns: u64 },
+    Counter {
+        clock: quanta::Clock,
+        base_raw: u64,
+        base_unix_ns: u64,
+    },
     Manual(Arc<AtomicU64>),
 }
 
@@ -44,22 +48,32 @@ impl Clock {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        Clock { inner: Inner::Counter { clock, base_raw, base_unix_ns } }
+        Clock {
+            inner: Inner::Counter {
+                clock,
+                base_raw,
+                base_unix_ns,
+            },
+        }
     }
 
     /// A clock that stands still at `start_unix_ns` until [`set_ns`](Clock::set_ns)
     /// or [`advance_ns`](Clock::advance_ns) moves it. Clones share the time.
     pub fn manual(start_unix_ns: u64) -> Self {
-        Clock { inner: Inner::Manual(Arc::new(AtomicU64::new(start_unix_ns))) }
+        Clock {
+            inner: Inner::Manual(Arc::new(AtomicU64::new(start_unix_ns))),
+        }
     }
 
     /// Nanoseconds since the Unix epoch.
     #[inline]
     pub fn now_ns(&self) -> u64 {
         match &self.inner {
-            Inner::Counter { clock, base_raw, base_unix_ns } => {
-                base_unix_ns + clock.delta_as_nanos(*base_raw, clock.raw())
-            }
+            Inner::Counter {
+                clock,
+                base_raw,
+                base_unix_ns,
+            } => base_unix_ns + clock.delta_as_nanos(*base_raw, clock.raw()),
             Inner::Manual(now) => now.load(Ordering::Acquire),
         }
     }
@@ -114,7 +128,10 @@ mod tests {
     #[test]
     fn system_clock_tracks_wall_time() {
         let clock = Clock::system();
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
         let ours = clock.now_ns();
         assert!(ours.abs_diff(wall) < 50_000_000, "{ours} vs {wall}");
         let later = clock.now_ns();

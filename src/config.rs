@@ -51,6 +51,9 @@ impl TopicOptions {
 
 impl Default for TopicOptions {
     fn default() -> Self {
-        TopicOptions { capacity: 4096, max_backpressure_subscribers: 32 }
+        TopicOptions {
+            capacity: 4096,
+            max_backpressure_subscribers: 32,
+        }
     }
 }

@@ -86,14 +86,15 @@ pub struct Error {
 impl Error {
     /// Creates an error of `kind` with a message that says what was wrong.
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into().into_boxed_str(), source: None }
+        Error {
+            kind,
+            message: message.into().into_boxed_str(),
+            source: None,
+        }
     }
 
     /// Attaches the lower-level error that caused this one.
-    pub(crate) fn with_source(
-        mut self,
-        source: impl StdError + Send + Sync + 'static,
-    ) -> Self {
+    pub(crate) fn with_source(mut self, source: impl StdError + Send + Sync + 'static) -> Self {
         self.source = Some(Box::new(source));
         self
     }
@@ -128,7 +129,9 @@ impl fmt::Display for Error {
 
 impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn StdError + 'static))
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
     }
 }
 

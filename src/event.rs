@@ -130,7 +130,9 @@ impl Pattern {
     /// segment when that segment is `>` (everything).
     pub fn new(pattern: &str) -> Result<Self> {
         validate_name(pattern, Kind::Pattern)?;
-        Ok(Pattern { text: Arc::from(pattern) })
+        Ok(Pattern {
+            text: Arc::from(pattern),
+        })
     }
 
     /// The pattern as text.
@@ -181,7 +183,12 @@ enum Kind {
 /// Shows an untrusted name in an error message: escaped, and cut to a readable length.
 fn quoted(name: &str) -> String {
     const SHOWN: usize = 64;
-    let mut shown: String = name.chars().take(SHOWN).collect::<String>().escape_debug().collect();
+    let mut shown: String = name
+        .chars()
+        .take(SHOWN)
+        .collect::<String>()
+        .escape_debug()
+        .collect();
     if name.chars().count() > SHOWN {
         shown.push_str("...");
     }
@@ -193,7 +200,12 @@ fn validate_name(name: &str, kind: Kind) -> Result<()> {
         Kind::Topic => (ErrorKind::InvalidTopic, "topic"),
         Kind::Pattern => (ErrorKind::InvalidPattern, "pattern"),
     };
-    let fail = |rule: String| Err(Error::new(error_kind, format!("{what} {}: {rule}", quoted(name))));
+    let fail = |rule: String| {
+        Err(Error::new(
+            error_kind,
+            format!("{what} {}: {rule}", quoted(name)),
+        ))
+    };
     if name.is_empty() {
         return fail("must not be empty".into());
     }
@@ -219,7 +231,10 @@ fn validate_name(name: &str, kind: Kind) -> Result<()> {
             }
             continue;
         }
-        if let Some(bad) = segment.chars().find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-')) {
+        if let Some(bad) = segment
+            .chars()
+            .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
+        {
             let rule = if bad.is_ascii_uppercase() {
                 format!("{bad:?} is upper case; names are lowercase a-z, 0-9, '_' and '-'")
             } else if kind == Kind::Pattern && (bad == '*' || bad == '>') {
@@ -445,12 +460,20 @@ mod tests {
         let long = format!("a:{}", "b".repeat(10 * 1024));
         let err = TopicName::new(&long).unwrap_err();
         assert!(err.to_string().contains("limit is 200"), "{err}");
-        assert!(err.to_string().len() < 300, "message must not echo 10 KiB: {err}");
+        assert!(
+            err.to_string().len() < 300,
+            "message must not echo 10 KiB: {err}"
+        );
     }
 
     #[test]
     fn valid_topics_are_accepted() {
-        for name in ["position:updated", "trading:cycle:start", "a:b", "md-feed:btc_usd:l2"] {
+        for name in [
+            "position:updated",
+            "trading:cycle:start",
+            "a:b",
+            "md-feed:btc_usd:l2",
+        ] {
             assert_eq!(TopicName::new(name).unwrap().as_str(), name);
         }
     }

@@ -7,9 +7,9 @@ pub(crate) use loom::cell::{ConstPtr, UnsafeCell};
 pub(crate) use loom::sync::atomic::{fence, AtomicU64, Ordering};
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{fence, AtomicU64, Ordering};
-#[cfg(not(loom))]
 pub(crate) use self::cell::{ConstPtr, UnsafeCell};
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 /// One step of a short wait inside the lock-free core (a slot another thread is
 /// finishing). Under loom it yields, so the model checker can schedule the other

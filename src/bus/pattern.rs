@@ -176,7 +176,10 @@ impl PatternShared {
 
     /// Hands a new topic's subscription to the pattern subscriber.
     pub(crate) fn add(&self, subscriber: Box<dyn ErasedSubscriber>) {
-        self.added.lock().unwrap_or_else(PoisonError::into_inner).push(subscriber);
+        self.added
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(subscriber);
         self.has_added.store(true, Ordering::Release);
         self.changed.notify(usize::MAX);
     }
@@ -238,8 +241,16 @@ enum Look<R> {
 }
 
 impl PatternSubscriber {
-    pub(crate) fn new(shared: Arc<PatternShared>, subscribers: Vec<Box<dyn ErasedSubscriber>>) -> Self {
-        PatternSubscriber { shared, subscribers, start: 0, listeners: None }
+    pub(crate) fn new(
+        shared: Arc<PatternShared>,
+        subscribers: Vec<Box<dyn ErasedSubscriber>>,
+    ) -> Self {
+        PatternSubscriber {
+            shared,
+            subscribers,
+            start: 0,
+            listeners: None,
+        }
     }
 
     /// The pattern.
@@ -255,7 +266,11 @@ impl PatternSubscriber {
 
     fn take_added(&mut self) {
         if self.shared.has_added.swap(false, Ordering::Acquire) {
-            let mut added = self.shared.added.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut added = self
+                .shared
+                .added
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             self.subscribers.append(&mut added);
         }
     }
@@ -414,7 +429,10 @@ impl PatternSubscriber {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<AnyEvent, RecvError>> {
+    fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::result::Result<AnyEvent, RecvError>> {
         loop {
             let ready = match self.try_recv() {
                 Ok(event) => Ok(event),
@@ -458,7 +476,10 @@ fn park_until_any(listeners: &mut [EventListener]) {
     let waker = Waker::from(Arc::new(Unparker(thread::current())));
     let mut cx = Context::from_waker(&waker);
     loop {
-        if listeners.iter_mut().any(|listener| Pin::new(listener).poll(&mut cx).is_ready()) {
+        if listeners
+            .iter_mut()
+            .any(|listener| Pin::new(listener).poll(&mut cx).is_ready())
+        {
             return;
         }
         thread::park();
@@ -484,7 +505,9 @@ pub(crate) fn subscribe_erased<T: Clone + Send + Sync + 'static>(
     topic: &Arc<TopicShared<T>>,
     options: SubscribeOptions,
 ) -> Result<Box<dyn ErasedSubscriber>> {
-    let handle = super::topic::Topic { shared: Arc::clone(topic) };
+    let handle = super::topic::Topic {
+        shared: Arc::clone(topic),
+    };
     let subscriber = match options.policy {
         SlowPolicy::Lag => handle.subscribe(),
         SlowPolicy::Backpressure => handle.subscribe_with(options)?,

@@ -71,7 +71,12 @@ impl std::fmt::Debug for BusShared {
 
 impl BusShared {
     pub(crate) fn new(instance: InstanceId, clock: Clock, topic_options: TopicOptions) -> Self {
-        BusShared { instance, clock, topic_options, registry: Mutex::new(Registry::default()) }
+        BusShared {
+            instance,
+            clock,
+            topic_options,
+            registry: Mutex::new(Registry::default()),
+        }
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -106,14 +111,23 @@ impl BusShared {
             }
             let entry = existing.as_any().downcast_ref::<Entry<T>>();
             return match entry {
-                Some(entry) => Ok(Topic { shared: Arc::clone(&entry.0) }),
+                Some(entry) => Ok(Topic {
+                    shared: Arc::clone(&entry.0),
+                }),
                 None => unreachable!("payload type checked above"),
             };
         }
-        let shared = Arc::new(TopicShared::new(name.clone(), options, self.instance, self.clock.clone())?);
+        let shared = Arc::new(TopicShared::new(
+            name.clone(),
+            options,
+            self.instance,
+            self.clock.clone(),
+        )?);
         let entry = Entry(Arc::clone(&shared));
         // Live pattern subscriptions that match get the topic from its first event.
-        registry.patterns.retain(|pattern| pattern.strong_count() > 0);
+        registry
+            .patterns
+            .retain(|pattern| pattern.strong_count() > 0);
         for pattern in registry.patterns.iter().filter_map(Weak::upgrade) {
             if pattern.pattern.matches(&name) {
                 entry.subscribe_pattern(&pattern)?;
@@ -161,7 +175,11 @@ impl BusShared {
         for topic in registry.topics.values() {
             topic.close();
         }
-        for pattern in registry.patterns.drain(..).filter_map(|weak| weak.upgrade()) {
+        for pattern in registry
+            .patterns
+            .drain(..)
+            .filter_map(|weak| weak.upgrade())
+        {
             pattern.close();
         }
     }

@@ -171,14 +171,19 @@ impl<V> Ring<V> {
     /// A ring of `capacity` slots (a power of two, at least 1) with room for
     /// `max_gates` backpressure subscribers.
     pub(crate) fn new(capacity: usize, max_gates: usize) -> Self {
-        assert!(capacity.is_power_of_two(), "ring capacity must be a power of two");
+        assert!(
+            capacity.is_power_of_two(),
+            "ring capacity must be a power of two"
+        );
         let slots = (0..capacity)
             .map(|_| Slot {
                 state: AtomicU64::new(0),
                 value: UnsafeCell::new(MaybeUninit::uninit()),
             })
             .collect();
-        let gates = (0..max_gates).map(|_| CachePadded::new(AtomicU64::new(GATE_FREE))).collect();
+        let gates = (0..max_gates)
+            .map(|_| CachePadded::new(AtomicU64::new(GATE_FREE)))
+            .collect();
         Ring {
             tail: CachePadded::new(AtomicU64::new(0)),
             gate_cache: CachePadded::new(AtomicU64::new(0)),
@@ -223,7 +228,12 @@ impl<V> Ring<V> {
     #[inline]
     fn gates_allow(&self, seq: u64) -> bool {
         let capacity = self.capacity();
-        if seq < self.gate_cache.load(Ordering::Acquire).saturating_add(capacity) {
+        if seq
+            < self
+                .gate_cache
+                .load(Ordering::Acquire)
+                .saturating_add(capacity)
+        {
             return true;
         }
         self.rescan_gates().saturating_add(capacity) > seq
@@ -402,7 +412,11 @@ impl<V> Ring<V> {
     /// `read` runs while the slot is pinned (lag mode) or gated (backpressure mode):
     /// publishers that come round to this slot wait for it, so keep it short.
     #[inline]
-    pub(crate) fn try_read<R>(&self, cursor: &mut Cursor, read: impl FnOnce(&V) -> R) -> Result<R, Miss> {
+    pub(crate) fn try_read<R>(
+        &self,
+        cursor: &mut Cursor,
+        read: impl FnOnce(&V) -> R,
+    ) -> Result<R, Miss> {
         let pinned = self.try_pin(cursor)?;
         Ok(read(pinned.get()))
     }
@@ -428,7 +442,12 @@ impl<V> Ring<V> {
                 // not pass `seq` while the value is lent out.
                 cursor.flush_pending = true;
             }
-            return Ok(Pinned { ring: self, slot, value: slot.value.get(), unpin: Unpin::Gate(cursor) });
+            return Ok(Pinned {
+                ring: self,
+                slot,
+                value: slot.value.get(),
+                unpin: Unpin::Gate(cursor),
+            });
         }
         let mut attempt = 0;
         loop {
@@ -450,7 +469,12 @@ impl<V> Ring<V> {
                 .is_ok()
             {
                 cursor.next = seq + 1;
-                return Ok(Pinned { ring: self, slot, value: slot.value.get(), unpin: Unpin::Reader });
+                return Ok(Pinned {
+                    ring: self,
+                    slot,
+                    value: slot.value.get(),
+                    unpin: Unpin::Reader,
+                });
             }
         }
     }
@@ -494,7 +518,14 @@ impl Cursor {
         // A quarter of the ring, at most 32: publishers see progress often enough to
         // keep the ring from looking full, and the gate store stays off the hot path.
         let flush_every = (capacity / 4).clamp(1, 32) as u32;
-        Cursor { next, gate, unflushed: 0, flush_every, flush_pending: false, gate_moved: false }
+        Cursor {
+            next,
+            gate,
+            unflushed: 0,
+            flush_every,
+            flush_pending: false,
+            gate_moved: false,
+        }
     }
 
     /// The next sequence this cursor will read.
@@ -538,7 +569,6 @@ impl<V> Pinned<'_, V> {
         // backpressure mode our gate (not yet past this sequence) blocks the claim.
         unsafe { self.value.deref().assume_init_ref() }
     }
-
 }
 
 impl<V> Pinned<'_, V> {
@@ -615,7 +645,10 @@ mod tests {
             ring.write(seq, i.to_string());
         }
         assert_eq!(ring.try_claim(), Err(ClaimError::Full));
-        assert_eq!(ring.try_read(&mut cursor, String::clone), Ok("0".to_string()));
+        assert_eq!(
+            ring.try_read(&mut cursor, String::clone),
+            Ok("0".to_string())
+        );
         // The gate is published in batches (here every read: capacity 4 / 4), so
         // one read frees one slot.
         let seq = ring.try_claim().unwrap();
@@ -623,7 +656,10 @@ mod tests {
         let (seen, missed) = read_all(&ring, &mut cursor);
         assert_eq!((seen.len(), missed), (4, 0));
         ring.unsubscribe(&mut cursor);
-        assert!(ring.try_claim().is_ok(), "a released gate holds nobody back");
+        assert!(
+            ring.try_claim().is_ok(),
+            "a released gate holds nobody back"
+        );
     }
 
     #[test]
@@ -642,7 +678,10 @@ mod tests {
         assert!(ring.close());
         assert!(!ring.close());
         assert_eq!(ring.try_claim(), Err(ClaimError::Closed));
-        assert_eq!(ring.try_read(&mut cursor, String::clone), Ok("last".to_string()));
+        assert_eq!(
+            ring.try_read(&mut cursor, String::clone),
+            Ok("last".to_string())
+        );
         assert_eq!(ring.try_read(&mut cursor, String::clone), Err(Miss::Closed));
     }
 
@@ -656,7 +695,11 @@ mod tests {
                 let seq = ring.try_claim().unwrap();
                 ring.write(seq, Arc::clone(&token));
             }
-            assert_eq!(Arc::strong_count(&token), 5, "4 held by the ring, 2 dropped on overwrite");
+            assert_eq!(
+                Arc::strong_count(&token),
+                5,
+                "4 held by the ring, 2 dropped on overwrite"
+            );
         }
         assert_eq!(Arc::strong_count(&token), 1);
     }
@@ -757,7 +800,11 @@ mod loom_models {
                 let ring = ring.clone();
                 thread::spawn(move || publish(&ring, 1))
             };
-            assert_eq!(**pinned.get(), 0, "the lent value is never rewritten under us");
+            assert_eq!(
+                **pinned.get(),
+                0,
+                "the lent value is never rewritten under us"
+            );
             drop(pinned);
             writer.join().unwrap();
             let mut cursor = Cursor::new(1, None, 1);

@@ -74,7 +74,10 @@ impl<T> Deref for EventRef<'_, T> {
 
 impl<T: fmt::Debug> fmt::Debug for EventRef<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EventRef").field("value", &**self).field("meta", &self.meta).finish()
+        f.debug_struct("EventRef")
+            .field("value", &**self)
+            .field("meta", &self.meta)
+            .finish()
     }
 }
 
@@ -124,7 +127,11 @@ fn miss_to_try(miss: Miss) -> TryRecvError {
 
 impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
     pub(crate) fn new(shared: Arc<TopicShared<T>>, cursor: Cursor) -> Self {
-        Subscriber { shared, cursor, listener: None }
+        Subscriber {
+            shared,
+            cursor,
+            listener: None,
+        }
     }
 
     /// The topic this subscription reads.
@@ -180,7 +187,11 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
         match shared.ring.try_pin(&mut self.cursor) {
             Ok(pinned) => {
                 let meta = shared.meta(seq, pinned.get());
-                Ok(EventRef { pinned: Some(pinned), meta, space: &shared.space })
+                Ok(EventRef {
+                    pinned: Some(pinned),
+                    meta,
+                    space: &shared.space,
+                })
             }
             Err(miss) => {
                 // A miss publishes a backpressure gate (the subscriber ran dry): wake

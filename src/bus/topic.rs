@@ -54,7 +54,10 @@ impl<T> TopicShared<T> {
         }
         Ok(TopicShared {
             salt: topic_salt(&instance, &name),
-            ring: Ring::new(options.capacity.next_power_of_two(), options.max_backpressure_subscribers),
+            ring: Ring::new(
+                options.capacity.next_power_of_two(),
+                options.max_backpressure_subscribers,
+            ),
             name,
             data_ready: Notify::new(),
             space: Notify::new(),
@@ -72,7 +75,10 @@ impl<T> TopicShared<T> {
             salt: self.salt,
             origin: match &stored.remote {
                 None => Origin::Local,
-                Some(remote) => Origin::Remote { id: remote.0, source: remote.1 },
+                Some(remote) => Origin::Remote {
+                    id: remote.0,
+                    source: remote.1,
+                },
             },
             instance: self.instance,
         }
@@ -160,7 +166,9 @@ pub struct Topic<T> {
 
 impl<T> Clone for Topic<T> {
     fn clone(&self) -> Self {
-        Topic { shared: Arc::clone(&self.shared) }
+        Topic {
+            shared: Arc::clone(&self.shared),
+        }
     }
 }
 
@@ -199,7 +207,9 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
     #[inline]
     pub fn publish(&self, value: T) -> Result<u64, PublishError<T>> {
         let stored = self.stored(value);
-        self.shared.publish_stored(stored).map_err(|stored| PublishError(stored.value))
+        self.shared
+            .publish_stored(stored)
+            .map_err(|stored| PublishError(stored.value))
     }
 
     /// Publishes `value` unless that would have to wait for a backpressure subscriber.
@@ -211,15 +221,21 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
     #[inline]
     pub fn try_publish(&self, value: T) -> Result<u64, TryPublishError<T>> {
         let stored = self.stored(value);
-        self.shared.try_publish_stored(stored).map_err(|(error, stored)| match error {
-            ClaimError::Full => TryPublishError::Full(stored.value),
-            ClaimError::Closed => TryPublishError::Closed(stored.value),
-        })
+        self.shared
+            .try_publish_stored(stored)
+            .map_err(|(error, stored)| match error {
+                ClaimError::Full => TryPublishError::Full(stored.value),
+                ClaimError::Closed => TryPublishError::Closed(stored.value),
+            })
     }
 
     #[inline]
     fn stored(&self, value: T) -> Stored<T> {
-        Stored { value, timestamp_ns: self.shared.clock.now_ns(), remote: None }
+        Stored {
+            value,
+            timestamp_ns: self.shared.clock.now_ns(),
+            remote: None,
+        }
     }
 
     /// Subscribes to events published from now on, in [`Lag`](SlowPolicy::Lag) mode.

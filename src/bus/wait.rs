@@ -109,7 +109,11 @@ pub struct SpinYieldPark {
 impl SpinYieldPark {
     /// Spin `spins` times, yield `yields` times, then park.
     pub const fn new(spins: u32, yields: u32) -> Self {
-        SpinYieldPark { spins, yields, tried: 0 }
+        SpinYieldPark {
+            spins,
+            yields,
+            tried: 0,
+        }
     }
 }
 
@@ -145,7 +149,13 @@ mod tests {
         let steps: Vec<_> = (0..5).map(|_| wait.next_step()).collect();
         assert_eq!(
             steps,
-            [WaitStep::Spin, WaitStep::Spin, WaitStep::Yield, WaitStep::Park, WaitStep::Park]
+            [
+                WaitStep::Spin,
+                WaitStep::Spin,
+                WaitStep::Yield,
+                WaitStep::Park,
+                WaitStep::Park
+            ]
         );
         wait.reset();
         assert_eq!(wait.next_step(), WaitStep::Spin);
