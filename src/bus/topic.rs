@@ -238,6 +238,38 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
         }
     }
 
+    /// Closes this topic: publishing to it fails from now on, and its subscribers
+    /// receive what was already published, then [`Closed`](crate::RecvError::Closed).
+    /// Other topics are not affected. This is how a pipeline drains stage by stage
+    /// (close the source, join its consumers, close the next topic, ...), or how a
+    /// replay says it has ended. A closed topic stays closed on this bus.
+    ///
+    /// Returns `false` if it was already closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let bus = tickbus::Bus::builder().build()?;
+    /// let ticks = bus.topic::<u32>("md:tick")?;
+    /// let mut sub = ticks.subscribe();
+    /// ticks.publish(1)?;
+    /// assert!(ticks.close());
+    /// assert!(ticks.publish(2).is_err());
+    /// assert_eq!(sub.try_recv()?.value, 1);
+    /// assert_eq!(sub.try_recv(), Err(tickbus::TryRecvError::Closed));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn close(&self) -> bool {
+        let first = !self.is_closed();
+        self.shared.close();
+        first
+    }
+
+    /// Whether the topic is closed (by [`close`](Topic::close) or bus shutdown).
+    pub fn is_closed(&self) -> bool {
+        self.shared.ring.tail().1
+    }
+
     /// Subscribes to events published from now on, in [`Lag`](SlowPolicy::Lag) mode.
     pub fn subscribe(&self) -> Subscriber<T> {
         let cursor = match self.shared.ring.subscribe(false) {
