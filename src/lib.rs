@@ -1,5 +1,118 @@
-//! tickbus (crate docs being written)
+//! # tickbus
+//!
+//! An event bus for latency-sensitive trading engines: an embedded, lock-free
+//! in-process bus first, persisted to Redis Streams second (consumer groups,
+//! replay and a tiered cache follow in later releases).
+//!
+//! Components talk through typed **topics** named `component:event_type`
+//! (`position:updated`, `risk:calculated`). Publishing moves the value into a
+//! per-topic ring once; subscribers read it there (borrowed) or clone it out. No
+//! serialization, no allocation and no lock on the way. The same component code
+//! runs in a backtest (embedded, deterministic) and live.
+//!
+//! ## Quick start
+//!
+//! ```
+//! use tickbus::{Bus, SlowPolicy, SubscribeOptions};
+//!
+//! #[derive(Clone, Debug)]
+//! struct Position { symbol: &'static str, qty: f64, mark: f64 }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let bus = Bus::builder().build()?; // embedded: no Redis needed
+//! let positions = bus.topic::<Position>("position:updated")?;
+//!
+//! // A risk monitor must see every update: it holds publishers back rather than
+//! // miss one. A dashboard may skip: it is told how many it missed.
+//! let mut risk = positions.subscribe_with(SubscribeOptions { policy: SlowPolicy::Backpressure })?;
+//! let mut dashboard = positions.subscribe();
+//!
+//! positions.publish(Position { symbol: "ETH-PERP", qty: -5.12, mark: 3_120.5 })?;
+//!
+//! let event = risk.try_recv()?;
+//! assert_eq!(event.value.symbol, "ETH-PERP");
+//! println!("{} at {} ns from {}", event.meta.id(), event.meta.timestamp_ns(), event.meta.source());
+//! assert_eq!(dashboard.try_recv_ref()?.qty, -5.12); // read in place, no clone
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Ordering
+//!
+//! Every event of a topic gets the next sequence number of that topic
+//! ([`Meta::seq`]), and every subscriber receives the topic's events in that
+//! order, whichever threads published them. Between topics there is no order
+//! (a [`PatternSubscriber`] takes from each matching topic in turn).
+//!
+//! ## Lagging
+//!
+//! A topic is a ring of fixed capacity ([`TopicOptions::capacity`]). A subscriber
+//! in [`SlowPolicy::Lag`] mode (the default) that falls a whole ring behind finds
+//! its oldest events overwritten: its next receive returns
+//! [`RecvError::Lagged(n)`](RecvError::Lagged) with the exact number missed, and it
+//! carries on from the oldest event still held. Memory never grows.
+//!
+//! ```
+//! use tickbus::{Bus, TopicOptions, TryRecvError};
+//!
+//! let bus = Bus::builder().build()?;
+//! let ticks = bus.topic_with::<u64>("md:tick", TopicOptions { capacity: 4, ..Default::default() })?;
+//! let mut slow = ticks.subscribe();
+//! for n in 0..6 {
+//!     ticks.publish(n)?;
+//! }
+//! assert_eq!(slow.try_recv(), Err(TryRecvError::Lagged(2)));
+//! assert_eq!(slow.try_recv()?.value, 2); // the oldest still held
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Backpressure
+//!
+//! A subscriber in [`SlowPolicy::Backpressure`] mode is never overwritten:
+//! [`Topic::publish`] waits for it, and [`Topic::try_publish`] hands the event
+//! back in [`TryPublishError::Full`].
+//!
+//! ```
+//! use tickbus::{Bus, SlowPolicy, SubscribeOptions, TopicOptions, TryPublishError};
+//!
+//! let bus = Bus::builder().build()?;
+//! let orders = bus.topic_with::<u32>("order:new", TopicOptions { capacity: 2, ..Default::default() })?;
+//! let mut router = orders.subscribe_with(SubscribeOptions { policy: SlowPolicy::Backpressure })?;
+//! orders.try_publish(1)?;
+//! orders.try_publish(2)?;
+//! assert!(matches!(orders.try_publish(3), Err(TryPublishError::Full(3))));
+//! assert_eq!(router.try_recv()?.value, 1);
+//! orders.try_publish(3)?; // room again
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Shutdown
+//!
+//! [`Bus::shutdown`] (or dropping the last `Bus` handle) closes every topic,
+//! [`Topic::close`] one topic. Publishing then fails and hands the event back;
+//! subscribers receive everything published before, then [`RecvError::Closed`].
+//!
+//! ## Where to start reading
+//!
+//! * [`Bus`]: the handle; [`Bus::topic`] gives a typed [`Topic`].
+//! * [`Topic::publish`], [`Topic::try_publish`], [`Topic::subscribe`],
+//!   [`Topic::subscribe_with`] and [`SlowPolicy`] (lag or backpressure).
+//! * [`Subscriber`]: `try_recv`, `try_recv_ref`, `recv_blocking_with` a
+//!   [`WaitStrategy`], `recv().await`, and [`Stream`](futures_core::Stream).
+//! * [`Bus::subscribe_pattern`]: `trading:>` and `*:updated`, type-erased.
+//! * [`codec`]: the MessagePack wire format, with limits for untrusted bytes.
+//!
+//! The guarantees (ordering, lag, bounds, shutdown) are written down in
+//! `docs/guarantees.md`; the design in `docs/architecture.md`; measured speed
+//! against tokio's broadcast channel and the LMAX-style `disruptor` crate in
+//! `docs/benchmarks.md`.
+//!
+//! ## Cargo features
+//!
+//! None yet: the default build is the embedded bus. `redis`, `cache`, `cli` and
+//! `test-util` arrive with the parts that need them.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 mod builder;
 mod bus;
@@ -20,3 +133,12 @@ pub use clock::Clock;
 pub use config::{SlowPolicy, SubscribeOptions, TopicOptions};
 pub use error::{Error, ErrorKind, Result};
 pub use event::{EventId, InstanceId, Meta, Pattern, TopicName};
+
+/// Entry points for the fuzz targets in `fuzz/` (not part of the API).
+#[doc(hidden)]
+pub use codec::fuzz;
+
+/// The README's examples compile and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
