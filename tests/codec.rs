@@ -781,7 +781,9 @@ fn envelope_field_of_wrong_type_is_wrong_shape() {
     let values: Vec<u8> = entries.iter().flat_map(|(_, v)| v.clone()).collect();
     let mut as_array = vec![0x97];
     as_array.extend(values);
-    assert_eq!(envelope_kind(&as_array), ErrorKind::WrongShape);
+    let err = decode_envelope(&as_array, &limits()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WrongShape);
+    assert!(err.message().contains("is a MessagePack map"), "{err}");
 }
 
 #[test]
