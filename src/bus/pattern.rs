@@ -16,7 +16,7 @@ use futures_core::Stream;
 use super::error::{RecvError, TryRecvError};
 use super::subscriber::Subscriber;
 use super::topic::TopicShared;
-use super::wait::{SpinYieldPark, WaitStep, WaitStrategy};
+use super::wait::{recv_blocking, SpinYieldPark, WaitStrategy, Waitable, Wakeup};
 use crate::config::{SlowPolicy, SubscribeOptions};
 use crate::error::Result;
 use crate::event::{Meta, Pattern, TopicName};
@@ -392,28 +392,7 @@ impl PatternSubscriber {
         &mut self,
         wait: &mut W,
     ) -> std::result::Result<AnyEvent, RecvError> {
-        wait.reset();
-        loop {
-            match self.try_recv() {
-                Ok(event) => return Ok(event),
-                Err(TryRecvError::Lagged(n)) => return Err(RecvError::Lagged(n)),
-                Err(TryRecvError::Closed) => return Err(RecvError::Closed),
-                Err(TryRecvError::Empty) => {}
-            }
-            match wait.next_step() {
-                WaitStep::Spin => std::hint::spin_loop(),
-                WaitStep::Yield => thread::yield_now(),
-                WaitStep::Park => {
-                    let mut listeners = self.listeners();
-                    match self.try_recv() {
-                        Ok(event) => return Ok(event),
-                        Err(TryRecvError::Lagged(n)) => return Err(RecvError::Lagged(n)),
-                        Err(TryRecvError::Closed) => return Err(RecvError::Closed),
-                        Err(TryRecvError::Empty) => park_until_any(&mut listeners),
-                    }
-                }
-            }
-        }
+        recv_blocking(self, wait)
     }
 
     /// Receives the next event, waiting asynchronously.
@@ -459,6 +438,26 @@ impl PatternSubscriber {
             self.listeners = None;
             return Poll::Ready(ready);
         }
+    }
+}
+
+impl Waitable for PatternSubscriber {
+    type Item = AnyEvent;
+    type Wakeup = AnyOf;
+    fn try_once(&mut self) -> std::result::Result<AnyEvent, TryRecvError> {
+        self.try_recv()
+    }
+    fn register(&self) -> AnyOf {
+        AnyOf(self.listeners())
+    }
+}
+
+/// Wake-ups of every topic of a pattern subscription, and of its "topic added".
+pub(crate) struct AnyOf(Vec<EventListener>);
+
+impl Wakeup for AnyOf {
+    fn block(mut self) {
+        park_until_any(&mut self.0);
     }
 }
 

@@ -733,6 +733,27 @@ mod loom_models {
         ring.write(seq, Arc::new(value));
     }
 
+    /// Publishes, yielding while a backpressure gate says the ring is full.
+    fn publish_waiting(ring: &Ring<Value>, value: u64) {
+        loop {
+            match ring.try_claim() {
+                Ok(seq) => return ring.write(seq, Arc::new(value)),
+                Err(ClaimError::Full) => thread::yield_now(),
+                Err(ClaimError::Closed) => unreachable!("nobody closes this ring"),
+            }
+        }
+    }
+
+    /// A thread that publishes `values` in order, with `how`.
+    fn spawn_publisher(
+        ring: &Arc<Ring<Value>>,
+        values: std::ops::Range<u64>,
+        how: fn(&Ring<Value>, u64),
+    ) -> thread::JoinHandle<()> {
+        let ring = ring.clone();
+        thread::spawn(move || values.for_each(|value| how(&ring, value)))
+    }
+
     /// Reads until `until` values (seen + missed) are accounted for, or closed.
     fn drain(ring: &Ring<Value>, cursor: &mut Cursor, until: u64) -> (Vec<u64>, u64) {
         let mut seen = Vec::new();
@@ -753,13 +774,7 @@ mod loom_models {
         loom::model(|| {
             let ring = Arc::new(Ring::new(2, 0));
             let mut cursor = ring.subscribe(false).unwrap();
-            let writer = {
-                let ring = ring.clone();
-                thread::spawn(move || {
-                    publish(&ring, 0);
-                    publish(&ring, 1);
-                })
-            };
+            let writer = spawn_publisher(&ring, 0..2, publish);
             let (seen, missed) = drain(&ring, &mut cursor, 2);
             writer.join().unwrap();
             assert_eq!((seen, missed), (vec![0, 1], 0));
@@ -772,14 +787,7 @@ mod loom_models {
         loom::model(|| {
             let ring = Arc::new(Ring::new(1, 0));
             let mut cursor = ring.subscribe(false).unwrap();
-            let writer = {
-                let ring = ring.clone();
-                thread::spawn(move || {
-                    for value in 0..3 {
-                        publish(&ring, value);
-                    }
-                })
-            };
+            let writer = spawn_publisher(&ring, 0..3, publish);
             let (seen, missed) = drain(&ring, &mut cursor, 3);
             writer.join().unwrap();
             // Whatever was seen is in order, and seen + missed covers every event.
@@ -796,10 +804,7 @@ mod loom_models {
             publish(&ring, 0);
             let mut cursor = Cursor::new(0, None, 1);
             let pinned = ring.try_pin(&mut cursor).unwrap();
-            let writer = {
-                let ring = ring.clone();
-                thread::spawn(move || publish(&ring, 1))
-            };
+            let writer = spawn_publisher(&ring, 1..2, publish);
             assert_eq!(
                 **pinned.get(),
                 0,
@@ -818,10 +823,7 @@ mod loom_models {
             let ring = Arc::new(Ring::new(2, 0));
             let mut cursor = ring.subscribe(false).unwrap();
             let writers: Vec<_> = (0..2)
-                .map(|id| {
-                    let ring = ring.clone();
-                    thread::spawn(move || publish(&ring, id))
-                })
+                .map(|id| spawn_publisher(&ring, id..id + 1, publish))
                 .collect();
             let (mut seen, missed) = drain(&ring, &mut cursor, 2);
             for writer in writers {
@@ -840,10 +842,7 @@ mod loom_models {
         loom::model(|| {
             let ring = Arc::new(Ring::new(1, 0));
             let writers: Vec<_> = (0..2)
-                .map(|id| {
-                    let ring = ring.clone();
-                    thread::spawn(move || publish(&ring, id))
-                })
+                .map(|id| spawn_publisher(&ring, id..id + 1, publish))
                 .collect();
             for writer in writers {
                 writer.join().unwrap();
@@ -878,21 +877,7 @@ mod loom_models {
         loom::model(|| {
             let ring = Arc::new(Ring::new(1, 1));
             let mut cursor = ring.subscribe(true).unwrap();
-            let writer = {
-                let ring = ring.clone();
-                thread::spawn(move || {
-                    for value in 0..3 {
-                        let seq = loop {
-                            match ring.try_claim() {
-                                Ok(seq) => break seq,
-                                Err(ClaimError::Full) => thread::yield_now(),
-                                Err(ClaimError::Closed) => unreachable!(),
-                            }
-                        };
-                        ring.write(seq, Arc::new(value));
-                    }
-                })
-            };
+            let writer = spawn_publisher(&ring, 0..3, publish_waiting);
             let (seen, missed) = drain(&ring, &mut cursor, 3);
             writer.join().unwrap();
             assert_eq!((seen, missed), (vec![0, 1, 2], 0));
@@ -905,22 +890,8 @@ mod loom_models {
         // it starts, it sees consecutive events and is never overrun.
         loom::model(|| {
             let ring = Arc::new(Ring::new(1, 1));
-            let writer = {
-                let ring = ring.clone();
-                thread::spawn(move || {
-                    let mut published = 0;
-                    while published < 3 {
-                        match ring.try_claim() {
-                            Ok(seq) => {
-                                ring.write(seq, Arc::new(seq));
-                                published += 1;
-                            }
-                            Err(ClaimError::Full) => thread::yield_now(),
-                            Err(ClaimError::Closed) => unreachable!(),
-                        }
-                    }
-                })
-            };
+            // Values equal their sequence numbers: one publisher, from 0.
+            let writer = spawn_publisher(&ring, 0..3, publish_waiting);
             let mut cursor = ring.subscribe(true).unwrap();
             let start = cursor.next();
             let (seen, missed) = drain(&ring, &mut cursor, 3 - start);

@@ -7,13 +7,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use event_listener::{EventListener, Listener as _};
+use event_listener::EventListener;
 use futures_core::Stream;
 
 use super::error::{RecvError, TryRecvError};
 use super::ring::{Cursor, Miss, Pinned};
 use super::topic::{Stored, TopicShared};
-use super::wait::{SpinYieldPark, WaitStep, WaitStrategy};
+use super::wait::{recv_blocking, SpinYieldPark, WaitStrategy, Waitable};
 use crate::event::{Meta, TopicName};
 
 /// An event received by value: the payload and its metadata.
@@ -259,30 +259,7 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
         &mut self,
         wait: &mut W,
     ) -> Result<Event<T>, RecvError> {
-        wait.reset();
-        loop {
-            match self.try_recv() {
-                Ok(event) => return Ok(event),
-                Err(TryRecvError::Lagged(n)) => return Err(RecvError::Lagged(n)),
-                Err(TryRecvError::Closed) => return Err(RecvError::Closed),
-                Err(TryRecvError::Empty) => {}
-            }
-            match wait.next_step() {
-                WaitStep::Spin => std::hint::spin_loop(),
-                WaitStep::Yield => std::thread::yield_now(),
-                WaitStep::Park => {
-                    // Register first, then look again: a publish between the two is
-                    // either seen by the look or wakes the listener.
-                    let listener = self.shared.data_ready.listen();
-                    match self.try_recv() {
-                        Ok(event) => return Ok(event),
-                        Err(TryRecvError::Lagged(n)) => return Err(RecvError::Lagged(n)),
-                        Err(TryRecvError::Closed) => return Err(RecvError::Closed),
-                        Err(TryRecvError::Empty) => listener.wait(),
-                    }
-                }
-            }
-        }
+        recv_blocking(self, wait)
     }
 
     /// Receives the next event, waiting asynchronously. Runtime-agnostic: it needs
@@ -347,6 +324,17 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
                 },
             }
         }
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> Waitable for Subscriber<T> {
+    type Item = Event<T>;
+    type Wakeup = EventListener;
+    fn try_once(&mut self) -> Result<Event<T>, TryRecvError> {
+        self.try_recv()
+    }
+    fn register(&self) -> EventListener {
+        self.shared.data_ready.listen()
     }
 }
 

@@ -12,6 +12,10 @@
 //! A publisher never pays for a parked subscriber unless one is actually parked:
 //! waking is a fence and one load on the publisher's side when nobody waits.
 
+use event_listener::{EventListener, Listener as _};
+
+use super::error::{RecvError, TryRecvError};
+
 /// What to do after finding a subscription empty.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitStep {
@@ -136,6 +140,60 @@ impl WaitStrategy for SpinYieldPark {
     }
     fn reset(&mut self) {
         self.tried = 0;
+    }
+}
+
+/// Something a blocking receive can wait on: a typed or a pattern subscription.
+pub(crate) trait Waitable {
+    type Item;
+    type Wakeup: Wakeup;
+    /// One look, without waiting.
+    fn try_once(&mut self) -> Result<Self::Item, TryRecvError>;
+    /// Registers for a wake-up on the next publish (or close).
+    fn register(&self) -> Self::Wakeup;
+}
+
+/// A registered wake-up that a thread can block on.
+pub(crate) trait Wakeup {
+    fn block(self);
+}
+
+impl Wakeup for EventListener {
+    fn block(self) {
+        self.wait();
+    }
+}
+
+/// The blocking receive of every subscription: look, then wait as `wait` says.
+pub(crate) fn recv_blocking<S, W>(source: &mut S, wait: &mut W) -> Result<S::Item, RecvError>
+where
+    S: Waitable + ?Sized,
+    W: WaitStrategy + ?Sized,
+{
+    let ready = |result: Result<S::Item, TryRecvError>| match result {
+        Ok(item) => Some(Ok(item)),
+        Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+        Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+        Err(TryRecvError::Empty) => None,
+    };
+    wait.reset();
+    loop {
+        if let Some(result) = ready(source.try_once()) {
+            return result;
+        }
+        match wait.next_step() {
+            WaitStep::Spin => std::hint::spin_loop(),
+            WaitStep::Yield => std::thread::yield_now(),
+            WaitStep::Park => {
+                // Register first, then look again: a publish between the two is
+                // either seen by the look or fires the wake-up.
+                let wakeup = source.register();
+                if let Some(result) = ready(source.try_once()) {
+                    return result;
+                }
+                wakeup.block();
+            }
+        }
     }
 }
 
