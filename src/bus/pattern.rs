@@ -114,7 +114,8 @@ pub(crate) trait ErasedSubscriber: Send {
         &mut self,
         read: &mut dyn FnMut(AnyEventRef<'_>),
     ) -> std::result::Result<(), TryRecvError>;
-    fn listen(&self) -> EventListener;
+    /// See [`Subscriber::listen_and_mark`].
+    fn listen_and_mark(&self) -> Option<EventListener>;
 }
 
 impl<T: Clone + Send + Sync + 'static> ErasedSubscriber for Subscriber<T> {
@@ -143,8 +144,8 @@ impl<T: Clone + Send + Sync + 'static> ErasedSubscriber for Subscriber<T> {
         Ok(())
     }
 
-    fn listen(&self) -> EventListener {
-        self.data_ready().listen()
+    fn listen_and_mark(&self) -> Option<EventListener> {
+        Subscriber::listen_and_mark(self)
     }
 }
 
@@ -368,10 +369,20 @@ impl PatternSubscriber {
         }
     }
 
-    fn listeners(&self) -> Vec<EventListener> {
-        let mut listeners: Vec<_> = self.subscribers.iter().map(|s| s.listen()).collect();
+    /// Wake-ups for every topic and for "topic added"; `None` when some topic has
+    /// an event (nearly) there, so the caller must look again instead of sleeping.
+    fn listeners(&self) -> Option<Vec<EventListener>> {
+        let mut listeners = Vec::with_capacity(self.subscribers.len() + 1);
         listeners.push(self.shared.changed.listen());
-        listeners
+        if self.shared.has_added.load(Ordering::Acquire)
+            || self.shared.closed.load(Ordering::Acquire)
+        {
+            return None;
+        }
+        for subscriber in &self.subscribers {
+            listeners.push(subscriber.listen_and_mark()?);
+        }
+        Some(listeners)
     }
 
     /// Receives the next event, waiting with the default [`SpinYieldPark`] strategy.
@@ -418,11 +429,18 @@ impl PatternSubscriber {
                 Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
                 Err(TryRecvError::Closed) => Err(RecvError::Closed),
                 Err(TryRecvError::Empty) => match &mut self.listeners {
-                    None => {
-                        // Register, then look again before sleeping.
-                        self.listeners = Some(self.listeners());
-                        continue;
-                    }
+                    None => match self.listeners() {
+                        // Registered: look again before sleeping.
+                        Some(listeners) => {
+                            self.listeners = Some(listeners);
+                            continue;
+                        }
+                        // An event is being written: let others run, then look again.
+                        None => {
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                    },
                     Some(listeners) => {
                         let fired = listeners
                             .iter_mut()
@@ -452,12 +470,15 @@ impl Waitable for PatternSubscriber {
     }
 }
 
-/// Wake-ups of every topic of a pattern subscription, and of its "topic added".
-pub(crate) struct AnyOf(Vec<EventListener>);
+/// Wake-ups of every topic of a pattern subscription, and of its "topic added";
+/// `None`: look again.
+pub(crate) struct AnyOf(Option<Vec<EventListener>>);
 
 impl Wakeup for AnyOf {
-    fn block(mut self) {
-        park_until_any(&mut self.0);
+    fn block(self) {
+        if let Some(mut listeners) = self.0 {
+            park_until_any(&mut listeners);
+        }
     }
 }
 

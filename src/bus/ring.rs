@@ -31,6 +31,11 @@
 //!   whenever the subscriber runs dry), so the hot path is a plain load.
 //! * The minimum over gates is cached (`gate_cache`, a lower bound that only
 //!   grows); publishers rescan the gates only when the cached bound blocks them.
+//! * A subscriber about to sleep sets a **waiter** bit in the state of the slot it
+//!   waits for (by CAS, only while the slot still holds an older lap and is not
+//!   being written). The publisher's CAS that takes the slot returns the old state,
+//!   so it learns for free whether anyone sleeps on this slot, and wakes them only
+//!   then: no fence, no lock and no syscall on the publish path when nobody waits.
 //!
 //! # Encodings
 //!
@@ -39,12 +44,12 @@
 //!
 //! `Slot::state` (`u64`):
 //! ```text
-//!  63                       17   16      15            0
-//! +---------------------------+-------+----------------+
-//! | stamp (47 bits)           |WRITING| readers (16)   |
-//! +---------------------------+-------+----------------+
+//!  63                    18   17      16      15            0
+//! +------------------------+-------+-------+----------------+
+//! | stamp (46 bits)        |WAITER |WRITING| readers (16)   |
+//! +------------------------+-------+-------+----------------+
 //! ```
-//! `stamp(seq) = (seq / capacity + 1) mod 2^47`; `0` marks a slot never written (it
+//! `stamp(seq) = (seq / capacity + 1) mod 2^46`; `0` marks a slot never written (it
 //! reads as "the lap before lap 0"). Readers compare stamps by wrapping difference
 //! read as signed: `0` is the expected lap, negative an older one (not published
 //! yet; claims may run several laps ahead of a slow writer), positive a later one
@@ -74,7 +79,8 @@ use crate::sync::{backoff, fence, AtomicU64, ConstPtr, Ordering, UnsafeCell};
 const READER_BITS: u32 = 16;
 const READER_MASK: u64 = (1 << READER_BITS) - 1;
 const WRITING: u64 = 1 << READER_BITS;
-const STAMP_SHIFT: u32 = READER_BITS + 1;
+const WAITER: u64 = 1 << (READER_BITS + 1);
+const STAMP_SHIFT: u32 = READER_BITS + 2;
 const STAMP_MASK: u64 = (1 << (64 - STAMP_SHIFT)) - 1;
 
 const CLOSED: u64 = 1 << 63;
@@ -154,9 +160,9 @@ enum Lap {
     Later,
 }
 
-/// Compares stamps by their wrapping difference read as a signed 47-bit number, so
+/// Compares stamps by their wrapping difference read as a signed 46-bit number, so
 /// the comparison holds across the wrap as long as a reader and a slot are fewer
-/// than 2^46 laps apart.
+/// than 2^45 laps apart.
 #[inline]
 fn compare_lap(actual: u64, expected: u64) -> Lap {
     const SIGN: u64 = 1 << (64 - STAMP_SHIFT - 1);
@@ -290,35 +296,38 @@ impl<V> Ring<V> {
         }
     }
 
-    /// Writes `value` at the claimed sequence `seq` and publishes it.
+    /// Writes `value` at the claimed sequence `seq` and publishes it. Returns
+    /// whether a subscriber sleeps waiting for this slot (the caller wakes them).
     ///
     /// Waits (briefly, spinning) while the slot still belongs to the previous lap's
     /// publisher or while lag-mode subscribers are cloning the previous value.
     #[inline]
-    pub(crate) fn write(&self, seq: u64, value: V) {
+    #[must_use = "sleeping subscribers must be woken"]
+    pub(crate) fn write(&self, seq: u64, value: V) -> bool {
         let slot = self.slot(seq);
         let stamp = self.stamp(seq);
         let previous = stamp.wrapping_sub(1) & STAMP_MASK;
         let mut attempt = 0;
-        loop {
+        let old_state = loop {
             let state = slot.state.load(Ordering::Relaxed);
             let ready = stamp_of(state) == previous && state & (WRITING | READER_MASK) == 0;
             if ready {
-                // Take the slot: "previous lap, published, no readers" -> "writing".
-                // Acquire: the readers' `Release` unpins and the previous writer's
-                // `Release` publish happen before we touch the value.
+                // Take the slot: "previous lap, published, no readers" -> "writing",
+                // clearing any waiter bit (we report it to the caller).
+                // Acquire: the readers' `Release` unpins, the previous writer's
+                // `Release` publish and a waiter's `Release` mark happen before.
                 match slot.state.compare_exchange_weak(
                     state,
                     (stamp << STAMP_SHIFT) | WRITING,
                     Ordering::Acquire,
                     Ordering::Relaxed,
                 ) {
-                    Ok(_) => break,
+                    Ok(_) => break state,
                     Err(_) => continue,
                 }
             }
             backoff(&mut attempt);
-        }
+        };
         slot.value.get_mut().with(|cell| {
             // SAFETY: the WRITING flag we set by CAS excludes every other access: readers
             // only pin from a published state with our stamp (not yet stored), the next
@@ -333,8 +342,45 @@ impl<V> Ring<V> {
             }
         });
         // Publish: "this lap, published, no readers". Release: the value write above
-        // happens before any reader's Acquire of this state.
+        // happens before any reader's Acquire of this state. A plain store is enough:
+        // while WRITING is set nobody else changes the word (readers only pin, and
+        // waiters only mark, a state that is not being written).
         slot.state.store(stamp << STAMP_SHIFT, Ordering::Release);
+        old_state & WAITER != 0
+    }
+
+    /// Prepares the subscriber at `cursor` to sleep: marks its next slot so that the
+    /// publisher of that slot wakes it. The caller must have registered its wake-up
+    /// (listener) before calling.
+    ///
+    /// Returns `false` when it must not sleep: the event is there or about to be
+    /// (being written), the subscriber was overrun, or the ring is closed and
+    /// drained. The caller then looks again instead.
+    pub(crate) fn mark_waiting(&self, cursor: &Cursor) -> bool {
+        let seq = cursor.next;
+        let slot = self.slot(seq);
+        let stamp = self.stamp(seq);
+        loop {
+            let state = slot.state.load(Ordering::Acquire);
+            if compare_lap(stamp_of(state), stamp) != Lap::Older || state & WRITING != 0 {
+                return false;
+            }
+            if state & WAITER != 0 {
+                break;
+            }
+            // Release: our listener registration happens before the publisher that
+            // takes this slot (Acquire CAS) sees the mark and wakes listeners.
+            if slot
+                .state
+                .compare_exchange_weak(state, state | WAITER, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                break;
+            }
+        }
+        // Closing wakes every listener, so a close after this check is not missed.
+        let (tail, closed) = self.tail();
+        !(closed && seq >= tail)
     }
 
     /// Registers a subscriber that starts at the next event to be published. A
@@ -377,7 +423,6 @@ impl<V> Ring<V> {
         match cursor.gate {
             Some(index) if cursor.unflushed > 0 => {
                 cursor.unflushed = 0;
-                cursor.gate_moved = true;
                 // Release: our reads of every sequence below `next` happen before a
                 // publisher's Acquire of this gate lets it overwrite them.
                 self.gates[index].store(cursor.next, Ordering::Release);
@@ -417,14 +462,27 @@ impl<V> Ring<V> {
         cursor: &mut Cursor,
         read: impl FnOnce(&V) -> R,
     ) -> Result<R, Miss> {
-        let pinned = self.try_pin(cursor)?;
-        Ok(read(pinned.get()))
+        let (result, moved) = match self.try_pin(cursor) {
+            Ok(pinned) => {
+                let value = read(pinned.get());
+                (Ok(value), pinned.release())
+            }
+            Err((miss, moved)) => (Err(miss), moved),
+        };
+        cursor.gate_moved |= moved;
+        result
     }
 
     /// Pins the next event at the cursor and advances the cursor. The event stays
     /// valid, and its slot unwritable, until the returned [`Pinned`] is dropped.
+    ///
+    /// On a miss, also says whether the backpressure gate moved (publishers to wake):
+    /// the caller cannot ask the cursor, which the result still borrows.
     #[inline]
-    pub(crate) fn try_pin<'a>(&'a self, cursor: &'a mut Cursor) -> Result<Pinned<'a, V>, Miss> {
+    pub(crate) fn try_pin<'a>(
+        &'a self,
+        cursor: &'a mut Cursor,
+    ) -> Result<Pinned<'a, V>, (Miss, bool)> {
         let seq = cursor.next;
         let slot = self.slot(seq);
         let stamp = self.stamp(seq);
@@ -432,8 +490,8 @@ impl<V> Ring<V> {
             let state = slot.state.load(Ordering::Acquire);
             let lap = compare_lap(stamp_of(state), stamp);
             if lap != Lap::Expected || state & WRITING != 0 {
-                self.flush_gate(cursor);
-                return Err(self.miss(cursor, lap));
+                let moved = self.flush_gate(cursor);
+                return Err((self.miss(cursor, lap), moved));
             }
             cursor.next = seq + 1;
             cursor.unflushed += 1;
@@ -445,7 +503,7 @@ impl<V> Ring<V> {
             return Ok(Pinned {
                 ring: self,
                 slot,
-                value: slot.value.get(),
+                value: Some(slot.value.get()),
                 unpin: Unpin::Gate(cursor),
             });
         }
@@ -454,7 +512,7 @@ impl<V> Ring<V> {
             let state = slot.state.load(Ordering::Acquire);
             let lap = compare_lap(stamp_of(state), stamp);
             if lap != Lap::Expected || state & WRITING != 0 {
-                return Err(self.miss(cursor, lap));
+                return Err((self.miss(cursor, lap), false));
             }
             if state & READER_MASK == READER_MASK {
                 // 65 535 readers inside this very slot: wait for one to leave.
@@ -472,7 +530,7 @@ impl<V> Ring<V> {
                 return Ok(Pinned {
                     ring: self,
                     slot,
-                    value: slot.value.get(),
+                    value: Some(slot.value.get()),
                     unpin: Unpin::Reader,
                 });
             }
@@ -509,7 +567,7 @@ pub(crate) struct Cursor {
     flush_every: u32,
     /// A read reached `flush_every`; publish the gate once the value is released.
     flush_pending: bool,
-    /// The gate was published since the last `take_gate_moved`.
+    /// The gate was published by a read (`try_read`) since `take_gate_moved`.
     gate_moved: bool,
 }
 
@@ -533,7 +591,8 @@ impl Cursor {
         self.next
     }
 
-    /// Whether the gate moved since the last call: blocked publishers should be woken.
+    /// Whether a `try_read` moved the gate since the last call: blocked publishers
+    /// should be woken.
     pub(crate) fn take_gate_moved(&mut self) -> bool {
         std::mem::take(&mut self.gate_moved)
     }
@@ -555,7 +614,9 @@ enum Unpin<'a> {
 pub(crate) struct Pinned<'a, V> {
     ring: &'a Ring<V>,
     slot: &'a Slot<V>,
-    value: ConstPtr<MaybeUninit<V>>,
+    /// The shared access to the value: `Some` until unpinned, and dropped *before*
+    /// the slot is released (loom tracks the access for as long as it lives).
+    value: Option<ConstPtr<MaybeUninit<V>>>,
     unpin: Unpin<'a>,
 }
 
@@ -567,7 +628,10 @@ impl<V> Pinned<'_, V> {
         // so its value is initialised; and it cannot be written until this `Pinned`
         // is dropped: in lag mode our reader count blocks the writer's CAS, in
         // backpressure mode our gate (not yet past this sequence) blocks the claim.
-        unsafe { self.value.deref().assume_init_ref() }
+        match &self.value {
+            Some(value) => unsafe { value.deref().assume_init_ref() },
+            None => unreachable!("a Pinned is unpinned only when consumed or dropped"),
+        }
     }
 }
 
@@ -575,13 +639,14 @@ impl<V> Pinned<'_, V> {
     /// Unpins now and says whether a backpressure gate moved (publishers to wake).
     #[inline]
     pub(crate) fn release(mut self) -> bool {
-        let moved = self.unpin();
-        std::mem::forget(self); // Holds only references: nothing else to drop.
-        moved
+        self.unpin() // `Drop` then finds it unpinned.
     }
 
     #[inline]
     fn unpin(&mut self) -> bool {
+        if self.value.take().is_none() {
+            return false; // Already unpinned.
+        }
         match &mut self.unpin {
             Unpin::Reader => {
                 // Release: our reads of the value happen before the writer's Acquire CAS.
@@ -629,7 +694,7 @@ mod tests {
         let mut cursor = ring.subscribe(false).unwrap();
         for i in 0..10 {
             let seq = ring.try_claim().unwrap();
-            ring.write(seq, i.to_string());
+            assert!(!ring.write(seq, i.to_string()), "nobody sleeps here");
         }
         let (seen, missed) = read_all(&ring, &mut cursor);
         assert_eq!(seen, ["6", "7", "8", "9"]);
@@ -642,7 +707,7 @@ mod tests {
         let mut cursor = ring.subscribe(true).unwrap();
         for i in 0..4 {
             let seq = ring.try_claim().unwrap();
-            ring.write(seq, i.to_string());
+            assert!(!ring.write(seq, i.to_string()), "nobody sleeps here");
         }
         assert_eq!(ring.try_claim(), Err(ClaimError::Full));
         assert_eq!(
@@ -652,7 +717,7 @@ mod tests {
         // The gate is published in batches (here every read: capacity 4 / 4), so
         // one read frees one slot.
         let seq = ring.try_claim().unwrap();
-        ring.write(seq, "4".into());
+        assert!(!ring.write(seq, "4".into()));
         let (seen, missed) = read_all(&ring, &mut cursor);
         assert_eq!((seen.len(), missed), (4, 0));
         ring.unsubscribe(&mut cursor);
@@ -674,7 +739,7 @@ mod tests {
         let ring = Ring::new(2, 0);
         let mut cursor = ring.subscribe(false).unwrap();
         let seq = ring.try_claim().unwrap();
-        ring.write(seq, "last".to_string());
+        assert!(!ring.write(seq, "last".to_string()));
         assert!(ring.close());
         assert!(!ring.close());
         assert_eq!(ring.try_claim(), Err(ClaimError::Closed));
@@ -693,7 +758,7 @@ mod tests {
             let ring = Ring::new(4, 0);
             for _ in 0..6 {
                 let seq = ring.try_claim().unwrap();
-                ring.write(seq, Arc::clone(&token));
+                assert!(!ring.write(seq, Arc::clone(&token)));
             }
             assert_eq!(
                 Arc::strong_count(&token),
@@ -702,6 +767,34 @@ mod tests {
             );
         }
         assert_eq!(Arc::strong_count(&token), 1);
+    }
+
+    #[test]
+    fn a_marked_slot_makes_its_publisher_wake() {
+        let ring = Ring::new(2, 0);
+        let cursor = ring.subscribe(false).unwrap();
+        assert!(ring.mark_waiting(&cursor), "empty and open: may sleep");
+        let seq = ring.try_claim().unwrap();
+        assert!(
+            ring.write(seq, "a".to_string()),
+            "the publisher learns of the sleeper"
+        );
+        assert!(
+            !ring.mark_waiting(&cursor),
+            "an event is there: do not sleep"
+        );
+        let seq = ring.try_claim().unwrap();
+        assert!(!ring.write(seq, "b".to_string()), "nobody marked this slot");
+        ring.close();
+        let mut drained = ring.subscribe(false).unwrap();
+        assert_eq!(
+            ring.try_read(&mut drained, String::clone),
+            Err(Miss::Closed)
+        );
+        assert!(
+            !ring.mark_waiting(&drained),
+            "closed and drained: do not sleep"
+        );
     }
 
     #[test]
@@ -730,14 +823,17 @@ mod loom_models {
 
     fn publish(ring: &Ring<Value>, value: u64) {
         let seq = ring.try_claim().expect("open ring, no gates");
-        ring.write(seq, Arc::new(value));
+        let _wake = ring.write(seq, Arc::new(value));
     }
 
     /// Publishes, yielding while a backpressure gate says the ring is full.
     fn publish_waiting(ring: &Ring<Value>, value: u64) {
         loop {
             match ring.try_claim() {
-                Ok(seq) => return ring.write(seq, Arc::new(value)),
+                Ok(seq) => {
+                    let _wake = ring.write(seq, Arc::new(value));
+                    return;
+                }
                 Err(ClaimError::Full) => thread::yield_now(),
                 Err(ClaimError::Closed) => unreachable!("nobody closes this ring"),
             }
@@ -814,6 +910,48 @@ mod loom_models {
             writer.join().unwrap();
             let mut cursor = Cursor::new(1, None, 1);
             assert_eq!(ring.try_read(&mut cursor, |v| **v), Ok(1));
+        });
+    }
+
+    #[test]
+    fn loom_a_sleeping_subscriber_is_always_woken() {
+        // The subscriber marks its slot and "sleeps" (spins on a flag only a
+        // publisher that saw the mark sets). If the publisher could miss the mark,
+        // loom finds the schedule where the subscriber never wakes.
+        use loom::sync::atomic::AtomicBool;
+        loom::model(|| {
+            let ring = Arc::new(Ring::new(2, 0));
+            let woken = Arc::new(AtomicBool::new(false));
+            let mut cursor = ring.subscribe(false).unwrap();
+            let writer = {
+                let (ring, woken) = (ring.clone(), woken.clone());
+                thread::spawn(move || {
+                    let seq = ring.try_claim().unwrap();
+                    if ring.write(seq, Arc::new(5)) {
+                        woken.store(true, Ordering::Release);
+                    }
+                })
+            };
+            loop {
+                match ring.try_read(&mut cursor, |v| **v) {
+                    Ok(value) => {
+                        assert_eq!(value, 5);
+                        break;
+                    }
+                    Err(Miss::Empty) => {
+                        if ring.mark_waiting(&cursor) {
+                            // Sleep: only a wake-up gets us out.
+                            while !woken.load(Ordering::Acquire) {
+                                thread::yield_now();
+                            }
+                        } else {
+                            thread::yield_now(); // told to look again
+                        }
+                    }
+                    Err(other) => panic!("unexpected {other:?}"),
+                }
+            }
+            writer.join().unwrap();
         });
     }
 

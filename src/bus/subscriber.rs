@@ -41,7 +41,7 @@ pub struct EventRef<'a, T> {
     /// Always `Some` until dropped.
     pinned: Option<Pinned<'a, Stored<T>>>,
     meta: Meta,
-    space: &'a event_listener::Event,
+    shared: &'a TopicShared<T>,
 }
 
 impl<T> Drop for EventRef<'_, T> {
@@ -49,7 +49,7 @@ impl<T> Drop for EventRef<'_, T> {
         if let Some(pinned) = self.pinned.take() {
             if pinned.release() {
                 // Our backpressure gate moved on: wake publishers waiting for room.
-                self.space.notify(usize::MAX);
+                self.shared.wake_publishers();
             }
         }
     }
@@ -112,7 +112,7 @@ impl<T> Drop for Subscriber<T> {
     fn drop(&mut self) {
         if self.cursor.is_gated() {
             self.shared.ring.unsubscribe(&mut self.cursor);
-            self.shared.space.notify(usize::MAX);
+            self.shared.wake_publishers();
         }
     }
 }
@@ -139,8 +139,15 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
         &self.shared.name
     }
 
-    pub(crate) fn data_ready(&self) -> &event_listener::Event {
-        &self.shared.data_ready
+    /// Registers a wake-up for the next event and marks the slot so its publisher
+    /// fires it. `None` means "do not sleep, look again" (the event is there or
+    /// nearly, the subscriber lagged, or the topic is closed and drained).
+    pub(crate) fn listen_and_mark(&self) -> Option<EventListener> {
+        let listener = self.shared.data_ready.listen();
+        self.shared
+            .ring
+            .mark_waiting(&self.cursor)
+            .then_some(listener)
     }
 
     /// The sequence number of the next event this subscriber will receive.
@@ -152,7 +159,7 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
     #[inline]
     fn release_publishers(&mut self) {
         if self.cursor.take_gate_moved() {
-            self.shared.space.notify(usize::MAX);
+            self.shared.wake_publishers();
         }
     }
 
@@ -178,11 +185,7 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
     /// ```
     #[inline]
     pub fn try_recv_ref(&mut self) -> Result<EventRef<'_, T>, TryRecvError> {
-        if self.cursor.take_gate_moved() {
-            self.shared.space.notify(usize::MAX);
-        }
         let seq = self.cursor.next();
-        let gated = self.cursor.is_gated();
         let shared = &*self.shared;
         match shared.ring.try_pin(&mut self.cursor) {
             Ok(pinned) => {
@@ -190,15 +193,13 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
                 Ok(EventRef {
                     pinned: Some(pinned),
                     meta,
-                    space: &shared.space,
+                    shared,
                 })
             }
-            Err(miss) => {
-                // A miss publishes a backpressure gate (the subscriber ran dry): wake
-                // publishers. (The cursor is still borrowed here, so we cannot ask it
-                // whether the gate moved.)
-                if gated {
-                    shared.space.notify(usize::MAX);
+            Err((miss, gate_moved)) => {
+                if gate_moved {
+                    // The subscriber ran dry and published its gate.
+                    shared.wake_publishers();
                 }
                 Err(miss_to_try(miss))
             }
@@ -314,10 +315,15 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
                 Err(TryRecvError::Empty) => {}
             }
             match &mut self.listener {
-                None => {
-                    // Register, then loop to look again before sleeping.
-                    self.listener = Some(self.shared.data_ready.listen());
-                }
+                None => match self.listen_and_mark() {
+                    // Registered: look again before sleeping.
+                    Some(listener) => self.listener = Some(listener),
+                    // The event is being written: let others run, then look again.
+                    None => {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                },
                 Some(listener) => match Pin::new(listener).poll(cx) {
                     Poll::Ready(()) => self.listener = None,
                     Poll::Pending => return Poll::Pending,
@@ -329,12 +335,12 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
 
 impl<T: Clone + Send + Sync + 'static> Waitable for Subscriber<T> {
     type Item = Event<T>;
-    type Wakeup = EventListener;
+    type Wakeup = Option<EventListener>;
     fn try_once(&mut self) -> Result<Event<T>, TryRecvError> {
         self.try_recv()
     }
-    fn register(&self) -> EventListener {
-        self.shared.data_ready.listen()
+    fn register(&self) -> Option<EventListener> {
+        self.listen_and_mark()
     }
 }
 

@@ -1,6 +1,7 @@
 //! Typed topics: the publishing handle and the shared state of one topic.
 
 use std::fmt;
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use event_listener::{Event as Notify, Listener as _};
@@ -28,8 +29,11 @@ pub(crate) struct TopicShared<T> {
     pub(crate) ring: Ring<Stored<T>>,
     /// Notified after every publish, and on close: wakes parked and async subscribers.
     pub(crate) data_ready: Notify,
-    /// Notified when a backpressure subscriber moves on or leaves: wakes publishers.
+    /// Notified when a backpressure subscriber moves on or leaves, if a publisher
+    /// is parked waiting for room (`space_waiters > 0`).
     pub(crate) space: Notify,
+    /// Publishers parked on `space`.
+    space_waiters: AtomicUsize,
     pub(crate) salt: u32,
     pub(crate) instance: InstanceId,
     pub(crate) clock: Clock,
@@ -61,6 +65,7 @@ impl<T> TopicShared<T> {
             name,
             data_ready: Notify::new(),
             space: Notify::new(),
+            space_waiters: AtomicUsize::new(0),
             instance,
             clock,
         })
@@ -91,13 +96,26 @@ impl<T> TopicShared<T> {
         self.space.notify(usize::MAX);
     }
 
+    /// Wakes publishers parked for room, if there are any. Called by backpressure
+    /// subscribers after their gate moved (every few reads), never per event.
+    pub(crate) fn wake_publishers(&self) {
+        // Pairs with the fence in `publish_stored` (count ourselves as waiting;
+        // fence; look at the gates again): either that look sees the moved gate, or
+        // this load sees the waiter.
+        fence(Ordering::SeqCst);
+        if self.space_waiters.load(Ordering::Relaxed) > 0 {
+            self.space.notify(usize::MAX);
+        }
+    }
+
     #[inline]
     fn try_publish_stored(&self, stored: Stored<T>) -> Result<u64, (ClaimError, Stored<T>)> {
         match self.ring.try_claim() {
             Ok(seq) => {
-                self.ring.write(seq, stored);
-                // A fence and one load when nobody is parked or awaiting.
-                self.data_ready.notify(usize::MAX);
+                if self.ring.write(seq, stored) {
+                    // Someone sleeps on this slot (the ring told us for free).
+                    self.data_ready.notify(usize::MAX);
+                }
                 Ok(seq)
             }
             Err(error) => Err((error, stored)),
@@ -118,12 +136,18 @@ impl<T> TopicShared<T> {
                         WaitStep::Spin => std::hint::spin_loop(),
                         WaitStep::Yield => std::thread::yield_now(),
                         WaitStep::Park => {
+                            // Listen, count ourselves as waiting, fence, look again:
+                            // see `wake_publishers`.
                             let listener = self.space.listen();
-                            match self.try_publish_stored(stored) {
-                                Err((ClaimError::Full, back)) => {
-                                    stored = back;
-                                    listener.wait();
-                                }
+                            self.space_waiters.fetch_add(1, Ordering::SeqCst);
+                            fence(Ordering::SeqCst);
+                            let again = self.try_publish_stored(stored);
+                            if let Err((ClaimError::Full, _)) = &again {
+                                listener.wait();
+                            }
+                            self.space_waiters.fetch_sub(1, Ordering::SeqCst);
+                            match again {
+                                Err((ClaimError::Full, back)) => stored = back,
                                 Err((ClaimError::Closed, back)) => return Err(back),
                                 Ok(seq) => return Ok(seq),
                             }

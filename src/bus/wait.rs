@@ -158,9 +158,12 @@ pub(crate) trait Wakeup {
     fn block(self);
 }
 
-impl Wakeup for EventListener {
+/// `None`: nothing to wait for, look again.
+impl Wakeup for Option<EventListener> {
     fn block(self) {
-        self.wait();
+        if let Some(listener) = self {
+            listener.wait();
+        }
     }
 }
 
