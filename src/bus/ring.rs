@@ -120,6 +120,9 @@ struct Slot<V> {
 /// A bounded broadcast ring of `V`.
 pub(crate) struct Ring<V> {
     tail: CachePadded<AtomicU64>,
+    /// 1 once `CLOSED` is set in `tail`: a read-mostly copy, so that subscribers
+    /// polling an empty ring do not pull `tail`'s cache line away from publishers.
+    closed_hint: CachePadded<AtomicU64>,
     gate_cache: CachePadded<AtomicU64>,
     gates: Box<[CachePadded<AtomicU64>]>,
     slots: Box<[Slot<V>]>,
@@ -192,6 +195,7 @@ impl<V> Ring<V> {
             .collect();
         Ring {
             tail: CachePadded::new(AtomicU64::new(0)),
+            closed_hint: CachePadded::new(AtomicU64::new(0)),
             gate_cache: CachePadded::new(AtomicU64::new(0)),
             gates,
             slots,
@@ -226,7 +230,9 @@ impl<V> Ring<V> {
     /// Closes the ring: no claim succeeds afterwards; what was claimed is still
     /// written and can be read. Returns `false` if it was already closed.
     pub(crate) fn close(&self) -> bool {
-        self.tail.fetch_or(CLOSED, Ordering::SeqCst) & CLOSED == 0
+        let first = self.tail.fetch_or(CLOSED, Ordering::SeqCst) & CLOSED == 0;
+        self.closed_hint.store(1, Ordering::Release);
+        first
     }
 
     /// Whether a publisher may claim `seq` without overwriting an event that a
@@ -442,6 +448,9 @@ impl<V> Ring<V> {
             let missed = oldest - cursor.next;
             cursor.next = oldest;
             return Miss::Lagged(missed);
+        }
+        if self.closed_hint.load(Ordering::Acquire) == 0 {
+            return Miss::Empty;
         }
         let (tail, closed) = self.tail();
         if closed && cursor.next >= tail {

@@ -124,7 +124,10 @@ impl<T> TopicShared<T> {
 
     /// Publishes, waiting while a backpressure subscriber blocks the ring.
     pub(crate) fn publish_stored(&self, stored: Stored<T>) -> Result<u64, Stored<T>> {
-        let mut wait = SpinYieldPark::new(100, 10);
+        // Room comes back a gate flush (a few dozen events) at a time: spin and
+        // yield through that (as a disruptor producer spins on a full ring), and
+        // park only when the subscriber has really stalled (~10 ms of yields).
+        let mut wait = SpinYieldPark::new(1_000, 10_000);
         let mut stored = stored;
         loop {
             match self.try_publish_stored(stored) {
