@@ -10,7 +10,8 @@
 //! | [`SpinYieldPark`] | as above while events flow; a thread wake-up (~30 µs) after parking | none once parked |
 //!
 //! A publisher never pays for a parked subscriber unless one is actually parked:
-//! waking is a fence and one load on the publisher's side when nobody waits.
+//! a subscriber about to sleep marks the slot it waits for, and the publisher learns
+//! of the mark from the compare-and-swap it does on that slot anyway.
 
 use event_listener::{EventListener, Listener as _};
 
