@@ -1,1 +1,1633 @@
-fn main() {}
+//! The local bus against its anchors, side by side in one criterion run.
+//!
+//! Criterion groups (results and method in `docs/benchmarks.md`):
+//!
+//! * `fanout_1x1`, `fanout_1x4`: one publisher, one or four spinning subscribers,
+//!   64-byte events, throughput in events/s. tickbus (backpressure and lag
+//!   subscribers), `tokio::sync::broadcast` (with and without flow control) and the
+//!   `disruptor` crate, plus the harness loop alone as a baseline.
+//! * `latency`: one-way latency as half a ping-pong round trip between two pinned
+//!   threads, spinning and async, with a bare cache-line ping-pong as the floor.
+//! * `single_thread`: publish + receive on one thread, to show the per-event cost
+//!   of tickbus's metadata against tokio's broadcast.
+//!
+//! Then, printed at the end: **interleaved rounds** (`rounds/...`). On the 2-vCPU
+//! development VM the cost of a cache-line transfer flips within seconds between
+//! about 45 ns and about 250 ns one-way (the host moves the vCPUs), and every
+//! figure moves with it, so two criterion figures taken a minute apart cannot be
+//! divided. The rounds measure each system in turn, many times over, in short
+//! chunks between two probes of the bare ping-pong, and pool each chunk with the
+//! others of the same placement: events/s, p50/p99 latency (hdrhistogram over
+//! individual round trips) and the ratios, within one placement only.
+//!
+//! Every ring has 4 096 slots (the tickbus default). Run with
+//! `cargo bench --bench local_bus -- --warm-up-time 1 --measurement-time 5`.
+//! A filter also selects the rounds, as a substring of `rounds/fanout_1x1`,
+//! `rounds/fanout_1x4` or `rounds/latency` (`-- rounds` runs only them).
+
+use std::collections::VecDeque;
+use std::hint::{black_box, spin_loop};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, SamplingMode, Throughput};
+use disruptor::{
+    BusySpin as DisruptorBusySpin, EventPoller, Polling, Producer, SingleProducerBarrier,
+};
+use hdrhistogram::Histogram;
+use tickbus::{
+    Bus, BusySpin, Clock, RecvError, SlowPolicy, SubscribeOptions, Subscriber, Topic, TopicOptions,
+    TryRecvError,
+};
+use tokio::sync::broadcast;
+
+/// Ring capacity of every system under test (tickbus's default).
+const CAPACITY: usize = 4096;
+/// Events per criterion iteration in the fan-out groups.
+const BATCH: u64 = 1_000_000;
+/// Interleaved rounds: how many, and what each system does in one round.
+const FANOUT_ROUNDS: usize = 12;
+const ROUND_EVENTS_1X1: u64 = 1_000_000;
+const ROUND_EVENTS_1X4: u64 = 250_000;
+const LATENCY_ROUNDS: usize = 30;
+const ROUND_SPIN_TRIPS: u64 = 10_000;
+const ROUND_ASYNC_TRIPS: u64 = 1_500;
+
+/// The 64-byte event of every benchmark.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Event64 {
+    seq: u64,
+    pad: [u64; 7],
+}
+
+impl Event64 {
+    #[inline]
+    fn new(seq: u64) -> Self {
+        Event64 { seq, pad: [seq; 7] }
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<Event64>() == 64);
+
+/// An atomic on a cache line (two, against adjacent-line prefetch) of its own.
+#[derive(Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+fn tickbus_topic(bus: &Bus, name: &str) -> Topic<Event64> {
+    let options = TopicOptions {
+        capacity: CAPACITY,
+        ..Default::default()
+    };
+    bus.topic_with::<Event64>(name, options).expect("topic")
+}
+
+// ---------------------------------------------------------------------------
+// Threads and cores
+// ---------------------------------------------------------------------------
+
+/// The cores this process may run on, read once before any thread is pinned
+/// (`core_affinity` lists only the cores of the calling thread's mask, and
+/// threads inherit the mask of the thread that spawns them).
+fn cores() -> &'static [core_affinity::CoreId] {
+    static CORES: OnceLock<Vec<core_affinity::CoreId>> = OnceLock::new();
+    CORES.get_or_init(|| core_affinity::get_core_ids().unwrap_or_default())
+}
+
+/// Pins the current thread to the `index`th core, if there is one.
+fn pin(index: usize) -> bool {
+    cores()
+        .get(index)
+        .is_some_and(|&core| core_affinity::set_for_current(core))
+}
+
+/// The state initialiser of a disruptor handler that runs on the second core: it
+/// runs first thing on the handler's own thread. (The disruptor's `pin_at_core`
+/// checks the core against `core_affinity::get_core_ids()` on the calling thread,
+/// which lists only core 0 once the benchmark thread is pinned there.)
+fn pin_handler_thread() {
+    pin(1);
+}
+
+/// Spins a little, then yields: how the publisher waits for its subscribers
+/// (yielding matters when five threads share two cores).
+struct Backoff(u32);
+
+impl Backoff {
+    fn snooze(&mut self) {
+        if self.0 < 1_000 {
+            self.0 += 1;
+            spin_loop();
+        } else {
+            thread::yield_now();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Fan-out throughput
+// ---------------------------------------------------------------------------
+
+/// What one subscriber thread reports: how far it got (hot, written by it, read
+/// by the publisher only when it waits), and how many events it missed or saw out
+/// of order (cold).
+#[derive(Default)]
+struct SubStats {
+    /// The next sequence it expects: every event below it was received or lagged.
+    progress: Padded,
+    lagged: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// A subscriber thread's private bookkeeping. It checks every sequence, and
+/// reports progress every `PROGRESS_EVERY` events and whenever it runs dry (the
+/// way tickbus publishes its backpressure gates and the disruptor its consumer
+/// cursor), so the harness does not bounce a cache line per event.
+struct Tracker {
+    stats: Arc<SubStats>,
+    expected: u64,
+    reported: u64,
+}
+
+const PROGRESS_EVERY: u64 = 64;
+
+impl Tracker {
+    fn new(stats: Arc<SubStats>) -> Self {
+        Tracker {
+            stats,
+            expected: 0,
+            reported: 0,
+        }
+    }
+
+    #[inline]
+    fn received(&mut self, seq: u64) {
+        if seq != self.expected {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.expected = seq + 1;
+        if self.expected - self.reported >= PROGRESS_EVERY {
+            self.report();
+        }
+    }
+
+    #[inline]
+    fn lagged(&mut self, missed: u64) {
+        self.stats.lagged.fetch_add(missed, Ordering::Relaxed);
+        self.expected += missed;
+    }
+
+    /// Nothing more to read for now: make the progress visible.
+    #[inline]
+    fn idle(&mut self) {
+        if self.reported != self.expected {
+            self.report();
+        }
+    }
+
+    #[inline]
+    fn report(&mut self) {
+        self.stats
+            .progress
+            .0
+            .store(self.expected, Ordering::Release);
+        self.reported = self.expected;
+    }
+}
+
+/// The subscriber side of one fan-out set-up: the reports, and the threads.
+struct Subscribers {
+    stats: Vec<Arc<SubStats>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// What a fan-out set-up did over its life.
+struct FanOutReport {
+    published: u64,
+    subscribers: u64,
+    lagged: u64,
+}
+
+impl FanOutReport {
+    fn lag_percent(&self) -> f64 {
+        100.0 * self.lagged as f64 / (self.published.max(1) * self.subscribers) as f64
+    }
+}
+
+impl Subscribers {
+    fn new(count: usize) -> Self {
+        let stats = (0..count).map(|_| Arc::new(SubStats::default())).collect();
+        Subscribers {
+            stats,
+            threads: Vec::new(),
+        }
+    }
+
+    fn tracker(&self, index: usize) -> Tracker {
+        Tracker::new(Arc::clone(&self.stats[index]))
+    }
+
+    /// The lowest progress over all subscribers.
+    fn min_progress(&self) -> u64 {
+        self.stats
+            .iter()
+            .map(|stats| stats.progress.0.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Waits until every subscriber has accounted for every sequence below `end`.
+    fn wait_for(&self, end: u64) {
+        let mut backoff = Backoff(0);
+        while self.min_progress() < end {
+            backoff.snooze();
+        }
+    }
+
+    /// Joins the (already told to stop) threads and checks that nothing was
+    /// received out of order.
+    fn finish(self, published: u64) -> FanOutReport {
+        for thread in self.threads {
+            thread.join().expect("subscriber thread panicked");
+        }
+        let sum = |field: fn(&SubStats) -> &AtomicU64| -> u64 {
+            self.stats
+                .iter()
+                .map(|stats| field(stats).load(Ordering::Relaxed))
+                .sum()
+        };
+        assert_eq!(
+            sum(|stats| &stats.errors),
+            0,
+            "events out of order or missing"
+        );
+        FanOutReport {
+            published,
+            subscribers: self.stats.len() as u64,
+            lagged: sum(|stats| &stats.lagged),
+        }
+    }
+}
+
+/// One publisher (the benchmark thread) and its subscriber threads.
+trait FanOutRig {
+    /// Publishes `events` more events, waits until every subscriber has accounted
+    /// for them, and returns the time taken.
+    fn run(&mut self, events: u64) -> Duration;
+    /// Stops the subscribers and reports.
+    fn finish(self: Box<Self>) -> FanOutReport;
+}
+
+/// Publishes `events` through `publish`, then waits for the subscribers.
+#[inline]
+fn publish_and_wait(
+    events: u64,
+    seq: &mut u64,
+    subscribers: &Subscribers,
+    mut publish: impl FnMut(u64),
+) -> Duration {
+    let start = Instant::now();
+    for _ in 0..events {
+        publish(*seq);
+        *seq += 1;
+    }
+    subscribers.wait_for(*seq);
+    start.elapsed()
+}
+
+/// The harness alone: the same loop and end-of-batch wait, with a local counter
+/// standing in for the subscriber.
+struct Baseline {
+    sink: Padded,
+    seq: u64,
+}
+
+impl FanOutRig for Baseline {
+    fn run(&mut self, events: u64) -> Duration {
+        let start = Instant::now();
+        for _ in 0..events {
+            let event = black_box(Event64::new(self.seq));
+            self.sink.0.store(event.seq + 1, Ordering::Release);
+            self.seq += 1;
+        }
+        while self.sink.0.load(Ordering::Acquire) < self.seq {
+            spin_loop();
+        }
+        start.elapsed()
+    }
+
+    fn finish(self: Box<Self>) -> FanOutReport {
+        FanOutReport {
+            published: self.seq,
+            subscribers: 1,
+            lagged: 0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Receive {
+    /// `try_recv()`: the event is cloned out with its metadata.
+    Clone,
+    /// `try_recv_ref()`: the event is read in place.
+    Ref,
+}
+
+struct TickbusFanOut {
+    bus: Bus,
+    topic: Topic<Event64>,
+    subscribers: Subscribers,
+    seq: u64,
+}
+
+impl TickbusFanOut {
+    fn new(count: usize, policy: SlowPolicy, receive: Receive) -> Self {
+        let bus = Bus::builder().build().expect("bus");
+        let topic = tickbus_topic(&bus, "bench:fanout");
+        let mut subscribers = Subscribers::new(count);
+        for index in 0..count {
+            let mut sub = topic
+                .subscribe_with(SubscribeOptions::with_policy(policy))
+                .expect("subscriber");
+            let mut tracker = subscribers.tracker(index);
+            subscribers.threads.push(thread::spawn(move || {
+                if count == 1 {
+                    pin(1);
+                }
+                loop {
+                    // A true busy spin, as the disruptor's `BusySpin`: no pause on `Empty`.
+                    let received = match receive {
+                        Receive::Clone => sub.try_recv().map(|event| {
+                            let event = black_box(event);
+                            debug_assert_eq!(event.meta.seq(), event.value.seq);
+                            event.value.seq
+                        }),
+                        Receive::Ref => sub.try_recv_ref().map(|event| black_box(&*event).seq),
+                    };
+                    match received {
+                        Ok(seq) => tracker.received(seq),
+                        Err(TryRecvError::Empty) => tracker.idle(),
+                        Err(TryRecvError::Lagged(missed)) => tracker.lagged(missed),
+                        Err(TryRecvError::Closed) => break,
+                    }
+                }
+            }));
+        }
+        TickbusFanOut {
+            bus,
+            topic,
+            subscribers,
+            seq: 0,
+        }
+    }
+}
+
+impl FanOutRig for TickbusFanOut {
+    fn run(&mut self, events: u64) -> Duration {
+        let topic = &self.topic;
+        publish_and_wait(events, &mut self.seq, &self.subscribers, |seq| {
+            topic.publish(Event64::new(seq)).expect("open bus");
+        })
+    }
+
+    fn finish(self: Box<Self>) -> FanOutReport {
+        self.bus.shutdown();
+        self.subscribers.finish(self.seq)
+    }
+}
+
+/// tokio's broadcast has no backpressure: a fast sender overwrites, and receivers
+/// see `Lagged`. With `flow_control`, the sender never runs more than `CAPACITY`
+/// events ahead of the slowest receiver's reported progress (cached, reread only
+/// when the cached bound blocks it: the gating tickbus and the disruptor do
+/// internally), so nothing is lost and the figure counts delivered events.
+/// Without, it shows the lossy rate, as tickbus's lag mode does.
+struct TokioFanOut {
+    tx: Option<broadcast::Sender<Event64>>,
+    subscribers: Subscribers,
+    flow_control: bool,
+    allowed_below: u64,
+    seq: u64,
+}
+
+impl TokioFanOut {
+    fn new(count: usize, flow_control: bool) -> Self {
+        let (tx, _) = broadcast::channel::<Event64>(CAPACITY);
+        let mut subscribers = Subscribers::new(count);
+        for index in 0..count {
+            let mut rx = tx.subscribe();
+            let mut tracker = subscribers.tracker(index);
+            subscribers.threads.push(thread::spawn(move || {
+                if count == 1 {
+                    pin(1);
+                }
+                loop {
+                    match rx.try_recv() {
+                        Ok(event) => tracker.received(black_box(event).seq),
+                        Err(broadcast::error::TryRecvError::Empty) => tracker.idle(),
+                        Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                            tracker.lagged(missed)
+                        }
+                        Err(broadcast::error::TryRecvError::Closed) => break,
+                    }
+                }
+            }));
+        }
+        TokioFanOut {
+            tx: Some(tx),
+            subscribers,
+            flow_control,
+            allowed_below: 0,
+            seq: 0,
+        }
+    }
+}
+
+impl FanOutRig for TokioFanOut {
+    fn run(&mut self, events: u64) -> Duration {
+        let tx = self.tx.as_ref().expect("running");
+        let (subscribers, flow_control, allowed_below) = (
+            &self.subscribers,
+            self.flow_control,
+            &mut self.allowed_below,
+        );
+        publish_and_wait(events, &mut self.seq, subscribers, |seq| {
+            if flow_control && seq >= *allowed_below {
+                let mut backoff = Backoff(0);
+                loop {
+                    *allowed_below = subscribers.min_progress() + CAPACITY as u64;
+                    if seq < *allowed_below {
+                        break;
+                    }
+                    backoff.snooze();
+                }
+            }
+            tx.send(Event64::new(seq)).expect("receivers alive");
+        })
+    }
+
+    fn finish(mut self: Box<Self>) -> FanOutReport {
+        drop(self.tx.take());
+        self.subscribers.finish(self.seq)
+    }
+}
+
+/// A disruptor event handler that checks sequences and reports progress (the end
+/// of a batch is where the disruptor's consumer runs dry).
+fn disruptor_handler(mut tracker: Tracker) -> impl FnMut(&mut (), &Event64, i64, bool) + Send {
+    move |_: &mut (), event: &Event64, _sequence, end_of_batch| {
+        tracker.received(black_box(event).seq);
+        if end_of_batch {
+            tracker.idle();
+        }
+    }
+}
+
+/// The disruptor with `BusySpin` handlers on its managed threads; the 1→1
+/// handler is pinned to core 1 as our own subscriber threads are.
+struct DisruptorFanOut<P> {
+    producer: Option<P>,
+    subscribers: Subscribers,
+    seq: u64,
+}
+
+fn disruptor_fanout(count: usize) -> Box<dyn FanOutRig> {
+    let subscribers = Subscribers::new(count);
+    let factory = Event64::default;
+    let handler = |index| disruptor_handler(subscribers.tracker(index));
+    let builder = disruptor::build_single_producer(CAPACITY, factory, DisruptorBusySpin);
+    // The shapes have different types (single- versus multi-consumer barrier).
+    match count {
+        1 => {
+            let producer = builder
+                .handle_events_and_state_with(handler(0), pin_handler_thread)
+                .build();
+            Box::new(DisruptorFanOut {
+                producer: Some(producer),
+                subscribers,
+                seq: 0,
+            })
+        }
+        4 => {
+            let producer = builder
+                .handle_events_and_state_with(handler(0), || ())
+                .handle_events_and_state_with(handler(1), || ())
+                .handle_events_and_state_with(handler(2), || ())
+                .handle_events_and_state_with(handler(3), || ())
+                .build();
+            Box::new(DisruptorFanOut {
+                producer: Some(producer),
+                subscribers,
+                seq: 0,
+            })
+        }
+        _ => unimplemented!("1 or 4 subscribers"),
+    }
+}
+
+impl<P: Producer<Event64>> FanOutRig for DisruptorFanOut<P> {
+    fn run(&mut self, events: u64) -> Duration {
+        let producer = self.producer.as_mut().expect("running");
+        publish_and_wait(events, &mut self.seq, &self.subscribers, |seq| {
+            producer.publish(|slot| *slot = Event64::new(seq))
+        })
+    }
+
+    fn finish(mut self: Box<Self>) -> FanOutReport {
+        // Dropping the producer drains the ring and joins the handler threads.
+        drop(self.producer.take());
+        self.subscribers.finish(self.seq)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum FanOutSystem {
+    Baseline,
+    TickbusBackpressure,
+    TickbusBackpressureRef,
+    TickbusLag,
+    TokioFlowControlled,
+    TokioLag,
+    Disruptor,
+}
+
+impl FanOutSystem {
+    fn name(self) -> &'static str {
+        match self {
+            FanOutSystem::Baseline => "baseline_harness_loop",
+            FanOutSystem::TickbusBackpressure => "tickbus_backpressure",
+            FanOutSystem::TickbusBackpressureRef => "tickbus_backpressure_ref",
+            FanOutSystem::TickbusLag => "tickbus_lag",
+            FanOutSystem::TokioFlowControlled => "tokio_broadcast_flow_controlled",
+            FanOutSystem::TokioLag => "tokio_broadcast_lag",
+            FanOutSystem::Disruptor => "disruptor_busy_spin",
+        }
+    }
+
+    fn build(self, subscribers: usize) -> Box<dyn FanOutRig> {
+        match self {
+            FanOutSystem::Baseline => Box::new(Baseline {
+                sink: Padded::default(),
+                seq: 0,
+            }),
+            FanOutSystem::TickbusBackpressure => Box::new(TickbusFanOut::new(
+                subscribers,
+                SlowPolicy::Backpressure,
+                Receive::Clone,
+            )),
+            FanOutSystem::TickbusBackpressureRef => Box::new(TickbusFanOut::new(
+                subscribers,
+                SlowPolicy::Backpressure,
+                Receive::Ref,
+            )),
+            FanOutSystem::TickbusLag => Box::new(TickbusFanOut::new(
+                subscribers,
+                SlowPolicy::Lag,
+                Receive::Clone,
+            )),
+            FanOutSystem::TokioFlowControlled => Box::new(TokioFanOut::new(subscribers, true)),
+            FanOutSystem::TokioLag => Box::new(TokioFanOut::new(subscribers, false)),
+            FanOutSystem::Disruptor => disruptor_fanout(subscribers),
+        }
+    }
+}
+
+fn fanout_group(subscribers: usize) -> String {
+    format!("fanout_1x{subscribers}")
+}
+
+fn fanout_criterion(c: &mut Criterion, subscribers: usize) {
+    let group_name = fanout_group(subscribers);
+    let mut group = c.benchmark_group(&group_name);
+    group.throughput(Throughput::Elements(BATCH));
+    group.sampling_mode(SamplingMode::Flat);
+    group.sample_size(10);
+    for system in [
+        FanOutSystem::Baseline,
+        FanOutSystem::TickbusBackpressure,
+        FanOutSystem::TickbusBackpressureRef,
+        FanOutSystem::TickbusLag,
+        FanOutSystem::TokioFlowControlled,
+        FanOutSystem::TokioLag,
+        FanOutSystem::Disruptor,
+    ] {
+        if subscribers != 1 && system == FanOutSystem::TickbusBackpressureRef {
+            continue;
+        }
+        let mut rig = system.build(subscribers);
+        group.bench_function(system.name(), |b| {
+            b.iter_custom(|iters| rig.run(iters * BATCH))
+        });
+        let report = rig.finish();
+        if system != FanOutSystem::Baseline {
+            println!(
+                "{group_name}/{}: {} events to {} subscriber(s), lagged (sum over subscribers) {} ({:.2}%)",
+                system.name(),
+                report.published,
+                report.subscribers,
+                report.lagged,
+                report.lag_percent(),
+            );
+        }
+    }
+    group.finish();
+}
+
+// ---------------------------------------------------------------------------
+// Latency by ping-pong
+// ---------------------------------------------------------------------------
+
+/// Two threads bouncing an event: the benchmark thread sends `seq`, the echo
+/// thread (pinned to the other core) sends it back. One-way latency = RTT / 2.
+trait PingPong {
+    /// Runs `trips` round trips and returns half their total time. With a
+    /// histogram, also records half of each round trip, in nanoseconds.
+    fn run(&mut self, trips: u64, histogram: Option<&mut Histogram<u64>>) -> Duration;
+}
+
+/// The timing loop shared by the synchronous ping-pongs.
+#[inline]
+fn timed_trips(
+    trips: u64,
+    seq: &mut u64,
+    histogram: Option<&mut Histogram<u64>>,
+    mut trip: impl FnMut(u64),
+) -> Duration {
+    let start = Instant::now();
+    match histogram {
+        None => {
+            for _ in 0..trips {
+                trip(*seq);
+                *seq += 1;
+            }
+        }
+        Some(histogram) => {
+            for _ in 0..trips {
+                let before = Instant::now();
+                trip(*seq);
+                let rtt = before.elapsed();
+                histogram.saturating_record(rtt.as_nanos() as u64 / 2);
+                *seq += 1;
+            }
+        }
+    }
+    start.elapsed() / 2
+}
+
+/// The floor: two cache lines bounced between the pinned threads, nothing else.
+struct AtomicPingPong {
+    lines: Arc<(Padded, Padded)>,
+    seq: u64,
+    echo: Option<JoinHandle<()>>,
+}
+
+impl AtomicPingPong {
+    const STOP: u64 = u64::MAX;
+
+    fn new() -> Self {
+        let lines = Arc::new((Padded::default(), Padded::default()));
+        let echo = thread::spawn({
+            let lines = Arc::clone(&lines);
+            move || {
+                pin(1);
+                let mut seen = 0;
+                loop {
+                    let ping = lines.0 .0.load(Ordering::Acquire);
+                    if ping == Self::STOP {
+                        break;
+                    }
+                    if ping != seen {
+                        seen = ping;
+                        lines.1 .0.store(ping, Ordering::Release);
+                    }
+                }
+            }
+        });
+        AtomicPingPong {
+            lines,
+            seq: 1,
+            echo: Some(echo),
+        }
+    }
+}
+
+impl PingPong for AtomicPingPong {
+    fn run(&mut self, trips: u64, histogram: Option<&mut Histogram<u64>>) -> Duration {
+        let lines = &*self.lines;
+        timed_trips(trips, &mut self.seq, histogram, |seq| {
+            lines.0 .0.store(seq, Ordering::Release);
+            while lines.1 .0.load(Ordering::Acquire) != seq {}
+        })
+    }
+}
+
+impl Drop for AtomicPingPong {
+    fn drop(&mut self) {
+        self.lines.0 .0.store(Self::STOP, Ordering::Release);
+        if let Some(echo) = self.echo.take() {
+            echo.join().expect("echo thread panicked");
+        }
+    }
+}
+
+/// How a tickbus ping-pong receives.
+#[derive(Clone, Copy)]
+enum TickbusWait {
+    /// A `try_recv()` loop, no pause (as the disruptor's `BusySpin`).
+    TryRecvLoop,
+    /// `recv_blocking_with(&mut BusySpin)`: `try_recv()` then `spin_loop()`.
+    BusySpinStrategy,
+}
+
+fn tickbus_spin_recv(sub: &mut Subscriber<Event64>, wait: TickbusWait) -> Option<Event64> {
+    match wait {
+        TickbusWait::TryRecvLoop => loop {
+            match sub.try_recv() {
+                Ok(event) => return Some(event.value),
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Closed) => return None,
+                Err(TryRecvError::Lagged(n)) => panic!("ping-pong lagged {n}"),
+            }
+        },
+        TickbusWait::BusySpinStrategy => match sub.recv_blocking_with(&mut BusySpin) {
+            Ok(event) => Some(event.value),
+            Err(RecvError::Closed) => None,
+            Err(RecvError::Lagged(n)) => panic!("ping-pong lagged {n}"),
+        },
+    }
+}
+
+/// Two tickbus topics, `bench:ping` and `bench:pong`, with a subscriber each.
+struct TickbusPair {
+    bus: Bus,
+    ping: Topic<Event64>,
+    ping_sub: Subscriber<Event64>,
+    pong: Topic<Event64>,
+    pong_sub: Subscriber<Event64>,
+}
+
+impl TickbusPair {
+    fn new(policy: SlowPolicy) -> Self {
+        let bus = Bus::builder().build().expect("bus");
+        let ping = tickbus_topic(&bus, "bench:ping");
+        let pong = tickbus_topic(&bus, "bench:pong");
+        let options = SubscribeOptions::with_policy(policy);
+        let ping_sub = ping.subscribe_with(options).expect("subscriber");
+        let pong_sub = pong.subscribe_with(options).expect("subscriber");
+        TickbusPair {
+            bus,
+            ping,
+            ping_sub,
+            pong,
+            pong_sub,
+        }
+    }
+}
+
+struct TickbusSpin {
+    bus: Bus,
+    ping: Topic<Event64>,
+    pong_sub: Subscriber<Event64>,
+    wait: TickbusWait,
+    seq: u64,
+    echo: Option<JoinHandle<()>>,
+}
+
+impl TickbusSpin {
+    fn new(policy: SlowPolicy, wait: TickbusWait) -> Self {
+        let TickbusPair {
+            bus,
+            ping,
+            mut ping_sub,
+            pong,
+            pong_sub,
+        } = TickbusPair::new(policy);
+        let echo = thread::spawn(move || {
+            pin(1);
+            while let Some(event) = tickbus_spin_recv(&mut ping_sub, wait) {
+                pong.publish(event).expect("open bus");
+            }
+        });
+        TickbusSpin {
+            bus,
+            ping,
+            pong_sub,
+            wait,
+            seq: 0,
+            echo: Some(echo),
+        }
+    }
+}
+
+impl PingPong for TickbusSpin {
+    fn run(&mut self, trips: u64, histogram: Option<&mut Histogram<u64>>) -> Duration {
+        let (ping, pong_sub, wait) = (&self.ping, &mut self.pong_sub, self.wait);
+        timed_trips(trips, &mut self.seq, histogram, |seq| {
+            ping.publish(Event64::new(seq)).expect("open bus");
+            let echo = tickbus_spin_recv(pong_sub, wait).expect("open bus");
+            assert_eq!(echo.seq, seq);
+        })
+    }
+}
+
+impl Drop for TickbusSpin {
+    fn drop(&mut self) {
+        self.bus.shutdown();
+        if let Some(echo) = self.echo.take() {
+            echo.join().expect("echo thread panicked");
+        }
+    }
+}
+
+fn tokio_spin_recv(rx: &mut broadcast::Receiver<Event64>) -> Option<Event64> {
+    loop {
+        match rx.try_recv() {
+            Ok(event) => return Some(event),
+            Err(broadcast::error::TryRecvError::Empty) => {}
+            Err(broadcast::error::TryRecvError::Closed) => return None,
+            Err(broadcast::error::TryRecvError::Lagged(n)) => panic!("ping-pong lagged {n}"),
+        }
+    }
+}
+
+struct TokioSpin {
+    ping: Option<broadcast::Sender<Event64>>,
+    pong_rx: broadcast::Receiver<Event64>,
+    seq: u64,
+    echo: Option<JoinHandle<()>>,
+}
+
+impl TokioSpin {
+    fn new() -> Self {
+        let (ping, mut ping_rx) = broadcast::channel::<Event64>(CAPACITY);
+        let (pong, pong_rx) = broadcast::channel::<Event64>(CAPACITY);
+        let echo = thread::spawn(move || {
+            pin(1);
+            while let Some(event) = tokio_spin_recv(&mut ping_rx) {
+                pong.send(event).expect("receiver alive");
+            }
+        });
+        TokioSpin {
+            ping: Some(ping),
+            pong_rx,
+            seq: 0,
+            echo: Some(echo),
+        }
+    }
+}
+
+impl PingPong for TokioSpin {
+    fn run(&mut self, trips: u64, histogram: Option<&mut Histogram<u64>>) -> Duration {
+        let (ping, pong_rx) = (self.ping.as_ref().expect("running"), &mut self.pong_rx);
+        timed_trips(trips, &mut self.seq, histogram, |seq| {
+            ping.send(Event64::new(seq)).expect("receiver alive");
+            let echo = tokio_spin_recv(pong_rx).expect("sender alive");
+            assert_eq!(echo.seq, seq);
+        })
+    }
+}
+
+impl Drop for TokioSpin {
+    fn drop(&mut self) {
+        drop(self.ping.take());
+        if let Some(echo) = self.echo.take() {
+            echo.join().expect("echo thread panicked");
+        }
+    }
+}
+
+/// The disruptor's own ping-pong: the echo is a `BusySpin` event handler on a
+/// managed thread pinned to core 1 that publishes into a second disruptor, which
+/// the benchmark thread busy-polls with an `EventPoller`.
+struct DisruptorSpin {
+    ping: Option<disruptor::SingleProducer<Event64, disruptor::SingleConsumerBarrier>>,
+    pong: EventPoller<Event64, SingleProducerBarrier>,
+    seq: u64,
+}
+
+impl DisruptorSpin {
+    fn new() -> Self {
+        let (pong, builder) =
+            disruptor::build_single_producer(CAPACITY, Event64::default, DisruptorBusySpin)
+                .new_event_poller();
+        let mut pong_producer = builder.build();
+        let echo = move |_: &mut (), event: &Event64, _sequence: i64, _end_of_batch: bool| {
+            let event = *event;
+            pong_producer.publish(|slot| *slot = event);
+        };
+        let ping = disruptor::build_single_producer(CAPACITY, Event64::default, DisruptorBusySpin)
+            .handle_events_and_state_with(echo, pin_handler_thread)
+            .build();
+        DisruptorSpin {
+            ping: Some(ping),
+            pong,
+            seq: 0,
+        }
+    }
+}
+
+impl PingPong for DisruptorSpin {
+    fn run(&mut self, trips: u64, histogram: Option<&mut Histogram<u64>>) -> Duration {
+        let (ping, pong) = (self.ping.as_mut().expect("running"), &mut self.pong);
+        timed_trips(trips, &mut self.seq, histogram, |seq| {
+            ping.publish(|slot| *slot = Event64::new(seq));
+            loop {
+                match pong.poll() {
+                    Ok(mut events) => {
+                        let echo = (&mut events).last().expect("at least one event");
+                        assert_eq!(echo.seq, seq);
+                        break;
+                    }
+                    Err(Polling::NoEvents) => {}
+                    Err(Polling::Shutdown) => panic!("pong disruptor shut down"),
+                }
+            }
+        })
+    }
+}
+
+impl Drop for DisruptorSpin {
+    fn drop(&mut self) {
+        // Drains and joins the echo thread, which drops the pong producer.
+        drop(self.ping.take());
+    }
+}
+
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Async on both sides: the echo thread runs `sub.recv().await` on a tokio
+/// current-thread runtime, and so does the benchmark thread for the echo, so each
+/// hop is an async wake-up and RTT / 2 is one of them.
+struct TickbusAsync {
+    bus: Bus,
+    ping: Topic<Event64>,
+    pong_sub: Subscriber<Event64>,
+    runtime: tokio::runtime::Runtime,
+    seq: u64,
+    echo: Option<JoinHandle<()>>,
+}
+
+impl TickbusAsync {
+    fn new() -> Self {
+        let TickbusPair {
+            bus,
+            ping,
+            mut ping_sub,
+            pong,
+            pong_sub,
+        } = TickbusPair::new(SlowPolicy::Lag);
+        let echo = thread::spawn(move || {
+            pin(1);
+            current_thread_runtime().block_on(async move {
+                loop {
+                    match ping_sub.recv().await {
+                        Ok(event) => {
+                            pong.publish(event.value).expect("open bus");
+                        }
+                        Err(RecvError::Closed) => break,
+                        Err(RecvError::Lagged(n)) => panic!("ping-pong lagged {n}"),
+                    }
+                }
+            })
+        });
+        TickbusAsync {
+            bus,
+            ping,
+            pong_sub,
+            runtime: current_thread_runtime(),
+            seq: 0,
+            echo: Some(echo),
+        }
+    }
+}
+
+impl PingPong for TickbusAsync {
+    fn run(&mut self, trips: u64, mut histogram: Option<&mut Histogram<u64>>) -> Duration {
+        let (ping, pong_sub, seq) = (&self.ping, &mut self.pong_sub, &mut self.seq);
+        self.runtime.block_on(async {
+            let start = Instant::now();
+            for _ in 0..trips {
+                let before = Instant::now();
+                ping.publish(Event64::new(*seq)).expect("open bus");
+                let echo = pong_sub.recv().await.expect("open bus");
+                assert_eq!(echo.value.seq, *seq);
+                if let Some(histogram) = histogram.as_deref_mut() {
+                    histogram.saturating_record(before.elapsed().as_nanos() as u64 / 2);
+                }
+                *seq += 1;
+            }
+            start.elapsed() / 2
+        })
+    }
+}
+
+impl Drop for TickbusAsync {
+    fn drop(&mut self) {
+        self.bus.shutdown();
+        if let Some(echo) = self.echo.take() {
+            echo.join().expect("echo thread panicked");
+        }
+    }
+}
+
+/// As [`TickbusAsync`], with `rx.recv().await` on tokio broadcast channels.
+struct TokioAsync {
+    ping: Option<broadcast::Sender<Event64>>,
+    pong_rx: broadcast::Receiver<Event64>,
+    runtime: tokio::runtime::Runtime,
+    seq: u64,
+    echo: Option<JoinHandle<()>>,
+}
+
+impl TokioAsync {
+    fn new() -> Self {
+        let (ping, mut ping_rx) = broadcast::channel::<Event64>(CAPACITY);
+        let (pong, pong_rx) = broadcast::channel::<Event64>(CAPACITY);
+        let echo = thread::spawn(move || {
+            pin(1);
+            current_thread_runtime().block_on(async move {
+                loop {
+                    match ping_rx.recv().await {
+                        Ok(event) => {
+                            pong.send(event).expect("receiver alive");
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            panic!("ping-pong lagged {n}")
+                        }
+                    }
+                }
+            })
+        });
+        TokioAsync {
+            ping: Some(ping),
+            pong_rx,
+            runtime: current_thread_runtime(),
+            seq: 0,
+            echo: Some(echo),
+        }
+    }
+}
+
+impl PingPong for TokioAsync {
+    fn run(&mut self, trips: u64, mut histogram: Option<&mut Histogram<u64>>) -> Duration {
+        let ping = self.ping.as_ref().expect("running");
+        let (pong_rx, seq) = (&mut self.pong_rx, &mut self.seq);
+        self.runtime.block_on(async {
+            let start = Instant::now();
+            for _ in 0..trips {
+                let before = Instant::now();
+                ping.send(Event64::new(*seq)).expect("receiver alive");
+                let echo = pong_rx.recv().await.expect("sender alive");
+                assert_eq!(echo.seq, *seq);
+                if let Some(histogram) = histogram.as_deref_mut() {
+                    histogram.saturating_record(before.elapsed().as_nanos() as u64 / 2);
+                }
+                *seq += 1;
+            }
+            start.elapsed() / 2
+        })
+    }
+}
+
+impl Drop for TokioAsync {
+    fn drop(&mut self) {
+        drop(self.ping.take());
+        if let Some(echo) = self.echo.take() {
+            echo.join().expect("echo thread panicked");
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum LatencySystem {
+    AtomicFloor,
+    TickbusSpinLag,
+    TickbusSpinBackpressure,
+    TickbusBusySpinStrategy,
+    TokioSpin,
+    DisruptorSpin,
+    TickbusAsync,
+    TokioAsync,
+}
+
+impl LatencySystem {
+    const ALL: [LatencySystem; 8] = [
+        LatencySystem::AtomicFloor,
+        LatencySystem::TickbusSpinLag,
+        LatencySystem::TickbusSpinBackpressure,
+        LatencySystem::TickbusBusySpinStrategy,
+        LatencySystem::TokioSpin,
+        LatencySystem::DisruptorSpin,
+        LatencySystem::TickbusAsync,
+        LatencySystem::TokioAsync,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            LatencySystem::AtomicFloor => "baseline_atomic_pingpong",
+            LatencySystem::TickbusSpinLag => "tickbus_spin_lag",
+            LatencySystem::TickbusSpinBackpressure => "tickbus_spin_backpressure",
+            LatencySystem::TickbusBusySpinStrategy => "tickbus_busy_spin_strategy",
+            LatencySystem::TokioSpin => "tokio_broadcast_spin",
+            LatencySystem::DisruptorSpin => "disruptor_busy_spin",
+            LatencySystem::TickbusAsync => "tickbus_async",
+            LatencySystem::TokioAsync => "tokio_broadcast_async",
+        }
+    }
+
+    fn build(self) -> Box<dyn PingPong> {
+        match self {
+            LatencySystem::AtomicFloor => Box::new(AtomicPingPong::new()),
+            LatencySystem::TickbusSpinLag => {
+                Box::new(TickbusSpin::new(SlowPolicy::Lag, TickbusWait::TryRecvLoop))
+            }
+            LatencySystem::TickbusSpinBackpressure => Box::new(TickbusSpin::new(
+                SlowPolicy::Backpressure,
+                TickbusWait::TryRecvLoop,
+            )),
+            LatencySystem::TickbusBusySpinStrategy => Box::new(TickbusSpin::new(
+                SlowPolicy::Lag,
+                TickbusWait::BusySpinStrategy,
+            )),
+            LatencySystem::TokioSpin => Box::new(TokioSpin::new()),
+            LatencySystem::DisruptorSpin => Box::new(DisruptorSpin::new()),
+            LatencySystem::TickbusAsync => Box::new(TickbusAsync::new()),
+            LatencySystem::TokioAsync => Box::new(TokioAsync::new()),
+        }
+    }
+
+    fn is_async(self) -> bool {
+        matches!(
+            self,
+            LatencySystem::TickbusAsync | LatencySystem::TokioAsync
+        )
+    }
+}
+
+fn latency_criterion(c: &mut Criterion) {
+    let mut group = c.benchmark_group("latency");
+    for system in LatencySystem::ALL {
+        let mut rig = system.build();
+        group.bench_function(system.name(), |b| {
+            b.iter_custom(|iters| rig.run(iters, None))
+        });
+    }
+    group.finish();
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram")
+}
+
+// ---------------------------------------------------------------------------
+// Interleaved rounds, classified by core placement
+// ---------------------------------------------------------------------------
+
+/// Where the host has put our two vCPUs, judged by the bare cache-line ping-pong:
+/// on this VM it flips, from one second to the next, between about 45 ns one-way
+/// (the two vCPUs look like SMT siblings of one host core) and about 250 ns (two
+/// host cores further apart). Every figure moves with it, so figures are only
+/// compared within one placement.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Placement {
+    Near,
+    Far,
+    /// Threads not pinned (1→4): the scheduler decides, so no classification.
+    Unpinned,
+}
+
+impl Placement {
+    const ALL: [Placement; 3] = [Placement::Near, Placement::Far, Placement::Unpinned];
+    /// The one-way p50 of the bare ping-pong that separates the two placements.
+    const NEAR_BELOW_NS: u64 = 120;
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Placement::Near => format!(
+                "near (floor p50 < {} ns before and after)",
+                Placement::NEAR_BELOW_NS
+            ),
+            Placement::Far => format!(
+                "far (floor p50 >= {} ns before and after)",
+                Placement::NEAR_BELOW_NS
+            ),
+            Placement::Unpinned => "unpinned (5 threads on 2 cores)".to_string(),
+        }
+    }
+
+    /// Measures the floor now (a few milliseconds).
+    fn probe() -> Placement {
+        let mut rig = AtomicPingPong::new();
+        rig.run(200, None);
+        let mut histogram = new_histogram();
+        rig.run(2_000, Some(&mut histogram));
+        if histogram.value_at_quantile(0.5) < Placement::NEAR_BELOW_NS {
+            Placement::Near
+        } else {
+            Placement::Far
+        }
+    }
+}
+
+/// Runs `measure` between two placement probes; `None` if the placement changed.
+fn classified<R>(pinned: bool, measure: impl FnOnce() -> R) -> (Option<Placement>, R) {
+    if !pinned {
+        return (Some(Placement::Unpinned), measure());
+    }
+    let before = Placement::probe();
+    let result = measure();
+    let after = Placement::probe();
+    ((before == after).then_some(before), result)
+}
+
+fn fmt_ratio(numerator: Option<f64>, denominator: Option<f64>) -> String {
+    match (numerator, denominator) {
+        (Some(n), Some(d)) if d > 0.0 => format!("{:.3}", n / d),
+        _ => "n/a".to_string(),
+    }
+}
+
+/// Every fan-out system in turn, `rounds` times, each in a chunk of `events`
+/// events between two placement probes: events/s pooled per placement, and the
+/// ratios within each placement.
+fn fanout_rounds(subscribers: usize, rounds: usize, events: u64) -> Vec<String> {
+    use FanOutSystem::*;
+    let systems = [
+        TickbusBackpressure,
+        TickbusLag,
+        TokioFlowControlled,
+        TokioLag,
+        Disruptor,
+    ];
+    let pinned = subscribers == 1;
+    // [placement][system]: (events, seconds, chunks, lagged, delivered)
+    let mut totals = [[(0u64, 0f64, 0usize, 0u64, 0u64); 5]; 3];
+    let mut discarded = 0;
+    for _ in 0..rounds {
+        for (index, system) in systems.iter().enumerate() {
+            let (placement, (elapsed, report)) = classified(pinned, || {
+                let mut rig = system.build(subscribers);
+                rig.run(events / 10); // warm up
+                let elapsed = rig.run(events);
+                (elapsed, rig.finish())
+            });
+            let Some(placement) = placement else {
+                discarded += 1;
+                continue;
+            };
+            let total = &mut totals[placement.index()][index];
+            total.0 += events;
+            total.1 += elapsed.as_secs_f64();
+            total.2 += 1;
+            total.3 += report.lagged;
+            total.4 += report.published * report.subscribers;
+        }
+    }
+    let mut lines = vec![format!(
+        "rounds/{}: {rounds} rounds of {events} events per system; {discarded} chunk(s) discarded (placement changed)",
+        fanout_group(subscribers)
+    )];
+    for placement in Placement::ALL {
+        let row = &totals[placement.index()];
+        if row.iter().all(|total| total.2 == 0) {
+            continue;
+        }
+        lines.push(format!("  {}:", placement.describe()));
+        let rate = |system: FanOutSystem| {
+            let total = row[systems.iter().position(|s| *s == system).expect("measured")];
+            (total.2 > 0).then(|| total.0 as f64 / total.1)
+        };
+        for (index, system) in systems.iter().enumerate() {
+            let total = row[index];
+            lines.push(format!(
+                "    {:<32} {:>9} M events/s  ({} chunks, lagged {:.2}%)",
+                system.name(),
+                rate(*system).map_or("n/a".to_string(), |r| format!("{:.2}", r / 1e6)),
+                total.2,
+                100.0 * total.3 as f64 / total.4.max(1) as f64,
+            ));
+        }
+        for (numerator, denominator) in [
+            (TickbusBackpressure, TokioFlowControlled),
+            (TickbusBackpressure, Disruptor),
+            (TickbusLag, TokioLag),
+        ] {
+            lines.push(format!(
+                "    ratio {} / {}: {}",
+                numerator.name(),
+                denominator.name(),
+                fmt_ratio(rate(numerator), rate(denominator)),
+            ));
+        }
+    }
+    lines
+}
+
+/// Every ping-pong in turn, `rounds` times, each in a chunk of round trips
+/// between two placement probes: percentiles pooled per placement, and the p50
+/// ratios within each placement.
+fn latency_rounds(rounds: usize, spin_trips: u64, async_trips: u64) -> Vec<String> {
+    use LatencySystem::*;
+    let systems = LatencySystem::ALL;
+    let mut totals: Vec<Vec<Histogram<u64>>> = Placement::ALL
+        .iter()
+        .map(|_| systems.iter().map(|_| new_histogram()).collect())
+        .collect();
+    let mut discarded = 0;
+    for _ in 0..rounds {
+        for (index, system) in systems.iter().enumerate() {
+            let trips = if system.is_async() {
+                async_trips
+            } else {
+                spin_trips
+            };
+            let (placement, histogram) = classified(true, || {
+                let mut rig = system.build();
+                rig.run(trips / 10, None); // warm up
+                let mut histogram = new_histogram();
+                rig.run(trips, Some(&mut histogram));
+                histogram
+            });
+            match placement {
+                Some(placement) => totals[placement.index()][index]
+                    .add(&histogram)
+                    .expect("same bounds"),
+                None => discarded += 1,
+            }
+        }
+    }
+    let mut lines = vec![format!(
+        "rounds/latency: {rounds} rounds of {spin_trips} (spinning) or {async_trips} (async) round trips per system; \
+         {discarded} chunk(s) discarded (placement changed). One-way latency = RTT/2, ns:"
+    )];
+    for placement in Placement::ALL {
+        let row = &totals[placement.index()];
+        if row.iter().all(|histogram| histogram.is_empty()) {
+            continue;
+        }
+        lines.push(format!("  {}:", placement.describe()));
+        lines.push(format!(
+            "  | {:<28} | {:>7} | {:>7} | {:>7} | {:>7} | {:>8} | {:>9} | {:>7} |",
+            "system", "trips", "p50", "p90", "p99", "p99.9", "max", "mean"
+        ));
+        lines.push("  |---|---|---|---|---|---|---|---|".to_string());
+        for (index, system) in systems.iter().enumerate() {
+            let histogram = &row[index];
+            if histogram.is_empty() {
+                lines.push(format!("  | {:<28} | {:>7} |", system.name(), 0));
+                continue;
+            }
+            let ns = |q: f64| histogram.value_at_quantile(q);
+            lines.push(format!(
+                "  | {:<28} | {:>7} | {:>7} | {:>7} | {:>7} | {:>8} | {:>9} | {:>7.0} |",
+                system.name(),
+                histogram.len(),
+                ns(0.5),
+                ns(0.9),
+                ns(0.99),
+                ns(0.999),
+                histogram.max(),
+                histogram.mean(),
+            ));
+        }
+        let quantile = |system: LatencySystem, q: f64| {
+            let histogram = &row[systems.iter().position(|s| *s == system).expect("measured")];
+            (!histogram.is_empty()).then(|| histogram.value_at_quantile(q) as f64)
+        };
+        for (numerator, denominator) in [
+            (TickbusSpinLag, DisruptorSpin),
+            (TickbusSpinBackpressure, DisruptorSpin),
+            (TickbusSpinLag, TokioSpin),
+            (TickbusSpinLag, AtomicFloor),
+            (DisruptorSpin, AtomicFloor),
+            (TickbusAsync, TokioAsync),
+        ] {
+            lines.push(format!(
+                "    ratio {} / {}: p50 {}, p99 {}",
+                numerator.name(),
+                denominator.name(),
+                fmt_ratio(quantile(numerator, 0.5), quantile(denominator, 0.5)),
+                fmt_ratio(quantile(numerator, 0.99), quantile(denominator, 0.99)),
+            ));
+        }
+    }
+    lines
+}
+
+// ---------------------------------------------------------------------------
+// Per-event cost on one thread
+// ---------------------------------------------------------------------------
+
+fn single_thread(c: &mut Criterion) {
+    let mut group = c.benchmark_group("single_thread");
+    group.throughput(Throughput::Elements(1));
+
+    group.bench_function("baseline_vecdeque", |b| {
+        let mut queue = VecDeque::with_capacity(CAPACITY);
+        let mut seq = 0;
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                queue.push_back(Event64::new(seq));
+                black_box(queue.pop_front());
+                seq += 1;
+            }
+            start.elapsed()
+        })
+    });
+
+    for (name, clock, policy, receive) in [
+        (
+            "tickbus_publish_try_recv",
+            Clock::system(),
+            SlowPolicy::Lag,
+            Receive::Clone,
+        ),
+        (
+            "tickbus_publish_try_recv_ref",
+            Clock::system(),
+            SlowPolicy::Lag,
+            Receive::Ref,
+        ),
+        (
+            "tickbus_publish_try_recv_backpressure",
+            Clock::system(),
+            SlowPolicy::Backpressure,
+            Receive::Clone,
+        ),
+        (
+            "tickbus_publish_try_recv_manual_clock",
+            Clock::manual(0),
+            SlowPolicy::Lag,
+            Receive::Clone,
+        ),
+    ] {
+        let bus = Bus::builder().clock(clock).build().expect("bus");
+        let topic = tickbus_topic(&bus, "bench:single");
+        let mut sub = topic
+            .subscribe_with(SubscribeOptions::with_policy(policy))
+            .expect("subscriber");
+        let mut seq = 0;
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    topic.publish(Event64::new(seq)).expect("open bus");
+                    match receive {
+                        Receive::Clone => {
+                            black_box(sub.try_recv().expect("just published"));
+                        }
+                        Receive::Ref => {
+                            black_box(&*sub.try_recv_ref().expect("just published"));
+                        }
+                    }
+                    seq += 1;
+                }
+                start.elapsed()
+            })
+        });
+    }
+
+    {
+        let (tx, mut rx) = broadcast::channel::<Event64>(CAPACITY);
+        let mut seq = 0;
+        group.bench_function("tokio_broadcast_send_try_recv", |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    tx.send(Event64::new(seq)).expect("receiver alive");
+                    black_box(rx.try_recv().expect("just sent"));
+                    seq += 1;
+                }
+                start.elapsed()
+            })
+        });
+    }
+
+    {
+        let bus = Bus::builder().build().expect("bus");
+        group.bench_function("tickbus_clock_now_ns", |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(bus.now_ns());
+                }
+                start.elapsed()
+            })
+        });
+    }
+    group.finish();
+}
+
+// ---------------------------------------------------------------------------
+// main
+// ---------------------------------------------------------------------------
+
+/// What criterion does not expose: its filter (taken here as a plain substring),
+/// and whether it only tests or lists the benchmarks.
+struct Args {
+    filter: Option<String>,
+    quick: bool,
+}
+
+impl Args {
+    fn parse() -> Self {
+        const TAKES_VALUE: &[&str] = &[
+            "--warm-up-time",
+            "--measurement-time",
+            "--sample-size",
+            "--save-baseline",
+            "--baseline",
+            "--baseline-lenient",
+            "--load-baseline",
+            "--output-format",
+            "--color",
+            "--profile-time",
+            "--noise-threshold",
+            "--confidence-level",
+            "--significance-level",
+            "--nresamples",
+            "--plotting-backend",
+            "--format",
+            "-c",
+            "-s",
+            "-b",
+        ];
+        let mut filter = None;
+        let mut quick = false;
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            if TAKES_VALUE.contains(&arg.as_str()) {
+                if arg == "--profile-time" {
+                    quick = true;
+                }
+                args.next();
+            } else if arg == "--test" || arg == "--list" {
+                quick = true;
+            } else if !arg.starts_with('-') && filter.is_none() {
+                filter = Some(arg);
+            }
+        }
+        Args { filter, quick }
+    }
+
+    /// Whether to run the interleaved section `id`.
+    fn wants(&self, id: &str) -> bool {
+        !self.quick
+            && self
+                .filter
+                .as_deref()
+                .map_or(true, |filter| id.contains(filter))
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let core_count = cores().len();
+    let mut criterion = Criterion::default().configure_from_args();
+    let mut summary = Vec::new();
+
+    // 1→4 first, from an unpinned thread: threads inherit the affinity of the thread
+    // that spawns them, and five threads on two cores are left to the scheduler.
+    fanout_criterion(&mut criterion, 4);
+    if args.wants("rounds/fanout_1x4") {
+        summary.extend(fanout_rounds(4, FANOUT_ROUNDS / 2, ROUND_EVENTS_1X4));
+    }
+
+    // Then the benchmark thread (publisher, pinger) on the first core, and the
+    // subscriber or echo thread of the 1→1 and latency benchmarks on the second.
+    let pinned = pin(0);
+    println!("cores: {core_count}; benchmark thread pinned to core 0 from here on: {pinned}");
+    fanout_criterion(&mut criterion, 1);
+    if args.wants("rounds/fanout_1x1") {
+        summary.extend(fanout_rounds(1, FANOUT_ROUNDS, ROUND_EVENTS_1X1));
+    }
+    latency_criterion(&mut criterion);
+    if args.wants("rounds/latency") {
+        summary.extend(latency_rounds(
+            LATENCY_ROUNDS,
+            ROUND_SPIN_TRIPS,
+            ROUND_ASYNC_TRIPS,
+        ));
+    }
+    single_thread(&mut criterion);
+    criterion.final_summary();
+
+    if !summary.is_empty() {
+        println!("\n==== interleaved rounds ====");
+        for line in summary {
+            println!("{line}");
+        }
+    }
+}

@@ -65,9 +65,7 @@ const SYMBOLS: usize = 8;
 const GROSS_LIMIT: f64 = 2_000_000.0;
 
 /// Every event must reach every stage: the chain subscribes with backpressure.
-const MUST_SEE_ALL: SubscribeOptions = SubscribeOptions {
-    policy: SlowPolicy::Backpressure,
-};
+const MUST_SEE_ALL: SubscribeOptions = SubscribeOptions::with_policy(SlowPolicy::Backpressure);
 
 /// Receives until shutdown, timing each hop (publish to receive) on the bus clock.
 fn run<T: Clone + Send + Sync + 'static>(

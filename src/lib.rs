@@ -24,7 +24,7 @@
 //!
 //! // A risk monitor must see every update: it holds publishers back rather than
 //! // miss one. A dashboard may skip: it is told how many it missed.
-//! let mut risk = positions.subscribe_with(SubscribeOptions { policy: SlowPolicy::Backpressure })?;
+//! let mut risk = positions.subscribe_with(SubscribeOptions::with_policy(SlowPolicy::Backpressure))?;
 //! let mut dashboard = positions.subscribe();
 //!
 //! positions.publish(Position { symbol: "ETH-PERP", qty: -5.12, mark: 3_120.5 })?;
@@ -77,7 +77,7 @@
 //!
 //! let bus = Bus::builder().build()?;
 //! let orders = bus.topic_with::<u32>("order:new", TopicOptions { capacity: 2, ..Default::default() })?;
-//! let mut router = orders.subscribe_with(SubscribeOptions { policy: SlowPolicy::Backpressure })?;
+//! let mut router = orders.subscribe_with(SubscribeOptions::with_policy(SlowPolicy::Backpressure))?;
 //! orders.try_publish(1)?;
 //! orders.try_publish(2)?;
 //! assert!(matches!(orders.try_publish(3), Err(TryPublishError::Full(3))));

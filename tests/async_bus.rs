@@ -7,9 +7,7 @@ use tickbus::{Bus, RecvError, SlowPolicy, SubscribeOptions, TopicOptions};
 async fn async_subscribers_receive_from_a_publishing_thread() {
     let bus = Bus::builder().build().unwrap();
     let topic = bus.topic::<u64>("position:updated").unwrap();
-    let options = SubscribeOptions {
-        policy: SlowPolicy::Backpressure,
-    };
+    let options = SubscribeOptions::with_policy(SlowPolicy::Backpressure);
     let mut first = topic.subscribe_with(options).unwrap();
     let second = topic.subscribe_with(options).unwrap();
     let publisher = std::thread::spawn({

@@ -12,9 +12,7 @@ use tickbus::{
     SubscribeOptions, TopicOptions, TryPublishError, TryRecvError,
 };
 
-const BACKPRESSURE: SubscribeOptions = SubscribeOptions {
-    policy: SlowPolicy::Backpressure,
-};
+const BACKPRESSURE: SubscribeOptions = SubscribeOptions::with_policy(SlowPolicy::Backpressure);
 
 fn small(capacity: usize) -> TopicOptions {
     TopicOptions {

@@ -17,7 +17,7 @@ use super::error::{RecvError, TryRecvError};
 use super::subscriber::Subscriber;
 use super::topic::TopicShared;
 use super::wait::{recv_blocking, SpinYieldPark, WaitStrategy, Waitable, Wakeup};
-use crate::config::{SlowPolicy, SubscribeOptions};
+use crate::config::SubscribeOptions;
 use crate::error::Result;
 use crate::event::{Meta, Pattern, TopicName};
 
@@ -528,9 +528,5 @@ pub(crate) fn subscribe_erased<T: Clone + Send + Sync + 'static>(
     let handle = super::topic::Topic {
         shared: Arc::clone(topic),
     };
-    let subscriber = match options.policy {
-        SlowPolicy::Lag => handle.subscribe(),
-        SlowPolicy::Backpressure => handle.subscribe_with(options)?,
-    };
-    Ok(Box::new(subscriber))
+    Ok(Box::new(handle.subscribe_with(options)?))
 }

@@ -96,6 +96,8 @@ pub struct Subscriber<T> {
     cursor: Cursor,
     /// The registered wake-up of a pending `poll_next`.
     listener: Option<EventListener>,
+    /// Looks before registering a waker (`SubscribeOptions::async_spin_polls`).
+    async_spin_polls: u32,
 }
 
 impl<T> fmt::Debug for Subscriber<T> {
@@ -126,11 +128,12 @@ fn miss_to_try(miss: Miss) -> TryRecvError {
 }
 
 impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
-    pub(crate) fn new(shared: Arc<TopicShared<T>>, cursor: Cursor) -> Self {
+    pub(crate) fn new(shared: Arc<TopicShared<T>>, cursor: Cursor, async_spin_polls: u32) -> Self {
         Subscriber {
             shared,
             cursor,
             listener: None,
+            async_spin_polls,
         }
     }
 
@@ -298,6 +301,17 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Event<T>, RecvError>> {
+        if self.listener.is_none() {
+            // Not yet registered: look a few more times before paying for a park.
+            for _ in 0..self.async_spin_polls {
+                match self.try_recv() {
+                    Err(TryRecvError::Empty) => std::hint::spin_loop(),
+                    Ok(event) => return Poll::Ready(Ok(event)),
+                    Err(TryRecvError::Lagged(n)) => return Poll::Ready(Err(RecvError::Lagged(n))),
+                    Err(TryRecvError::Closed) => return Poll::Ready(Err(RecvError::Closed)),
+                }
+            }
+        }
         loop {
             match self.try_recv() {
                 Ok(event) => {

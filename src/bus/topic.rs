@@ -108,7 +108,7 @@ impl<T> TopicShared<T> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn try_publish_stored(&self, stored: Stored<T>) -> Result<u64, (ClaimError, Stored<T>)> {
         match self.ring.try_claim() {
             Ok(seq) => {
@@ -123,7 +123,19 @@ impl<T> TopicShared<T> {
     }
 
     /// Publishes, waiting while a backpressure subscriber blocks the ring.
+    #[inline]
     pub(crate) fn publish_stored(&self, stored: Stored<T>) -> Result<u64, Stored<T>> {
+        match self.try_publish_stored(stored) {
+            Ok(seq) => Ok(seq),
+            Err((ClaimError::Closed, back)) => Err(back),
+            Err((ClaimError::Full, back)) => self.publish_when_room(back),
+        }
+    }
+
+    /// The slow path of `publish_stored`: a backpressure subscriber holds the ring.
+    #[cold]
+    #[inline(never)]
+    fn publish_when_room(&self, stored: Stored<T>) -> Result<u64, Stored<T>> {
         // Room comes back a gate flush (a few dozen events) at a time: spin and
         // yield through that (as a disruptor producer spins on a full ring), and
         // park only when the subscriber has really stalled (~10 ms of yields).
@@ -136,6 +148,7 @@ impl<T> TopicShared<T> {
                 Err((ClaimError::Full, back)) => {
                     stored = back;
                     match wait.next_step() {
+                        WaitStep::Retry => {}
                         WaitStep::Spin => std::hint::spin_loop(),
                         WaitStep::Yield => std::thread::yield_now(),
                         WaitStep::Park => {
@@ -297,13 +310,18 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
         self.shared.ring.tail().1
     }
 
-    /// Subscribes to events published from now on, in [`Lag`](SlowPolicy::Lag) mode.
+    /// Subscribes to events published from now on, with the default
+    /// [`SubscribeOptions`] ([`Lag`](SlowPolicy::Lag) mode).
     pub fn subscribe(&self) -> Subscriber<T> {
         let cursor = match self.shared.ring.subscribe(false) {
             Ok(cursor) => cursor,
             Err(_) => unreachable!("an ungated subscription needs no gate"),
         };
-        Subscriber::new(Arc::clone(&self.shared), cursor)
+        Subscriber::new(
+            Arc::clone(&self.shared),
+            cursor,
+            SubscribeOptions::default().async_spin_polls,
+        )
     }
 
     /// Subscribes with the given options.
@@ -324,6 +342,10 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
                 ),
             )
         })?;
-        Ok(Subscriber::new(Arc::clone(&self.shared), cursor))
+        Ok(Subscriber::new(
+            Arc::clone(&self.shared),
+            cursor,
+            options.async_spin_polls,
+        ))
     }
 }

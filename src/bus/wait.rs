@@ -20,7 +20,11 @@ use super::error::{RecvError, TryRecvError};
 /// What to do after finding a subscription empty.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitStep {
-    /// Spin once (`std::hint::spin_loop`) and look again.
+    /// Look again at once. The lowest latency; the core never rests.
+    Retry,
+    /// Pause the core briefly (`std::hint::spin_loop`, the x86 `pause`
+    /// instruction: tens of cycles, friendlier to a sibling hyper-thread and to
+    /// power) and look again.
     Spin,
     /// Give the core to another runnable thread, then look again.
     Yield,
@@ -40,7 +44,7 @@ pub enum WaitStep {
 /// /// Spins for ever: for a thread pinned to an isolated core.
 /// struct Hot;
 /// impl WaitStrategy for Hot {
-///     fn next_step(&mut self) -> WaitStep { WaitStep::Spin }
+///     fn next_step(&mut self) -> WaitStep { WaitStep::Retry }
 ///     fn reset(&mut self) {}
 /// }
 /// ```
@@ -51,14 +55,15 @@ pub trait WaitStrategy {
     fn reset(&mut self);
 }
 
-/// Spin until an event arrives. Lowest latency; burns its core while idle.
-/// Use it only on a thread pinned to a core of its own.
+/// Poll without pausing until an event arrives, as the LMAX Disruptor's busy-spin
+/// does. Lowest latency; burns its core while idle. Use it only on a thread
+/// pinned to a core of its own.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BusySpin;
 
 impl WaitStrategy for BusySpin {
     fn next_step(&mut self) -> WaitStep {
-        WaitStep::Spin
+        WaitStep::Retry
     }
     fn reset(&mut self) {}
 }
@@ -186,6 +191,7 @@ where
             return result;
         }
         match wait.next_step() {
+            WaitStep::Retry => {}
             WaitStep::Spin => std::hint::spin_loop(),
             WaitStep::Yield => std::thread::yield_now(),
             WaitStep::Park => {
