@@ -68,7 +68,8 @@ impl SubscribeOptions {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TopicOptions {
     /// Ring capacity in events; rounded up to a power of two. Default 4 096.
-    /// Memory is `capacity × (size_of::<T>() + 24)` bytes, allocated at creation.
+    /// Memory is `capacity × (size_of::<T>() + 24)` bytes rounded up to a multiple
+    /// of 64 per slot (slots are cache-line aligned), allocated at creation.
     pub capacity: usize,
     /// Most backpressure subscribers the topic accepts at once. Default 32.
     pub max_backpressure_subscribers: usize,
