@@ -366,7 +366,10 @@ pub(crate) enum Origin {
 }
 
 /// What every event carries besides its payload: id, topic sequence, source
-/// instance and publish time. `Copy`, about 48 bytes, computed without allocation.
+/// instance and publish time. `Copy`, and computed without allocation: the id
+/// is derived from the sequence when asked for. The topic is the subscriber's
+/// ([`Subscriber::topic`](crate::Subscriber::topic)), or [`AnyEvent::topic`](crate::AnyEvent::topic)
+/// for pattern subscribers.
 ///
 /// # Examples
 ///
