@@ -647,6 +647,13 @@ trait PingPong {
     fn run(&mut self, trips: u64, histogram: Option<&mut Histogram<u64>>) -> Duration;
 }
 
+/// Joins a ping-pong's echo thread (after its input was closed).
+fn join_echo(echo: &mut Option<JoinHandle<()>>) {
+    if let Some(echo) = echo.take() {
+        echo.join().expect("echo thread panicked");
+    }
+}
+
 /// The timing loop shared by the synchronous ping-pongs.
 #[inline]
 fn timed_trips(
@@ -726,36 +733,32 @@ impl PingPong for AtomicPingPong {
 impl Drop for AtomicPingPong {
     fn drop(&mut self) {
         self.lines.0 .0.store(Self::STOP, Ordering::Release);
-        if let Some(echo) = self.echo.take() {
-            echo.join().expect("echo thread panicked");
+        join_echo(&mut self.echo);
+    }
+}
+
+// How a tickbus ping-pong receives. Each way is its own function, and the
+// ping-pong is generic over it (a distinct type per function item), so each
+// ping-pong is compiled with only its own receive loop.
+
+/// A `try_recv()` loop, no pause (as the disruptor's `BusySpin`).
+fn try_recv_loop(sub: &mut Subscriber<Event64>) -> Option<Event64> {
+    loop {
+        match sub.try_recv() {
+            Ok(event) => return Some(event.value),
+            Err(TryRecvError::Empty) => {}
+            Err(TryRecvError::Closed) => return None,
+            Err(TryRecvError::Lagged(n)) => panic!("ping-pong lagged {n}"),
         }
     }
 }
 
-/// How a tickbus ping-pong receives.
-#[derive(Clone, Copy)]
-enum TickbusWait {
-    /// A `try_recv()` loop, no pause (as the disruptor's `BusySpin`).
-    TryRecvLoop,
-    /// `recv_blocking_with(&mut BusySpin)`: `try_recv()` then `spin_loop()`.
-    BusySpinStrategy,
-}
-
-fn tickbus_spin_recv(sub: &mut Subscriber<Event64>, wait: TickbusWait) -> Option<Event64> {
-    match wait {
-        TickbusWait::TryRecvLoop => loop {
-            match sub.try_recv() {
-                Ok(event) => return Some(event.value),
-                Err(TryRecvError::Empty) => {}
-                Err(TryRecvError::Closed) => return None,
-                Err(TryRecvError::Lagged(n)) => panic!("ping-pong lagged {n}"),
-            }
-        },
-        TickbusWait::BusySpinStrategy => match sub.recv_blocking_with(&mut BusySpin) {
-            Ok(event) => Some(event.value),
-            Err(RecvError::Closed) => None,
-            Err(RecvError::Lagged(n)) => panic!("ping-pong lagged {n}"),
-        },
+/// The documented strategy: `recv_blocking_with(&mut BusySpin)`.
+fn busy_spin_strategy(sub: &mut Subscriber<Event64>) -> Option<Event64> {
+    match sub.recv_blocking_with(&mut BusySpin) {
+        Ok(event) => Some(event.value),
+        Err(RecvError::Closed) => None,
+        Err(RecvError::Lagged(n)) => panic!("ping-pong lagged {n}"),
     }
 }
 
@@ -769,11 +772,10 @@ struct TickbusPair {
 }
 
 impl TickbusPair {
-    fn new(policy: SlowPolicy) -> Self {
+    fn new(options: SubscribeOptions) -> Self {
         let bus = Bus::builder().build().expect("bus");
         let ping = tickbus_topic(&bus, "bench:ping");
         let pong = tickbus_topic(&bus, "bench:pong");
-        let options = SubscribeOptions::with_policy(policy);
         let ping_sub = ping.subscribe_with(options).expect("subscriber");
         let pong_sub = pong.subscribe_with(options).expect("subscriber");
         TickbusPair {
@@ -786,27 +788,27 @@ impl TickbusPair {
     }
 }
 
-struct TickbusSpin {
+struct TickbusSpin<R> {
     bus: Bus,
     ping: Topic<Event64>,
     pong_sub: Subscriber<Event64>,
-    wait: TickbusWait,
+    recv: R,
     seq: u64,
     echo: Option<JoinHandle<()>>,
 }
 
-impl TickbusSpin {
-    fn new(policy: SlowPolicy, wait: TickbusWait) -> Self {
+impl<R: Fn(&mut Subscriber<Event64>) -> Option<Event64> + Copy + Send + 'static> TickbusSpin<R> {
+    fn new(policy: SlowPolicy, recv: R) -> Self {
         let TickbusPair {
             bus,
             ping,
             mut ping_sub,
             pong,
             pong_sub,
-        } = TickbusPair::new(policy);
+        } = TickbusPair::new(SubscribeOptions::with_policy(policy));
         let echo = thread::spawn(move || {
             pin(1);
-            while let Some(event) = tickbus_spin_recv(&mut ping_sub, wait) {
+            while let Some(event) = recv(&mut ping_sub) {
                 pong.publish(event).expect("open bus");
             }
         });
@@ -814,30 +816,28 @@ impl TickbusSpin {
             bus,
             ping,
             pong_sub,
-            wait,
+            recv,
             seq: 0,
             echo: Some(echo),
         }
     }
 }
 
-impl PingPong for TickbusSpin {
+impl<R: Fn(&mut Subscriber<Event64>) -> Option<Event64>> PingPong for TickbusSpin<R> {
     fn run(&mut self, trips: u64, histogram: Option<&mut Histogram<u64>>) -> Duration {
-        let (ping, pong_sub, wait) = (&self.ping, &mut self.pong_sub, self.wait);
+        let (ping, pong_sub, recv) = (&self.ping, &mut self.pong_sub, &self.recv);
         timed_trips(trips, &mut self.seq, histogram, |seq| {
             ping.publish(Event64::new(seq)).expect("open bus");
-            let echo = tickbus_spin_recv(pong_sub, wait).expect("open bus");
+            let echo = recv(pong_sub).expect("open bus");
             assert_eq!(echo.seq, seq);
         })
     }
 }
 
-impl Drop for TickbusSpin {
+impl<R> Drop for TickbusSpin<R> {
     fn drop(&mut self) {
         self.bus.shutdown();
-        if let Some(echo) = self.echo.take() {
-            echo.join().expect("echo thread panicked");
-        }
+        join_echo(&mut self.echo);
     }
 }
 
@@ -892,9 +892,7 @@ impl PingPong for TokioSpin {
 impl Drop for TokioSpin {
     fn drop(&mut self) {
         drop(self.ping.take());
-        if let Some(echo) = self.echo.take() {
-            echo.join().expect("echo thread panicked");
-        }
+        join_echo(&mut self.echo);
     }
 }
 
@@ -961,9 +959,30 @@ fn current_thread_runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
+/// [`timed_trips`] for the async ping-pongs.
+async fn timed_trips_async(
+    trips: u64,
+    seq: &mut u64,
+    mut histogram: Option<&mut Histogram<u64>>,
+    mut trip: impl AsyncFnMut(u64),
+) -> Duration {
+    let start = Instant::now();
+    for _ in 0..trips {
+        let before = Instant::now();
+        trip(*seq).await;
+        if let Some(histogram) = histogram.as_deref_mut() {
+            histogram.saturating_record(before.elapsed().as_nanos() as u64 / 2);
+        }
+        *seq += 1;
+    }
+    start.elapsed() / 2
+}
+
 /// Async on both sides: the echo thread runs `sub.recv().await` on a tokio
 /// current-thread runtime, and so does the benchmark thread for the echo, so each
-/// hop is an async wake-up and RTT / 2 is one of them.
+/// hop is an async wake-up and RTT / 2 is one of them. Both subscribers look
+/// `async_spin_polls` times before parking (200 by default; 0 parks at once, as
+/// tokio's broadcast does).
 struct TickbusAsync {
     bus: Bus,
     ping: Topic<Event64>,
@@ -974,14 +993,17 @@ struct TickbusAsync {
 }
 
 impl TickbusAsync {
-    fn new() -> Self {
+    fn new(async_spin_polls: u32) -> Self {
         let TickbusPair {
             bus,
             ping,
             mut ping_sub,
             pong,
             pong_sub,
-        } = TickbusPair::new(SlowPolicy::Lag);
+        } = TickbusPair::new(SubscribeOptions {
+            async_spin_polls,
+            ..Default::default()
+        });
         let echo = thread::spawn(move || {
             pin(1);
             current_thread_runtime().block_on(async move {
@@ -1008,31 +1030,21 @@ impl TickbusAsync {
 }
 
 impl PingPong for TickbusAsync {
-    fn run(&mut self, trips: u64, mut histogram: Option<&mut Histogram<u64>>) -> Duration {
-        let (ping, pong_sub, seq) = (&self.ping, &mut self.pong_sub, &mut self.seq);
-        self.runtime.block_on(async {
-            let start = Instant::now();
-            for _ in 0..trips {
-                let before = Instant::now();
-                ping.publish(Event64::new(*seq)).expect("open bus");
-                let echo = pong_sub.recv().await.expect("open bus");
-                assert_eq!(echo.value.seq, *seq);
-                if let Some(histogram) = histogram.as_deref_mut() {
-                    histogram.saturating_record(before.elapsed().as_nanos() as u64 / 2);
-                }
-                *seq += 1;
-            }
-            start.elapsed() / 2
-        })
+    fn run(&mut self, trips: u64, histogram: Option<&mut Histogram<u64>>) -> Duration {
+        let (ping, pong_sub) = (&self.ping, &mut self.pong_sub);
+        let trips = timed_trips_async(trips, &mut self.seq, histogram, async |seq| {
+            ping.publish(Event64::new(seq)).expect("open bus");
+            let echo = pong_sub.recv().await.expect("open bus");
+            assert_eq!(echo.value.seq, seq);
+        });
+        self.runtime.block_on(trips)
     }
 }
 
 impl Drop for TickbusAsync {
     fn drop(&mut self) {
         self.bus.shutdown();
-        if let Some(echo) = self.echo.take() {
-            echo.join().expect("echo thread panicked");
-        }
+        join_echo(&mut self.echo);
     }
 }
 
@@ -1076,32 +1088,21 @@ impl TokioAsync {
 }
 
 impl PingPong for TokioAsync {
-    fn run(&mut self, trips: u64, mut histogram: Option<&mut Histogram<u64>>) -> Duration {
-        let ping = self.ping.as_ref().expect("running");
-        let (pong_rx, seq) = (&mut self.pong_rx, &mut self.seq);
-        self.runtime.block_on(async {
-            let start = Instant::now();
-            for _ in 0..trips {
-                let before = Instant::now();
-                ping.send(Event64::new(*seq)).expect("receiver alive");
-                let echo = pong_rx.recv().await.expect("sender alive");
-                assert_eq!(echo.seq, *seq);
-                if let Some(histogram) = histogram.as_deref_mut() {
-                    histogram.saturating_record(before.elapsed().as_nanos() as u64 / 2);
-                }
-                *seq += 1;
-            }
-            start.elapsed() / 2
-        })
+    fn run(&mut self, trips: u64, histogram: Option<&mut Histogram<u64>>) -> Duration {
+        let (ping, pong_rx) = (self.ping.as_ref().expect("running"), &mut self.pong_rx);
+        let trips = timed_trips_async(trips, &mut self.seq, histogram, async |seq| {
+            ping.send(Event64::new(seq)).expect("receiver alive");
+            let echo = pong_rx.recv().await.expect("sender alive");
+            assert_eq!(echo.seq, seq);
+        });
+        self.runtime.block_on(trips)
     }
 }
 
 impl Drop for TokioAsync {
     fn drop(&mut self) {
         drop(self.ping.take());
-        if let Some(echo) = self.echo.take() {
-            echo.join().expect("echo thread panicked");
-        }
+        join_echo(&mut self.echo);
     }
 }
 
@@ -1114,11 +1115,12 @@ enum LatencySystem {
     TokioSpin,
     DisruptorSpin,
     TickbusAsync,
+    TickbusAsyncPark,
     TokioAsync,
 }
 
 impl LatencySystem {
-    const ALL: [LatencySystem; 8] = [
+    const ALL: [LatencySystem; 9] = [
         LatencySystem::AtomicFloor,
         LatencySystem::TickbusSpinLag,
         LatencySystem::TickbusSpinBackpressure,
@@ -1126,6 +1128,7 @@ impl LatencySystem {
         LatencySystem::TokioSpin,
         LatencySystem::DisruptorSpin,
         LatencySystem::TickbusAsync,
+        LatencySystem::TickbusAsyncPark,
         LatencySystem::TokioAsync,
     ];
 
@@ -1138,6 +1141,7 @@ impl LatencySystem {
             LatencySystem::TokioSpin => "tokio_broadcast_spin",
             LatencySystem::DisruptorSpin => "disruptor_busy_spin",
             LatencySystem::TickbusAsync => "tickbus_async",
+            LatencySystem::TickbusAsyncPark => "tickbus_async_park",
             LatencySystem::TokioAsync => "tokio_broadcast_async",
         }
     }
@@ -1146,19 +1150,20 @@ impl LatencySystem {
         match self {
             LatencySystem::AtomicFloor => Box::new(AtomicPingPong::new()),
             LatencySystem::TickbusSpinLag => {
-                Box::new(TickbusSpin::new(SlowPolicy::Lag, TickbusWait::TryRecvLoop))
+                Box::new(TickbusSpin::new(SlowPolicy::Lag, try_recv_loop))
             }
-            LatencySystem::TickbusSpinBackpressure => Box::new(TickbusSpin::new(
-                SlowPolicy::Backpressure,
-                TickbusWait::TryRecvLoop,
-            )),
-            LatencySystem::TickbusBusySpinStrategy => Box::new(TickbusSpin::new(
-                SlowPolicy::Lag,
-                TickbusWait::BusySpinStrategy,
-            )),
+            LatencySystem::TickbusSpinBackpressure => {
+                Box::new(TickbusSpin::new(SlowPolicy::Backpressure, try_recv_loop))
+            }
+            LatencySystem::TickbusBusySpinStrategy => {
+                Box::new(TickbusSpin::new(SlowPolicy::Lag, busy_spin_strategy))
+            }
             LatencySystem::TokioSpin => Box::new(TokioSpin::new()),
             LatencySystem::DisruptorSpin => Box::new(DisruptorSpin::new()),
-            LatencySystem::TickbusAsync => Box::new(TickbusAsync::new()),
+            LatencySystem::TickbusAsync => Box::new(TickbusAsync::new(
+                SubscribeOptions::default().async_spin_polls,
+            )),
+            LatencySystem::TickbusAsyncPark => Box::new(TickbusAsync::new(0)),
             LatencySystem::TokioAsync => Box::new(TokioAsync::new()),
         }
     }
@@ -1166,7 +1171,9 @@ impl LatencySystem {
     fn is_async(self) -> bool {
         matches!(
             self,
-            LatencySystem::TickbusAsync | LatencySystem::TokioAsync
+            LatencySystem::TickbusAsync
+                | LatencySystem::TickbusAsyncPark
+                | LatencySystem::TokioAsync
         )
     }
 }
@@ -1408,10 +1415,12 @@ fn latency_rounds(rounds: usize, spin_trips: u64, async_trips: u64) -> Vec<Strin
         for (numerator, denominator) in [
             (TickbusSpinLag, DisruptorSpin),
             (TickbusSpinBackpressure, DisruptorSpin),
+            (TickbusBusySpinStrategy, DisruptorSpin),
             (TickbusSpinLag, TokioSpin),
             (TickbusSpinLag, AtomicFloor),
             (DisruptorSpin, AtomicFloor),
             (TickbusAsync, TokioAsync),
+            (TickbusAsyncPark, TokioAsync),
         ] {
             lines.push(format!(
                 "    ratio {} / {}: p50 {}, p99 {}",

@@ -469,7 +469,7 @@ impl<V> Ring<V> {
     ///
     /// `read` runs while the slot is pinned (lag mode) or gated (backpressure mode):
     /// publishers that come round to this slot wait for it, so keep it short.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn try_read<R>(
         &self,
         cursor: &mut Cursor,
@@ -491,7 +491,7 @@ impl<V> Ring<V> {
     ///
     /// On a miss, also says whether the backpressure gate moved (publishers to wake):
     /// the caller cannot ask the cursor, which the result still borrows.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn try_pin<'a>(
         &'a self,
         cursor: &'a mut Cursor,

@@ -259,6 +259,7 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
     /// publisher.join().unwrap()?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[inline]
     pub fn recv_blocking_with<W: WaitStrategy + ?Sized>(
         &mut self,
         wait: &mut W,
@@ -350,6 +351,7 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
 impl<T: Clone + Send + Sync + 'static> Waitable for Subscriber<T> {
     type Item = Event<T>;
     type Wakeup = Option<EventListener>;
+    #[inline]
     fn try_once(&mut self) -> Result<Event<T>, TryRecvError> {
         self.try_recv()
     }
