@@ -560,3 +560,62 @@ fn busy_spin_receive_crosses_threads() {
     }
     assert_eq!(reader.join().unwrap(), (0..10_000).sum::<u64>());
 }
+
+#[test]
+fn a_publish_racing_shutdown_is_delivered_or_handed_back() {
+    // Publishers keep publishing while the bus shuts down. Every publish that
+    // returned Ok must reach the subscriber; every other one got its event back.
+    for _ in 0..20 {
+        let bus = Bus::builder().build().unwrap();
+        let topic = bus.topic_with::<u64>("order:new", small(64)).unwrap();
+        let mut sub = topic.subscribe_with(BACKPRESSURE).unwrap();
+        let progress = Arc::new(AtomicUsize::new(0));
+        let reader_progress = Arc::clone(&progress);
+        let reader = thread::spawn(move || {
+            let mut received = HashSet::new();
+            loop {
+                match sub.recv_blocking() {
+                    Ok(event) => {
+                        assert!(received.insert(event.value), "received twice");
+                        reader_progress.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(RecvError::Closed) => return received,
+                    Err(RecvError::Lagged(n)) => panic!("backpressure never lags ({n})"),
+                }
+            }
+        });
+        let publishers: Vec<_> = (0..2u64)
+            .map(|p| {
+                let topic = topic.clone();
+                thread::spawn(move || {
+                    let mut accepted = Vec::new();
+                    for n in 0.. {
+                        let value = p << 32 | n;
+                        match topic.publish(value) {
+                            Ok(_) => accepted.push(value),
+                            Err(back) => {
+                                assert_eq!(back.0, value, "the refused event is handed back");
+                                return accepted;
+                            }
+                        }
+                    }
+                    unreachable!()
+                })
+            })
+            .collect();
+        // Let events flow, then close under the publishers' feet.
+        while progress.load(Ordering::Relaxed) < 1_000 {
+            thread::yield_now();
+        }
+        bus.shutdown();
+        let accepted: HashSet<u64> = publishers
+            .into_iter()
+            .flat_map(|p| p.join().unwrap())
+            .collect();
+        let received = reader.join().unwrap();
+        assert_eq!(
+            received, accepted,
+            "accepted events are exactly the delivered ones"
+        );
+    }
+}
