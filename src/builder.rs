@@ -197,16 +197,7 @@ impl BusBuilder {
     /// options are out of range.
     pub fn build(self) -> Result<Bus> {
         let options = self.topic_options;
-        if options.capacity == 0 || options.capacity > TopicOptions::MAX_CAPACITY {
-            return Err(crate::error::Error::new(
-                crate::ErrorKind::InvalidConfig,
-                format!(
-                    "TopicOptions::capacity {} is outside 1..={}",
-                    options.capacity,
-                    TopicOptions::MAX_CAPACITY
-                ),
-            ));
-        }
+        options.validate()?;
         let instance = self.instance_id.unwrap_or_else(InstanceId::random);
         let clock = self.clock.unwrap_or_else(Clock::system);
         Ok(Bus {

@@ -71,13 +71,53 @@ pub struct TopicOptions {
     /// Memory is `capacity × (size_of::<T>() + 24)` bytes rounded up to a multiple
     /// of 64 per slot (slots are cache-line aligned), allocated at creation.
     pub capacity: usize,
-    /// Most backpressure subscribers the topic accepts at once. Default 32.
+    /// Most backpressure subscribers the topic accepts at once. Default 32, at most
+    /// [`TopicOptions::MAX_BACKPRESSURE_SUBSCRIBERS`].
     pub max_backpressure_subscribers: usize,
 }
 
 impl TopicOptions {
     /// The largest ring accepted, in events (2^24).
     pub const MAX_CAPACITY: usize = 1 << 24;
+    /// The most backpressure subscribers a topic may allow (each is a cache-padded
+    /// gate that a blocked publisher scans).
+    pub const MAX_BACKPRESSURE_SUBSCRIBERS: usize = 1024;
+
+    /// Checks the options are in range.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) naming the
+    /// field and its range.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tickbus::TopicOptions;
+    ///
+    /// assert!(TopicOptions::default().validate().is_ok());
+    /// let err = TopicOptions { capacity: 0, ..Default::default() }.validate().unwrap_err();
+    /// assert!(err.to_string().contains("capacity 0"));
+    /// ```
+    pub fn validate(&self) -> crate::Result<()> {
+        let invalid =
+            |message: String| Err(crate::Error::new(crate::ErrorKind::InvalidConfig, message));
+        if self.capacity == 0 || self.capacity > Self::MAX_CAPACITY {
+            return invalid(format!(
+                "TopicOptions::capacity {} is outside 1..={}",
+                self.capacity,
+                Self::MAX_CAPACITY
+            ));
+        }
+        if self.max_backpressure_subscribers > Self::MAX_BACKPRESSURE_SUBSCRIBERS {
+            return invalid(format!(
+                "TopicOptions::max_backpressure_subscribers {} is above {}",
+                self.max_backpressure_subscribers,
+                Self::MAX_BACKPRESSURE_SUBSCRIBERS
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for TopicOptions {

@@ -296,6 +296,18 @@ fn topics_check_names_and_types() {
         bus.topic_with::<u8>("a:b", small(0)).unwrap_err().kind(),
         ErrorKind::InvalidConfig
     );
+    let huge = TopicOptions {
+        capacity: 8,
+        max_backpressure_subscribers: usize::MAX,
+    };
+    let err = bus.topic_with::<u8>("a:c", huge).unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::InvalidConfig,
+        "an error, not an allocation failure"
+    );
+    assert!(err.to_string().contains("topic a:c"), "{err}");
+    assert!(Bus::builder().topic_options(huge).build().is_err());
 }
 
 #[test]

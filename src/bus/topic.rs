@@ -46,16 +46,12 @@ impl<T> TopicShared<T> {
         instance: InstanceId,
         clock: Clock,
     ) -> Result<Self> {
-        if options.capacity == 0 || options.capacity > TopicOptions::MAX_CAPACITY {
-            return Err(Error::new(
+        options.validate().map_err(|error| {
+            Error::new(
                 ErrorKind::InvalidConfig,
-                format!(
-                    "topic {name}: capacity {} is outside 1..={}",
-                    options.capacity,
-                    TopicOptions::MAX_CAPACITY
-                ),
-            ));
-        }
+                format!("topic {name}: {}", error.message()),
+            )
+        })?;
         Ok(TopicShared {
             salt: topic_salt(&instance, &name),
             ring: Ring::new(
