@@ -27,7 +27,8 @@ pub(crate) struct Stored<T> {
 pub(crate) struct TopicShared<T> {
     pub(crate) name: TopicName,
     pub(crate) ring: Ring<Stored<T>>,
-    /// Notified after every publish, and on close: wakes parked and async subscribers.
+    /// Notified by a publish whose slot a sleeping subscriber marked, and on close:
+    /// wakes parked and async subscribers.
     pub(crate) data_ready: Notify,
     /// Notified when a backpressure subscriber moves on or leaves, if a publisher
     /// is parked waiting for room (`space_waiters > 0`).
