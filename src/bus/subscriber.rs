@@ -214,7 +214,7 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
     /// # Errors
     ///
     /// As [`try_recv_ref`](Subscriber::try_recv_ref).
-    #[inline]
+    #[inline(always)]
     pub fn try_recv(&mut self) -> Result<Event<T>, TryRecvError> {
         let seq = self.cursor.next();
         let shared = &self.shared;
@@ -351,7 +351,7 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
 impl<T: Clone + Send + Sync + 'static> Waitable for Subscriber<T> {
     type Item = Event<T>;
     type Wakeup = Option<EventListener>;
-    #[inline]
+    #[inline(always)]
     fn try_once(&mut self) -> Result<Event<T>, TryRecvError> {
         self.try_recv()
     }
