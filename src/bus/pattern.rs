@@ -133,10 +133,11 @@ impl<T: Clone + Send + Sync + 'static> ErasedSubscriber for Subscriber<T> {
         &mut self,
         read: &mut dyn FnMut(AnyEventRef<'_>),
     ) -> std::result::Result<(), TryRecvError> {
-        let topic = self.topic().clone();
+        // The name is borrowed from the topic, not cloned: no reference-count
+        // traffic per event.
         let event = self.try_recv_ref()?;
         read(AnyEventRef {
-            topic: &topic,
+            topic: event.topic(),
             meta: *event.meta(),
             value: &*event,
             type_name: std::any::type_name::<T>(),

@@ -517,7 +517,7 @@ impl<V> Ring<V> {
                 ring: self,
                 slot,
                 value: Some(slot.value.get()),
-                unpin: Unpin::Gate(cursor),
+                hold: Hold::Gate(cursor),
             });
         }
         let mut attempt = 0;
@@ -544,7 +544,7 @@ impl<V> Ring<V> {
                     ring: self,
                     slot,
                     value: Some(slot.value.get()),
-                    unpin: Unpin::Reader,
+                    hold: Hold::Reader,
                 });
             }
         }
@@ -616,7 +616,8 @@ impl Cursor {
     }
 }
 
-enum Unpin<'a> {
+/// What holds a pinned slot, and so how it is released.
+enum Hold<'a> {
     /// Lag mode: decrement the slot's reader count.
     Reader,
     /// Backpressure mode: maybe publish the gate.
@@ -630,7 +631,7 @@ pub(crate) struct Pinned<'a, V> {
     /// The shared access to the value: `Some` until unpinned, and dropped *before*
     /// the slot is released (loom tracks the access for as long as it lives).
     value: Option<ConstPtr<MaybeUninit<V>>>,
-    unpin: Unpin<'a>,
+    hold: Hold<'a>,
 }
 
 impl<V> Pinned<'_, V> {
@@ -660,13 +661,13 @@ impl<V> Pinned<'_, V> {
         if self.value.take().is_none() {
             return false; // Already unpinned.
         }
-        match &mut self.unpin {
-            Unpin::Reader => {
+        match &mut self.hold {
+            Hold::Reader => {
                 // Release: our reads of the value happen before the writer's Acquire CAS.
                 self.slot.state.fetch_sub(1, Ordering::Release);
                 false
             }
-            Unpin::Gate(cursor) => {
+            Hold::Gate(cursor) => {
                 if cursor.flush_pending {
                     cursor.flush_pending = false;
                     self.ring.flush_gate(cursor)

@@ -55,10 +55,15 @@ impl<T> Drop for EventRef<'_, T> {
     }
 }
 
-impl<T> EventRef<'_, T> {
+impl<'a, T> EventRef<'a, T> {
     /// Id, sequence, source and timestamp.
     pub fn meta(&self) -> &Meta {
         &self.meta
+    }
+
+    /// The topic the event was published to.
+    pub fn topic(&self) -> &'a TopicName {
+        &self.shared.name
     }
 }
 

@@ -96,7 +96,7 @@ impl<T> TopicShared<T> {
     /// Wakes publishers parked for room, if there are any. Called by backpressure
     /// subscribers after their gate moved (every few reads), never per event.
     pub(crate) fn wake_publishers(&self) {
-        // Pairs with the fence in `publish_stored` (count ourselves as waiting;
+        // Pairs with the fence in `publish_when_room` (count ourselves as waiting;
         // fence; look at the gates again): either that look sees the moved gate, or
         // this load sees the waiter.
         fence(Ordering::SeqCst);
