@@ -83,6 +83,7 @@ fn run<T: Clone + Send + Sync + 'static>(
             }
             Err(RecvError::Closed) => return hop,
             Err(RecvError::Lagged(n)) => panic!("a backpressure subscriber never lags ({n})"),
+            Err(RecvError::Undecodable(bad)) => panic!("local events always decode: {bad}"),
         }
     }
 }

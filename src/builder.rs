@@ -2,11 +2,17 @@
 
 use std::sync::Arc;
 
+#[cfg(feature = "redis")]
+use crate::bridge::{Health, Live, RedisStats};
 use crate::bus::registry::BusShared;
 use crate::bus::{PatternSubscriber, Topic};
 use crate::clock::Clock;
+#[cfg(feature = "redis")]
+use crate::config::{DurableOptions, RedisConfig};
 use crate::config::{SubscribeOptions, TopicOptions};
 use crate::error::Result;
+#[cfg(feature = "redis")]
+use crate::error::{Error, ErrorKind};
 use crate::event::{InstanceId, TopicName};
 
 /// The event bus: a set of typed topics in one process, with an instance id.
@@ -36,6 +42,9 @@ use crate::event::{InstanceId, TopicName};
 #[derive(Clone, Debug)]
 pub struct Bus {
     shared: Arc<BusShared>,
+    /// Live mode: the Redis side (outbox writer, cross-instance reader).
+    #[cfg(feature = "redis")]
+    live: Option<Arc<Live>>,
 }
 
 impl Bus {
@@ -136,8 +145,124 @@ impl Bus {
     }
 
     /// Closes every topic. See [Shutdown](Bus#shutdown). Idempotent.
+    ///
+    /// In live mode it then waits (up to [`RedisConfig::shutdown_timeout`]) for the
+    /// outbox to be written, and stops the I/O threads.
     pub fn shutdown(&self) {
         self.shared.shutdown();
+        #[cfg(feature = "redis")]
+        if let Some(live) = &self.live {
+            live.shutdown();
+        }
+    }
+
+    /// The durable topic `name` carrying `T` (live mode): every event published to
+    /// it is also appended to the Redis stream `<prefix>:stream:{<name>}`, and
+    /// (unless [`DurableOptions::receive_remote`] is off) what other instances
+    /// append there is delivered to this bus's subscribers, after the local events
+    /// published before it arrived. Asking again returns the same topic.
+    ///
+    /// Creating it checks the stream key (one round trip): do it at start-up.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`] on an embedded bus, or when `name` already
+    /// exists as a local-only topic; [`ErrorKind::Redis`] when the key holds
+    /// another type; [`ErrorKind::Unsupported`] for
+    /// [`Durability::AofFsynced`](crate::Durability::AofFsynced) on a server without
+    /// `WAITAOF` or without AOF; the errors of [`topic`](Bus::topic).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use tickbus::{Bus, DurableOptions, RedisConfig, Retention};
+    ///
+    /// let bus = Bus::builder().redis(RedisConfig::from_url("redis://127.0.0.1:6379")?).build()?;
+    /// let options = DurableOptions {
+    ///     retention: Retention { max_len: Some(100_000), ..Default::default() },
+    ///     ..Default::default()
+    /// };
+    /// let fills = bus.durable_topic::<(u64, f64)>("execution:fill", options)?;
+    /// let mut risk = fills.subscribe(); // also receives other instances' fills
+    /// fills.publish((42, 2.5))?;
+    /// assert_eq!(risk.try_recv()?.value, (42, 2.5));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn durable_topic<T>(&self, name: &str, options: DurableOptions) -> Result<Topic<T>>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let Some(live) = &self.live else {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "durable topic {name} on an embedded bus: configure Redis with                      BusBuilder::redis to persist topics"
+                ),
+            ));
+        };
+        let name = TopicName::new(name)?;
+        if let Some(existing) = self.existing_durable::<T>(&name)? {
+            return Ok(existing);
+        }
+        let (persist, setup) = live.prepare_topic::<T>(&name, &options)?;
+        let local = options.local.unwrap_or(self.shared.topic_options);
+        let (topic, created) = self.shared.durable_topic(name, &local, persist)?;
+        if created {
+            live.read_topic(&topic.shared, setup);
+        }
+        Ok(topic)
+    }
+
+    #[cfg(feature = "redis")]
+    fn existing_durable<T: Clone + Send + Sync + 'static>(
+        &self,
+        name: &TopicName,
+    ) -> Result<Option<Topic<T>>> {
+        if !self.shared.topic_names().contains(name) {
+            return Ok(None);
+        }
+        let topic = self
+            .shared
+            .topic::<T>(name.as_str(), &self.shared.topic_options)?;
+        if topic.is_durable() {
+            Ok(Some(topic))
+        } else {
+            Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "topic {name} already exists on this bus as a local-only topic; \
+                     declare it durable before its first use"
+                ),
+            ))
+        }
+    }
+
+    /// The state of the connection to Redis: [`Health::Embedded`] without Redis,
+    /// else connected, degraded (with the outbox depth, the last error and since
+    /// when) or closed. Cheap: serve it as a health check.
+    #[cfg(feature = "redis")]
+    pub fn health(&self) -> Health {
+        match &self.live {
+            None if self.is_shut_down() => Health::Closed,
+            None => Health::Embedded,
+            Some(live) => live.health(),
+        }
+    }
+
+    /// Counters of the Redis side (all zero on an embedded bus).
+    #[cfg(feature = "redis")]
+    pub fn redis_stats(&self) -> RedisStats {
+        self.live
+            .as_ref()
+            .map(|live| live.stats())
+            .unwrap_or_default()
+    }
+
+    /// The Redis server's version (`None` on an embedded bus).
+    #[cfg(feature = "redis")]
+    pub fn redis_version(&self) -> Option<(u32, u32, u32)> {
+        self.live.as_ref().map(|live| live.server_version())
     }
 
     /// Whether [`shutdown`](Bus::shutdown) has run.
@@ -168,6 +293,8 @@ pub struct BusBuilder {
     instance_id: Option<InstanceId>,
     clock: Option<Clock>,
     topic_options: TopicOptions,
+    #[cfg(feature = "redis")]
+    redis: Option<RedisConfig>,
 }
 
 impl BusBuilder {
@@ -189,19 +316,49 @@ impl BusBuilder {
         self
     }
 
-    /// Builds the bus.
+    /// Live mode: persist durable topics to this Redis and receive other
+    /// instances' events from it. `build` then connects, and fails if it cannot.
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, config: RedisConfig) -> Self {
+        self.redis = Some(config);
+        self
+    }
+
+    /// Live mode if `TICKBUS_REDIS_URL` or `REDIS_URL` is set (see
+    /// [`RedisConfig::from_env`]), embedded otherwise.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) when the topic
-    /// options are out of range.
+    /// [`ErrorKind::InvalidConfig`] when the variable holds a malformed URL.
+    #[cfg(feature = "redis")]
+    pub fn redis_from_env(mut self) -> Result<Self> {
+        self.redis = RedisConfig::from_env()?;
+        Ok(self)
+    }
+
+    /// Builds the bus. In live mode, connects to Redis first (blocking the calling
+    /// thread for at most about twice [`RedisConfig::connect_timeout`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) when an option
+    /// is out of range. Live mode, failing fast: `Unavailable` when Redis cannot be
+    /// reached, `Auth` for refused credentials, `Unsupported` for a server older
+    /// than 6.2. The message names the server (password redacted).
     pub fn build(self) -> Result<Bus> {
         let options = self.topic_options;
         options.validate()?;
         let instance = self.instance_id.unwrap_or_else(InstanceId::random);
         let clock = self.clock.unwrap_or_else(Clock::system);
+        #[cfg(feature = "redis")]
+        let live = match self.redis {
+            Some(config) => Some(Arc::new(Live::start(config, instance)?)),
+            None => None,
+        };
         Ok(Bus {
             shared: Arc::new(BusShared::new(instance, clock, options)),
+            #[cfg(feature = "redis")]
+            live,
         })
     }
 }

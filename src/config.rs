@@ -1,5 +1,10 @@
 //! Plain-data configuration with documented defaults. Nothing here performs I/O.
 
+#[cfg(feature = "redis")]
+use std::fmt;
+#[cfg(feature = "redis")]
+use std::time::Duration;
+
 /// What happens when a subscriber falls a whole ring behind its publishers.
 ///
 /// Chosen per subscription: a risk monitor that must see every fill uses
@@ -125,6 +130,306 @@ impl Default for TopicOptions {
         TopicOptions {
             capacity: 4096,
             max_backpressure_subscribers: 32,
+        }
+    }
+}
+
+/// How to reach Redis, and how the live bus uses it (live mode, feature `redis`).
+///
+/// Plain data: building it performs no I/O; [`BusBuilder::build`](crate::BusBuilder::build)
+/// connects and checks. `Debug` never prints the password.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use tickbus::{OutboxFull, RedisConfig};
+///
+/// let mut config = RedisConfig::from_url("redis://trader:s3cret@10.0.0.5:6380/0")?;
+/// config.outbox_full = OutboxFull::Error;
+/// config.read_block = Duration::from_millis(500);
+/// assert!(!format!("{config:?}").contains("s3cret"));
+/// assert_eq!(config.redacted_url(), "redis://trader:***@10.0.0.5:6380/0");
+/// # Ok::<(), tickbus::Error>(())
+/// ```
+#[cfg(feature = "redis")]
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    url: String,
+    /// First part of every key tickbus touches. Default `"tickbus"`: streams are
+    /// `tickbus:stream:{<topic>}`. Must not contain `{`, `}`, spaces or `*?[]`.
+    pub key_prefix: String,
+    /// Most durable events waiting for Redis (all topics together). Default 65 536.
+    pub outbox_capacity: usize,
+    /// What a publish does when the outbox is full. Default [`OutboxFull::Wait`].
+    pub outbox_full: OutboxFull,
+    /// Most entries written in one pipeline. Default 512.
+    pub write_batch: usize,
+    /// Most entries read per `XREAD`. Default 1 000.
+    pub read_count: usize,
+    /// Server-side `BLOCK` of the cross-instance reader. Default 1 s. Kept shorter
+    /// than [`command_timeout`](RedisConfig::command_timeout).
+    pub read_block: Duration,
+    /// How long a command may take before it counts as failed (its outcome is then
+    /// unknown, and the outbox checks the stream before writing again). Default 5 s.
+    pub command_timeout: Duration,
+    /// Time allowed to connect (TCP, TLS and `AUTH`) in `build`. Default 5 s.
+    pub connect_timeout: Duration,
+    /// First delay between reconnect attempts; doubles up to
+    /// [`reconnect_max`](RedisConfig::reconnect_max), plus up to 20 % random jitter.
+    /// Default 50 ms.
+    pub reconnect_min: Duration,
+    /// Longest delay between reconnect attempts. Default 2 s.
+    pub reconnect_max: Duration,
+    /// Event ids remembered per topic to recognise duplicate entries (an `XADD`
+    /// re-sent after a lost reply). Default 16 384.
+    pub dedup_window: usize,
+    /// Where the cross-instance reader starts. Default [`RemoteStart::New`].
+    pub remote_start: RemoteStart,
+    /// How long [`Bus::shutdown`](crate::Bus::shutdown) waits for the outbox to
+    /// drain. Default 5 s.
+    pub shutdown_timeout: Duration,
+}
+
+#[cfg(feature = "redis")]
+impl RedisConfig {
+    /// The environment variables read by [`from_env`](RedisConfig::from_env), in order.
+    pub const ENV_VARS: [&'static str; 2] = ["TICKBUS_REDIS_URL", "REDIS_URL"];
+
+    /// A configuration with the defaults and this URL: `redis://[user[:password]@]host[:port][/db]`,
+    /// or `rediss://` for TLS. Checks the form only; nothing connects.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) when the URL is
+    /// not a `redis://` or `rediss://` URL with a host.
+    pub fn from_url(url: &str) -> crate::Result<Self> {
+        let rest = url
+            .strip_prefix("redis://")
+            .or_else(|| url.strip_prefix("rediss://"));
+        let host = rest.map(|rest| {
+            let authority = rest.split('/').next().unwrap_or_default();
+            authority.rsplit('@').next().unwrap_or_default().to_string()
+        });
+        match host {
+            Some(host) if !host.is_empty() && !host.starts_with(':') => Ok(RedisConfig {
+                url: url.to_string(),
+                ..RedisConfig::defaults()
+            }),
+            _ => Err(crate::Error::new(
+                crate::ErrorKind::InvalidConfig,
+                format!(
+                    "not a Redis URL (redis://host:port or rediss://host:port): {}",
+                    redact_url(url)
+                ),
+            )),
+        }
+    }
+
+    /// The URL from `TICKBUS_REDIS_URL`, else `REDIS_URL`; `Ok(None)` when neither is set.
+    ///
+    /// # Errors
+    ///
+    /// As [`from_url`](RedisConfig::from_url) for a malformed URL.
+    pub fn from_env() -> crate::Result<Option<Self>> {
+        for var in Self::ENV_VARS {
+            if let Ok(url) = std::env::var(var) {
+                if !url.is_empty() {
+                    return Self::from_url(&url).map(Some);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn defaults() -> Self {
+        RedisConfig {
+            url: String::new(),
+            key_prefix: "tickbus".to_string(),
+            outbox_capacity: 65_536,
+            outbox_full: OutboxFull::Wait,
+            write_batch: 512,
+            read_count: 1_000,
+            read_block: Duration::from_secs(1),
+            command_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            reconnect_min: Duration::from_millis(50),
+            reconnect_max: Duration::from_secs(2),
+            dedup_window: 16_384,
+            remote_start: RemoteStart::New,
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The URL, password included. Never log it: use
+    /// [`redacted_url`](RedisConfig::redacted_url).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The URL with its password replaced by `***`.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    /// Checks the values are in range.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) naming the field.
+    pub fn validate(&self) -> crate::Result<()> {
+        let invalid = |message: &str| {
+            Err(crate::Error::new(
+                crate::ErrorKind::InvalidConfig,
+                format!("RedisConfig::{message}"),
+            ))
+        };
+        let bad_prefix = self.key_prefix.is_empty()
+            || self.key_prefix.len() > 64
+            || self
+                .key_prefix
+                .chars()
+                .any(|c| !(c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-' | '.')));
+        if bad_prefix {
+            return invalid("key_prefix must be 1 to 64 of a-z A-Z 0-9 : _ - .");
+        }
+        if self.outbox_capacity == 0 || self.write_batch == 0 || self.read_count == 0 {
+            return invalid("outbox_capacity, write_batch and read_count must be at least 1");
+        }
+        if self.read_block.is_zero() || self.read_block >= self.command_timeout {
+            return invalid("read_block must be above 0 and below command_timeout");
+        }
+        if self.reconnect_min.is_zero() || self.reconnect_min > self.reconnect_max {
+            return invalid("reconnect_min must be above 0 and at most reconnect_max");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "redis")]
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.redacted_url())
+            .field("key_prefix", &self.key_prefix)
+            .field("outbox_capacity", &self.outbox_capacity)
+            .field("outbox_full", &self.outbox_full)
+            .field("write_batch", &self.write_batch)
+            .field("read_block", &self.read_block)
+            .field("remote_start", &self.remote_start)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `url` with the password (if any) replaced by `***`.
+#[cfg(feature = "redis")]
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<not a URL>".to_string();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            if userinfo.contains(':') || user.is_empty() {
+                format!("{scheme}://{user}:***@{host}{path}")
+            } else {
+                // `redis://password@host` is how some clients pass a lone password.
+                format!("{scheme}://***@{host}{path}")
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+/// What a durable publish does when the outbox is full (Redis down or behind).
+#[cfg(feature = "redis")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OutboxFull {
+    /// The publisher waits until the writer makes room (backpressure).
+    #[default]
+    Wait,
+    /// The publish fails at once with [`PublishError::Backpressure`](crate::PublishError),
+    /// handing the event back. Nothing was delivered locally.
+    Error,
+}
+
+/// Where the cross-instance reader of a durable topic starts.
+#[cfg(feature = "redis")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RemoteStart {
+    /// Events written after the topic was created on this bus.
+    #[default]
+    New,
+    /// After the last entry this instance (same [`InstanceId`](crate::InstanceId))
+    /// delivered before it stopped, kept in `<prefix>:cursor:{<topic>}`; like `New`
+    /// the first time. Give the bus a fixed instance id to use it.
+    Resume,
+}
+
+/// How long a durable topic's stream keeps entries (trimmed approximately, as
+/// `MAXLEN ~` and `MINID ~` do: Redis trims whole nodes, so a few more entries stay).
+#[cfg(feature = "redis")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Retention {
+    /// Keep about this many of the newest entries (`XADD … MAXLEN ~ n`). `None`: no limit.
+    pub max_len: Option<u64>,
+    /// Keep entries younger than this (`XTRIM … MINID ~ <now - age>`, at most once a
+    /// second per topic). `None`: no limit.
+    pub max_age: Option<Duration>,
+}
+
+/// When a durable publish counts as done (when its [`Receipt`](crate::Receipt) resolves).
+#[cfg(feature = "redis")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Durability {
+    /// Redis has the entry in memory (and on disk as its `appendfsync` allows).
+    #[default]
+    Written,
+    /// Redis has also fsynced its AOF (`WAITAOF 1 0`, Redis ≥ 7.2 with
+    /// `appendonly yes`, sent on the connection that wrote the entry).
+    AofFsynced,
+}
+
+/// Options of a durable topic ([`Bus::durable_topic`](crate::Bus::durable_topic)).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use tickbus::{DurableOptions, Retention};
+///
+/// let fills = DurableOptions {
+///     retention: Retention { max_len: Some(1_000_000), max_age: Some(Duration::from_secs(86_400)) },
+///     ..Default::default()
+/// };
+/// assert!(fills.receive_remote);
+/// ```
+#[cfg(feature = "redis")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DurableOptions {
+    /// The local ring. Default: the bus's topic options.
+    pub local: Option<TopicOptions>,
+    /// How long the stream keeps entries. Default: no trimming.
+    pub retention: Retention,
+    /// When a receipt resolves. Default [`Durability::Written`].
+    pub durability: Durability,
+    /// Deliver events other instances write to this topic to local subscribers.
+    /// Default `true`; a publisher-only process can save the reads.
+    pub receive_remote: bool,
+}
+
+#[cfg(feature = "redis")]
+impl Default for DurableOptions {
+    fn default() -> Self {
+        DurableOptions {
+            local: None,
+            retention: Retention::default(),
+            durability: Durability::Written,
+            receive_remote: true,
         }
     }
 }

@@ -7,6 +7,7 @@
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::sync::Arc;
 
 /// What went wrong, in a form a caller can match on.
 ///
@@ -38,6 +39,20 @@ pub enum ErrorKind {
     /// A value could not be encoded (for example a map with non-string keys where
     /// the format needs strings).
     Encode,
+    /// Redis cannot be reached, or the connection was lost (live mode).
+    Unavailable,
+    /// Redis refused the credentials, or the ACL user lacks a permission.
+    Auth,
+    /// The Redis server lacks what was asked for (too old a version; `WAITAOF` before
+    /// 7.2 or without AOF).
+    Unsupported,
+    /// The outbox of events waiting for Redis is full and the topic's policy is to
+    /// refuse rather than wait.
+    Backpressure,
+    /// Redis answered a command with an error (a key of the wrong type, out of memory).
+    Redis,
+    /// A command did not complete in time; whether it took effect is unknown.
+    Timeout,
 }
 
 impl ErrorKind {
@@ -53,6 +68,12 @@ impl ErrorKind {
             ErrorKind::WrongShape => "wrong shape",
             ErrorKind::UnsupportedVersion => "unsupported wire version",
             ErrorKind::Encode => "encode failed",
+            ErrorKind::Unavailable => "redis unavailable",
+            ErrorKind::Auth => "redis authentication failed",
+            ErrorKind::Unsupported => "unsupported by the redis server",
+            ErrorKind::Backpressure => "outbox full",
+            ErrorKind::Redis => "redis error",
+            ErrorKind::Timeout => "timed out",
         }
     }
 }
@@ -77,10 +98,11 @@ impl fmt::Display for ErrorKind {
 /// assert_eq!(err.kind(), ErrorKind::InvalidTopic);
 /// assert!(err.to_string().contains("lowercase"));
 /// ```
+#[derive(Clone)]
 pub struct Error {
     kind: ErrorKind,
-    message: Box<str>,
-    source: Option<Box<dyn StdError + Send + Sync + 'static>>,
+    message: Arc<str>,
+    source: Option<Arc<dyn StdError + Send + Sync + 'static>>,
 }
 
 impl Error {
@@ -88,14 +110,14 @@ impl Error {
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Error {
             kind,
-            message: message.into().into_boxed_str(),
+            message: Arc::from(message.into()),
             source: None,
         }
     }
 
     /// Attaches the lower-level error that caused this one.
     pub(crate) fn with_source(mut self, source: impl StdError + Send + Sync + 'static) -> Self {
-        self.source = Some(Box::new(source));
+        self.source = Some(Arc::new(source));
         self
     }
 

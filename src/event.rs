@@ -355,14 +355,74 @@ pub(crate) fn topic_salt(instance: &InstanceId, topic: &TopicName) -> u32 {
     (z >> 32) as u32
 }
 
-/// Where an event came from: this instance, or another one through Redis (later).
+/// The id Redis gave a stream entry: milliseconds of the server clock, then a
+/// sequence within that millisecond. Written `1700000000000-0`; ordered as Redis
+/// orders entries.
+///
+/// # Examples
+///
+/// ```
+/// use tickbus::StreamId;
+///
+/// let id: StreamId = "1700000000000-3".parse()?;
+/// assert_eq!((id.ms, id.seq), (1_700_000_000_000, 3));
+/// assert_eq!(id.to_string(), "1700000000000-3");
+/// assert!(id < "1700000000001-0".parse()?);
+/// assert!("1700000000000".parse::<StreamId>().is_err());
+/// # Ok::<(), tickbus::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId {
+    /// Milliseconds since the Unix epoch, by the Redis server's clock.
+    pub ms: u64,
+    /// Sequence within the millisecond.
+    pub seq: u64,
+}
+
+impl StreamId {
+    /// `0-0`, before every entry.
+    pub const ZERO: StreamId = StreamId { ms: 0, seq: 0 };
+
+    /// A stream id from its two parts.
+    pub const fn new(ms: u64, seq: u64) -> Self {
+        StreamId { ms, seq }
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl std::str::FromStr for StreamId {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let parsed = text
+            .split_once('-')
+            .and_then(|(ms, seq)| Some((ms.parse().ok()?, seq.parse().ok()?)));
+        match parsed {
+            Some((ms, seq)) => Ok(StreamId { ms, seq }),
+            None => Err(Error::new(
+                ErrorKind::WrongShape,
+                format!("not a stream id (`<ms>-<seq>`): {text:?}"),
+            )),
+        }
+    }
+}
+
+/// Where an event came from: this instance, or another one through Redis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Origin {
     /// Published on this bus: its id derives from the topic sequence.
     Local,
-    /// Published by another instance; carries its own id and source.
-    #[allow(dead_code)] // Written by the Redis bridge (next issue).
-    Remote { id: EventId, source: InstanceId },
+    /// Published by another instance; carries its own id, source and stream id.
+    Remote {
+        id: EventId,
+        source: InstanceId,
+        stream_id: StreamId,
+    },
 }
 
 /// What every event carries besides its payload: id, topic sequence, source
@@ -422,6 +482,21 @@ impl Meta {
             Origin::Remote { source, .. } => source,
         }
     }
+
+    /// Whether the event came from another instance, through Redis.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.origin, Origin::Remote { .. })
+    }
+
+    /// The id of the stream entry the event was read from, for an event that came
+    /// from another instance. `None` for events published on this bus (their stream
+    /// id, if the topic is durable, is what [`Receipt`](crate::Receipt) resolves to).
+    pub fn stream_id(&self) -> Option<StreamId> {
+        match self.origin {
+            Origin::Local => None,
+            Origin::Remote { stream_id, .. } => Some(stream_id),
+        }
+    }
 }
 
 impl fmt::Debug for Meta {
@@ -431,6 +506,7 @@ impl fmt::Debug for Meta {
             .field("seq", &self.seq)
             .field("timestamp_ns", &self.timestamp_ns)
             .field("source", &self.source())
+            .field("stream_id", &self.stream_id())
             .finish()
     }
 }

@@ -114,6 +114,8 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[cfg(feature = "redis")]
+mod bridge;
 mod builder;
 mod bus;
 mod clock;
@@ -121,18 +123,29 @@ pub mod codec;
 mod config;
 mod error;
 mod event;
+mod receipt;
 mod sync;
+#[cfg(feature = "test-util")]
+pub mod test_util;
+#[cfg(feature = "redis")]
+mod transport;
 
 pub use builder::{Bus, BusBuilder};
 pub use bus::{
     AnyEvent, AnyEventRef, BusySpin, Event, EventRef, PatternSubscriber, PublishError, RecvError,
-    SpinThenYield, SpinYieldPark, Subscriber, Topic, TryPublishError, TryRecvError, WaitStep,
-    WaitStrategy,
+    SpinThenYield, SpinYieldPark, Subscriber, Topic, TryPublishError, TryRecvError,
+    UndecodableEvent, WaitStep, WaitStrategy,
 };
 pub use clock::Clock;
 pub use config::{SlowPolicy, SubscribeOptions, TopicOptions};
 pub use error::{Error, ErrorKind, Result};
-pub use event::{EventId, InstanceId, Meta, Pattern, TopicName};
+pub use event::{EventId, InstanceId, Meta, Pattern, StreamId, TopicName};
+pub use receipt::Receipt;
+
+#[cfg(feature = "redis")]
+pub use bridge::{Health, RedisStats};
+#[cfg(feature = "redis")]
+pub use config::{Durability, DurableOptions, OutboxFull, RedisConfig, RemoteStart, Retention};
 
 /// Entry points for the fuzz targets in `fuzz/` (not part of the API).
 #[doc(hidden)]

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::thread;
 
 use tickbus::{
-    Bus, BusySpin, Clock, ErrorKind, InstanceId, RecvError, SlowPolicy, SpinThenYield,
-    SubscribeOptions, TopicOptions, TryPublishError, TryRecvError,
+    Bus, BusySpin, Clock, ErrorKind, InstanceId, PublishError, RecvError, SlowPolicy,
+    SpinThenYield, SubscribeOptions, TopicOptions, TryPublishError, TryRecvError,
 };
 
 const BACKPRESSURE: SubscribeOptions = SubscribeOptions::with_policy(SlowPolicy::Backpressure);
@@ -200,8 +200,8 @@ fn shutdown_delivers_what_was_published_then_closes() {
     assert_eq!(drained, [0, 1, 2]);
     assert_eq!(sub.try_recv(), Err(TryRecvError::Closed));
     assert_eq!(
-        topic.publish(9).unwrap_err().0,
-        9,
+        topic.publish(9).unwrap_err(),
+        PublishError::Closed(9),
         "the event is handed back"
     );
     assert_eq!(
@@ -483,6 +483,7 @@ fn non_copy_payloads_survive_overwrite_under_contention() {
                         Err(TryRecvError::Lagged(n)) => missed += n,
                         Err(TryRecvError::Empty) => thread::yield_now(),
                         Err(TryRecvError::Closed) => return (received, missed),
+                        Err(error) => panic!("unexpected {error}"),
                     }
                 }
             })
@@ -593,6 +594,7 @@ fn a_publish_racing_shutdown_is_delivered_or_handed_back() {
                     }
                     Err(RecvError::Closed) => return received,
                     Err(RecvError::Lagged(n)) => panic!("backpressure never lags ({n})"),
+                    Err(error) => panic!("unexpected {error}"),
                 }
             }
         });
@@ -606,7 +608,11 @@ fn a_publish_racing_shutdown_is_delivered_or_handed_back() {
                         match topic.publish(value) {
                             Ok(_) => accepted.push(value),
                             Err(back) => {
-                                assert_eq!(back.0, value, "the refused event is handed back");
+                                assert_eq!(
+                                    back.into_inner(),
+                                    value,
+                                    "the refused event is handed back"
+                                );
                                 return accepted;
                             }
                         }

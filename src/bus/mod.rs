@@ -21,7 +21,7 @@ pub(crate) mod subscriber;
 pub(crate) mod topic;
 pub(crate) mod wait;
 
-pub use error::{PublishError, RecvError, TryPublishError, TryRecvError};
+pub use error::{PublishError, RecvError, TryPublishError, TryRecvError, UndecodableEvent};
 pub use pattern::{AnyEvent, AnyEventRef, PatternSubscriber};
 pub use subscriber::{Event, EventRef, Subscriber};
 pub use topic::Topic;

@@ -13,7 +13,7 @@ use std::thread::{self, Thread};
 use event_listener::{Event as Notify, EventListener};
 use futures_core::Stream;
 
-use super::error::{RecvError, TryRecvError};
+use super::error::{RecvError, TryRecvError, UndecodableEvent};
 use super::subscriber::Subscriber;
 use super::topic::TopicShared;
 use super::wait::{recv_blocking, SpinYieldPark, WaitStrategy, Waitable, Wakeup};
@@ -238,6 +238,7 @@ impl fmt::Debug for PatternSubscriber {
 enum Look<R> {
     Got(R),
     Lagged(u64),
+    Undecodable(UndecodableEvent),
     Empty,
     Closed,
 }
@@ -299,6 +300,10 @@ impl PatternSubscriber {
                     self.start = at;
                     return Look::Lagged(n);
                 }
+                Err(TryRecvError::Undecodable(event)) => {
+                    self.start = at + 1;
+                    return Look::Undecodable(event);
+                }
                 Err(TryRecvError::Closed) => {
                     // Drained and closed: forget it.
                     drop(self.subscribers.swap_remove(at));
@@ -324,6 +329,7 @@ impl PatternSubscriber {
         match self.look(|subscriber| subscriber.try_recv_any()) {
             Look::Got(event) => Ok(event),
             Look::Lagged(n) => Err(TryRecvError::Lagged(n)),
+            Look::Undecodable(event) => Err(TryRecvError::Undecodable(event)),
             Look::Empty => Err(TryRecvError::Empty),
             Look::Closed => Err(TryRecvError::Closed),
         }
@@ -365,6 +371,7 @@ impl PatternSubscriber {
                 None => unreachable!("a delivered event calls the reader once"),
             },
             Look::Lagged(n) => Err(TryRecvError::Lagged(n)),
+            Look::Undecodable(event) => Err(TryRecvError::Undecodable(event)),
             Look::Empty => Err(TryRecvError::Empty),
             Look::Closed => Err(TryRecvError::Closed),
         }
@@ -429,6 +436,7 @@ impl PatternSubscriber {
                 Ok(event) => Ok(event),
                 Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
                 Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                Err(TryRecvError::Undecodable(event)) => Err(RecvError::Undecodable(event)),
                 Err(TryRecvError::Empty) => match &mut self.listeners {
                     None => match self.listeners() {
                         // Registered: look again before sleeping.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use super::pattern::{subscribe_erased, PatternShared, PatternSubscriber};
-use super::topic::{Topic, TopicShared};
+use super::topic::{Persist, Topic, TopicShared};
 use crate::clock::Clock;
 use crate::config::{SubscribeOptions, TopicOptions};
 use crate::error::{Error, ErrorKind, Result};
@@ -18,6 +18,7 @@ trait ErasedTopic: Send + Sync {
     fn type_id_of_payload(&self) -> TypeId;
     fn type_name_of_payload(&self) -> &'static str;
     fn close(&self);
+    fn is_durable(&self) -> bool;
     fn subscribe_pattern(&self, pattern: &Arc<PatternShared>) -> Result<()>;
 }
 
@@ -36,6 +37,9 @@ impl<T: Clone + Send + Sync + 'static> ErasedTopic for Entry<T> {
     }
     fn close(&self) {
         self.0.close();
+    }
+    fn is_durable(&self) -> bool {
+        self.0.persist.is_some()
     }
     fn subscribe_pattern(&self, pattern: &Arc<PatternShared>) -> Result<()> {
         pattern.add(subscribe_erased(&self.0, pattern.options)?);
@@ -94,6 +98,27 @@ impl BusShared {
         options: &TopicOptions,
     ) -> Result<Topic<T>> {
         let name = TopicName::new(name)?;
+        self.topic_inner(name, options, None)
+            .map(|(topic, _)| topic)
+    }
+
+    /// The durable topic `name`: created with `persist` if new (then `true`), or the
+    /// existing one if it is durable too.
+    pub(crate) fn durable_topic<T: Clone + Send + Sync + 'static>(
+        &self,
+        name: TopicName,
+        options: &TopicOptions,
+        persist: Box<dyn Persist<T>>,
+    ) -> Result<(Topic<T>, bool)> {
+        self.topic_inner(name, options, Some(persist))
+    }
+
+    fn topic_inner<T: Clone + Send + Sync + 'static>(
+        &self,
+        name: TopicName,
+        options: &TopicOptions,
+        persist: Option<Box<dyn Persist<T>>>,
+    ) -> Result<(Topic<T>, bool)> {
         let mut registry = self.registry();
         if registry.closed {
             return Err(Self::closed_error());
@@ -109,11 +134,23 @@ impl BusShared {
                     ),
                 ));
             }
+            if persist.is_some() && !existing.is_durable() {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!(
+                        "topic {name} already exists on this bus as a local-only topic; \
+                         declare it durable before its first use"
+                    ),
+                ));
+            }
             let entry = existing.as_any().downcast_ref::<Entry<T>>();
             return match entry {
-                Some(entry) => Ok(Topic {
-                    shared: Arc::clone(&entry.0),
-                }),
+                Some(entry) => Ok((
+                    Topic {
+                        shared: Arc::clone(&entry.0),
+                    },
+                    false,
+                )),
                 None => unreachable!("payload type checked above"),
             };
         }
@@ -122,6 +159,7 @@ impl BusShared {
             options,
             self.instance,
             self.clock.clone(),
+            persist,
         )?);
         let entry = Entry(Arc::clone(&shared));
         // Live pattern subscriptions that match get the topic from its first event.
@@ -134,7 +172,7 @@ impl BusShared {
             }
         }
         registry.topics.insert(name, Box::new(entry));
-        Ok(Topic { shared })
+        Ok((Topic { shared }, true))
     }
 
     pub(crate) fn subscribe_pattern(

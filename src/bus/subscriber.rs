@@ -71,7 +71,10 @@ impl<T> Deref for EventRef<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
         match &self.pinned {
-            Some(pinned) => &pinned.get().value,
+            Some(pinned) => match &pinned.get().value {
+                Some(value) => value,
+                None => unreachable!("an EventRef is made only for a decoded event"),
+            },
             None => unreachable!("an EventRef is pinned until dropped"),
         }
     }
@@ -196,13 +199,20 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
         let seq = self.cursor.next();
         let shared = &*self.shared;
         match shared.ring.try_pin(&mut self.cursor) {
-            Ok(pinned) => {
+            Ok(pinned) if pinned.get().value.is_some() => {
                 let meta = shared.meta(seq, pinned.get());
                 Ok(EventRef {
                     pinned: Some(pinned),
                     meta,
                     shared,
                 })
+            }
+            Ok(pinned) => {
+                let undecodable = pinned.get().undecodable();
+                if pinned.release() {
+                    shared.wake_publishers();
+                }
+                Err(TryRecvError::Undecodable(undecodable))
             }
             Err((miss, gate_moved)) => {
                 if gate_moved {
@@ -223,12 +233,20 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
     pub fn try_recv(&mut self) -> Result<Event<T>, TryRecvError> {
         let seq = self.cursor.next();
         let shared = &self.shared;
-        let result = shared.ring.try_read(&mut self.cursor, |stored| Event {
-            value: stored.value.clone(),
-            meta: shared.meta(seq, stored),
-        });
+        let result = shared
+            .ring
+            .try_read(&mut self.cursor, |stored| match &stored.value {
+                Some(value) => Ok(Event {
+                    value: value.clone(),
+                    meta: shared.meta(seq, stored),
+                }),
+                None => Err(TryRecvError::Undecodable(stored.undecodable())),
+            });
         self.release_publishers();
-        result.map_err(miss_to_try)
+        match result {
+            Ok(read) => read,
+            Err(miss) => Err(miss_to_try(miss)),
+        }
     }
 
     /// Receives the next event, waiting with the default [`SpinYieldPark`] strategy.
@@ -315,6 +333,9 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
                     Ok(event) => return Poll::Ready(Ok(event)),
                     Err(TryRecvError::Lagged(n)) => return Poll::Ready(Err(RecvError::Lagged(n))),
                     Err(TryRecvError::Closed) => return Poll::Ready(Err(RecvError::Closed)),
+                    Err(TryRecvError::Undecodable(event)) => {
+                        return Poll::Ready(Err(RecvError::Undecodable(event)))
+                    }
                 }
             }
         }
@@ -331,6 +352,10 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
                 Err(TryRecvError::Closed) => {
                     self.listener = None;
                     return Poll::Ready(Err(RecvError::Closed));
+                }
+                Err(TryRecvError::Undecodable(event)) => {
+                    self.listener = None;
+                    return Poll::Ready(Err(RecvError::Undecodable(event)));
                 }
                 Err(TryRecvError::Empty) => {}
             }

@@ -6,21 +6,85 @@ use std::sync::Arc;
 
 use event_listener::{Event as Notify, Listener as _};
 
-use super::error::{PublishError, TryPublishError};
+use super::error::{PublishError, TryPublishError, UndecodableEvent};
 use super::ring::{ClaimError, Ring};
 use super::subscriber::Subscriber;
 use super::wait::{SpinYieldPark, WaitStep, WaitStrategy};
 use crate::clock::Clock;
 use crate::config::{SlowPolicy, SubscribeOptions, TopicOptions};
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::{topic_salt, EventId, InstanceId, Meta, Origin, TopicName};
+use crate::event::{topic_salt, EventId, InstanceId, Meta, Origin, StreamId, TopicName};
+use crate::receipt::Receipt;
 
 /// What a slot holds: the value and the metadata that cannot be derived.
 pub(crate) struct Stored<T> {
-    pub(crate) value: T,
+    /// `None` only for an event from another instance whose payload did not decode
+    /// (`remote.error` says why): subscribers receive an `Undecodable` error in its
+    /// place.
+    pub(crate) value: Option<T>,
     pub(crate) timestamp_ns: u64,
     /// Set only for events that came from another instance (through Redis).
-    pub(crate) remote: Option<Box<(EventId, InstanceId)>>,
+    pub(crate) remote: Option<Box<Remote>>,
+}
+
+/// The metadata of an event from another instance.
+pub(crate) struct Remote {
+    pub(crate) id: EventId,
+    pub(crate) source: InstanceId,
+    pub(crate) stream_id: StreamId,
+    /// Why the payload did not decode (then `Stored::value` is `None`).
+    pub(crate) error: Option<Arc<Error>>,
+}
+
+impl<T> Stored<T> {
+    /// The value of a local event (which always has one).
+    #[inline]
+    pub(crate) fn into_value(self) -> T {
+        match self.value {
+            Some(value) => value,
+            None => unreachable!("local events always carry a value"),
+        }
+    }
+
+    /// The report a subscriber gets for an undecodable remote event.
+    #[cold]
+    pub(crate) fn undecodable(&self) -> UndecodableEvent {
+        match &self.remote {
+            Some(remote) => UndecodableEvent {
+                stream_id: remote.stream_id,
+                source: remote.source,
+                error: remote.error.clone().unwrap_or_else(|| {
+                    Arc::new(Error::new(ErrorKind::WrongShape, "payload did not decode"))
+                }),
+            },
+            None => unreachable!("only remote events lack a value"),
+        }
+    }
+}
+
+/// What a durable topic does on publish besides the ring. Implemented outside the
+/// bus (by the Redis bridge), so that the bus knows nothing of Redis.
+pub(crate) trait Persist<T>: Send + Sync {
+    /// Publishes `value` to the ring (with `TopicShared::publish_stored` or
+    /// `try_publish_stored`) and hands it to the outbox, in one order for both.
+    /// Never delivers locally an event it will not persist.
+    fn publish(
+        &self,
+        topic: &TopicShared<T>,
+        value: T,
+        mode: PersistMode,
+    ) -> Result<(u64, Option<Receipt>), PublishError<T>>;
+}
+
+/// How a durable publish behaves when it cannot go on at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PersistMode {
+    /// `publish`: wait for ring room and (by policy) outbox room; no receipt.
+    Publish,
+    /// `publish_durable`: as `Publish`, and return a receipt.
+    Receipt,
+    /// `try_publish`: never wait.
+    Try,
 }
 
 /// The state of one topic, shared by its publishers and subscribers.
@@ -38,6 +102,8 @@ pub(crate) struct TopicShared<T> {
     pub(crate) salt: u32,
     pub(crate) instance: InstanceId,
     pub(crate) clock: Clock,
+    /// Set for a durable topic (live mode).
+    pub(crate) persist: Option<Box<dyn Persist<T>>>,
 }
 
 impl<T> TopicShared<T> {
@@ -46,6 +112,7 @@ impl<T> TopicShared<T> {
         options: &TopicOptions,
         instance: InstanceId,
         clock: Clock,
+        persist: Option<Box<dyn Persist<T>>>,
     ) -> Result<Self> {
         options.validate().map_err(|error| {
             Error::new(
@@ -65,6 +132,7 @@ impl<T> TopicShared<T> {
             space_waiters: AtomicUsize::new(0),
             instance,
             clock,
+            persist,
         })
     }
 
@@ -78,8 +146,9 @@ impl<T> TopicShared<T> {
             origin: match &stored.remote {
                 None => Origin::Local,
                 Some(remote) => Origin::Remote {
-                    id: remote.0,
-                    source: remote.1,
+                    id: remote.id,
+                    source: remote.source,
+                    stream_id: remote.stream_id,
                 },
             },
             instance: self.instance,
@@ -105,8 +174,21 @@ impl<T> TopicShared<T> {
         }
     }
 
+    /// A local event stamped by the bus clock.
+    #[inline]
+    pub(crate) fn stored(&self, value: T) -> Stored<T> {
+        Stored {
+            value: Some(value),
+            timestamp_ns: self.clock.now_ns(),
+            remote: None,
+        }
+    }
+
     #[inline(always)]
-    fn try_publish_stored(&self, stored: Stored<T>) -> Result<u64, (ClaimError, Stored<T>)> {
+    pub(crate) fn try_publish_stored(
+        &self,
+        stored: Stored<T>,
+    ) -> Result<u64, (ClaimError, Stored<T>)> {
         match self.ring.try_claim() {
             Ok(seq) => {
                 if self.ring.write(seq, stored) {
@@ -243,10 +325,68 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
     /// [`PublishError`] with the value when the bus is shut down.
     #[inline]
     pub fn publish(&self, value: T) -> Result<u64, PublishError<T>> {
-        let stored = self.stored(value);
+        if let Some(persist) = &self.shared.persist {
+            return persist
+                .publish(&self.shared, value, PersistMode::Publish)
+                .map(|(seq, _)| seq);
+        }
+        let stored = self.shared.stored(value);
         self.shared
             .publish_stored(stored)
-            .map_err(|stored| PublishError(stored.value))
+            .map_err(|stored| PublishError::Closed(stored.into_value()))
+    }
+
+    /// Publishes `value` as [`publish`](Topic::publish) does, and returns a
+    /// [`Receipt`] that resolves to the event's stream id once Redis has the entry
+    /// (and, for [`Durability::AofFsynced`](crate::Durability) topics, once the AOF
+    /// is fsynced). Local subscribers get the event at once, as with `publish`.
+    ///
+    /// Await the receipt, [`wait`](Receipt::wait) on it from a thread, or drop it:
+    /// the event is written either way. Receipts resolve in publish order.
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Topic::publish), and [`PublishError::Rejected`] on a topic
+    /// that is not durable (there is no stream id to wait for).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tickbus::{Bus, DurableOptions, RedisConfig};
+    ///
+    /// let bus = Bus::builder().redis(RedisConfig::from_url("redis://127.0.0.1:6379")?).build()?;
+    /// let fills = bus.durable_topic::<(String, f64)>("execution:fill", DurableOptions::default())?;
+    /// let receipt = fills.publish_durable(("ETH-PERP".into(), 2.5))?;
+    /// let stream_id = receipt.await?; // Redis has it
+    /// println!("fill stored as {stream_id}");
+    /// # Ok(()) }
+    /// ```
+    pub fn publish_durable(&self, value: T) -> Result<Receipt, PublishError<T>> {
+        match &self.shared.persist {
+            Some(persist) => persist
+                .publish(&self.shared, value, PersistMode::Receipt)
+                .map(|(_, receipt)| match receipt {
+                    Some(receipt) => receipt,
+                    None => unreachable!("PersistMode::Receipt returns a receipt"),
+                }),
+            None => Err(PublishError::Rejected(
+                value,
+                Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!(
+                        "topic {} is local-only: create it with Bus::durable_topic to persist it",
+                        self.shared.name
+                    ),
+                ),
+            )),
+        }
+    }
+
+    /// Whether events published here are persisted to Redis (see
+    /// [`Bus::durable_topic`](crate::Bus::durable_topic)).
+    pub fn is_durable(&self) -> bool {
+        self.shared.persist.is_some()
     }
 
     /// Publishes `value` unless that would have to wait for a backpressure subscriber.
@@ -257,22 +397,23 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
     /// read the oldest event; [`TryPublishError::Closed`] when the bus is shut down.
     #[inline]
     pub fn try_publish(&self, value: T) -> Result<u64, TryPublishError<T>> {
-        let stored = self.stored(value);
+        if let Some(persist) = &self.shared.persist {
+            return persist
+                .publish(&self.shared, value, PersistMode::Try)
+                .map(|(seq, _)| seq)
+                .map_err(|error| match error {
+                    PublishError::Closed(value) => TryPublishError::Closed(value),
+                    PublishError::Backpressure(value) => TryPublishError::Full(value),
+                    PublishError::Rejected(value, error) => TryPublishError::Rejected(value, error),
+                });
+        }
+        let stored = self.shared.stored(value);
         self.shared
             .try_publish_stored(stored)
             .map_err(|(error, stored)| match error {
-                ClaimError::Full => TryPublishError::Full(stored.value),
-                ClaimError::Closed => TryPublishError::Closed(stored.value),
+                ClaimError::Full => TryPublishError::Full(stored.into_value()),
+                ClaimError::Closed => TryPublishError::Closed(stored.into_value()),
             })
-    }
-
-    #[inline]
-    fn stored(&self, value: T) -> Stored<T> {
-        Stored {
-            value,
-            timestamp_ns: self.shared.clock.now_ns(),
-            remote: None,
-        }
     }
 
     /// Closes this topic: publishing to it fails from now on, and its subscribers

@@ -189,6 +189,7 @@ where
         Ok(item) => Some(Ok(item)),
         Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
         Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+        Err(TryRecvError::Undecodable(event)) => Some(Err(RecvError::Undecodable(event))),
         Err(TryRecvError::Empty) => None,
     };
     wait.reset();

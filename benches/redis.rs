@@ -1,0 +1,2 @@
+//! Redis benchmarks (in progress).
+fn main() {}

@@ -1,0 +1,511 @@
+//! Redis Streams through fred: the only file that imports fred or names a command.
+//!
+//! Two connections per live bus, each a fred `Client` (one TCP connection, commands
+//! pipelined on it):
+//!
+//! * the **writer**: `XADD` pipelines, `WAITAOF` (which must run on the connection
+//!   that wrote), trims, key checks;
+//! * the **reader**: the cross-instance `XREAD BLOCK` loop, alone on its connection
+//!   (a blocked connection holds every command queued behind it).
+//!
+//! Both are built with `max_command_attempts = 1`: fred must never re-send an
+//! `XADD` by itself after a reconnect (the reply may have been lost after the entry
+//! was written). The outbox decides instead, after checking the stream (see
+//! `bridge.rs`).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::interfaces::ClientInterface as _;
+use fred::prelude::{
+    ClientLike, Config, Error as FredError, ErrorKind as FredErrorKind, ReconnectPolicy, Value,
+};
+use fred::types::{Builder, ClusterHash, CustomCommand};
+
+use super::{RawEntry, WireEntry};
+use crate::config::RedisConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::StreamId;
+
+/// The oldest server with everything tickbus uses (`XAUTOCLAIM` arrived in 6.2).
+pub(crate) const MIN_VERSION: (u32, u32) = (6, 2);
+/// The first server with `WAITAOF`.
+pub(crate) const WAITAOF_VERSION: (u32, u32) = (7, 2);
+
+/// One fred client (one connection) and what tickbus knows of its server.
+#[derive(Clone)]
+pub(crate) struct Connection {
+    client: fred::prelude::Client,
+    role: &'static str,
+    redacted_url: String,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("role", &self.role)
+            .field("url", &self.redacted_url)
+            .finish()
+    }
+}
+
+/// Turns a fred error into a tickbus error, keeping it as the source.
+///
+/// Only a server's error reply that retrying cannot fix is [`ErrorKind::Redis`]
+/// (`WRONGTYPE`, `ERR …`): the outbox gives such an entry up (its receipt says
+/// why). Everything else (connection lost, no route, `LOADING`, `OOM`,
+/// `READONLY` during a failover, ...) is `Unavailable` or `Timeout`: retried.
+pub(crate) fn map_error(error: FredError, context: &str) -> Error {
+    let details = error.details().to_string();
+    let code = details.split_whitespace().next().unwrap_or_default();
+    let kind = match code {
+        "NOAUTH" | "WRONGPASS" | "NOPERM" => ErrorKind::Auth,
+        "WRONGTYPE" | "ERR" | "EXECABORT" | "NOGROUP" => ErrorKind::Redis,
+        _ if matches!(error.kind(), FredErrorKind::Auth) => ErrorKind::Auth,
+        _ if matches!(error.kind(), FredErrorKind::Timeout) => ErrorKind::Timeout,
+        _ => ErrorKind::Unavailable,
+    };
+    Error::new(kind, format!("{context}: {details}")).with_source(error)
+}
+
+fn cmd(name: &'static str) -> CustomCommand {
+    CustomCommand::new_static(name, ClusterHash::FirstKey, false)
+}
+
+impl Connection {
+    /// Connects, fails fast, and checks the server (version, credentials).
+    /// Returns the connection and the server version.
+    pub(crate) async fn open(
+        config: &RedisConfig,
+        role: &'static str,
+    ) -> Result<(Connection, (u32, u32, u32))> {
+        let redacted_url = config.redacted_url();
+        let mut fred_config = Config::from_url(config.url()).map_err(|error| {
+            // fred's message may quote the URL: do not pass it on.
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!("cannot parse Redis URL {redacted_url}: {:?}", error.kind()),
+            )
+        })?;
+        fred_config.fail_fast = true;
+        let mut builder = Builder::from_config(fred_config);
+        builder.with_connection_config(|connection| {
+            connection.connection_timeout = config.connect_timeout;
+            connection.internal_command_timeout = config.connect_timeout;
+            // Never let fred re-send a command after a reconnect: see the module doc.
+            connection.max_command_attempts = 1;
+        });
+        builder.with_performance_config(|performance| {
+            performance.default_command_timeout = config.command_timeout;
+        });
+        let min = millis(config.reconnect_min);
+        let max = millis(config.reconnect_max).max(min);
+        let mut policy = ReconnectPolicy::new_exponential(0, min, max, 2);
+        policy.set_jitter((min / 5).max(1));
+        builder.set_policy(policy);
+        let client = builder
+            .build()
+            .map_err(|error| map_error(error, &format!("redis {redacted_url}")))?;
+        let connect = tokio::time::timeout(config.connect_timeout * 2, client.init()).await;
+        match connect {
+            Ok(Ok(_task)) => {}
+            Ok(Err(error)) => {
+                let _ = client.quit().await;
+                return Err(map_error(
+                    error,
+                    &format!("cannot connect to Redis at {redacted_url}"),
+                ));
+            }
+            Err(_) => {
+                let _ = client.quit().await;
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "cannot connect to Redis at {redacted_url}: no answer within {:?}",
+                        config.connect_timeout * 2
+                    ),
+                ));
+            }
+        }
+        let connection = Connection {
+            client,
+            role,
+            redacted_url,
+        };
+        let version = match connection.server_version().await {
+            Ok(version) => version,
+            Err(error) => {
+                connection.close().await;
+                return Err(error);
+            }
+        };
+        if (version.0, version.1) < MIN_VERSION {
+            connection.close().await;
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "Redis at {} is {}.{}.{}; tickbus needs {}.{} or newer",
+                    connection.redacted_url,
+                    version.0,
+                    version.1,
+                    version.2,
+                    MIN_VERSION.0,
+                    MIN_VERSION.1
+                ),
+            ));
+        }
+        Ok((connection, version))
+    }
+
+    fn context(&self, what: &str) -> String {
+        format!("{what} on {} ({})", self.redacted_url, self.role)
+    }
+
+    /// `INFO server`: the `redis_version` line (Valkey reports its Redis
+    /// compatibility level there too).
+    async fn server_version(&self) -> Result<(u32, u32, u32)> {
+        let info: String = self
+            .client
+            .custom(cmd("INFO"), vec!["server"])
+            .await
+            .map_err(|error| map_error(error, &self.context("INFO server")))?;
+        let version = info
+            .lines()
+            .find_map(|line| line.strip_prefix("redis_version:"))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string();
+        let mut parts = version.split('.').map(|part| part.parse::<u32>());
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(Ok(major)), Some(Ok(minor)), patch) => {
+                Ok((major, minor, patch.and_then(|p| p.ok()).unwrap_or(0)))
+            }
+            _ => Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "cannot read the server version from INFO on {} (got {version:?})",
+                    self.redacted_url
+                ),
+            )),
+        }
+    }
+
+    /// Closes the connection (waits for commands in flight).
+    pub(crate) async fn close(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.quit()).await;
+    }
+
+    /// `TYPE key`: `"none"`, `"stream"`, `"string"`, ...
+    pub(crate) async fn key_type(&self, key: &str) -> Result<String> {
+        let value: Value = self
+            .client
+            .custom(cmd("TYPE"), vec![key])
+            .await
+            .map_err(|error| map_error(error, &self.context("TYPE")))?;
+        Ok(value
+            .as_str()
+            .map(|text| text.into_owned())
+            .unwrap_or_default())
+    }
+
+    /// Appends `entries` in order in one pipeline, then `WAITAOF 1 0 <timeout>` if
+    /// `waitaof` is set. One result per entry (the new stream id), then the
+    /// `WAITAOF` result if asked: the number of local AOF fsyncs confirmed (0 or 1).
+    pub(crate) async fn append(
+        &self,
+        entries: &[&WireEntry],
+        waitaof: Option<Duration>,
+    ) -> (Vec<Result<StreamId>>, Option<Result<u64>>) {
+        let pipeline = self.client.pipeline();
+        for entry in entries {
+            let mut args: Vec<Value> = Vec::with_capacity(14);
+            args.push(Value::from(&*entry.key));
+            if let Some(max_len) = entry.max_len {
+                args.push(Value::from_static_str("MAXLEN"));
+                args.push(Value::from_static_str("~"));
+                args.push(Value::from(max_len.to_string()));
+            }
+            args.push(Value::from_static_str("*"));
+            args.push(Value::from_static_str("id"));
+            args.push(Value::Bytes(Bytes::copy_from_slice(&entry.id)));
+            args.push(Value::from_static_str("src"));
+            args.push(Value::Bytes(Bytes::copy_from_slice(&entry.src)));
+            args.push(Value::from_static_str("ts"));
+            args.push(Value::from(entry.ts.to_string()));
+            args.push(Value::from_static_str("data"));
+            args.push(Value::Bytes(entry.data.clone()));
+            // Queued in memory; sent with `try_all`.
+            let _: std::result::Result<(), FredError> = pipeline.custom(cmd("XADD"), args).await;
+        }
+        if let Some(timeout) = waitaof {
+            let args = vec![
+                Value::from(1_i64),
+                Value::from(0_i64),
+                Value::from(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX)),
+            ];
+            let _: std::result::Result<(), FredError> = pipeline.custom(cmd("WAITAOF"), args).await;
+        }
+        let mut results = pipeline.try_all::<Value>().await.into_iter();
+        let appended = entries
+            .iter()
+            .map(|_| match results.next() {
+                Some(Ok(value)) => parse_stream_id(&value).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Redis,
+                        format!("XADD answered {value:?}, not a stream id"),
+                    )
+                }),
+                Some(Err(error)) => Err(map_error(error, &self.context("XADD"))),
+                None => Err(Error::new(ErrorKind::Redis, "XADD: no reply")),
+            })
+            .collect();
+        let fsynced = waitaof.map(|_| match results.next() {
+            Some(Ok(Value::Array(counts))) => counts
+                .first()
+                .and_then(Value::as_u64)
+                .ok_or_else(|| Error::new(ErrorKind::Redis, "WAITAOF: unexpected reply")),
+            Some(Ok(other)) => Err(Error::new(
+                ErrorKind::Redis,
+                format!("WAITAOF answered {other:?}"),
+            )),
+            Some(Err(error)) => Err(map_error(error, &self.context("WAITAOF"))),
+            None => Err(Error::new(ErrorKind::Redis, "WAITAOF: no reply")),
+        });
+        (appended, fsynced)
+    }
+
+    /// A write of no consequence on this connection, then `WAITAOF`: proves that
+    /// everything in the AOF up to now is fsynced (the AOF is one sequential log),
+    /// including entries written on a connection that has since been lost.
+    pub(crate) async fn fsync_barrier(&self, probe_key: &str, timeout: Duration) -> Result<u64> {
+        let pipeline = self.client.pipeline();
+        let _: std::result::Result<(), FredError> = pipeline
+            .custom(cmd("SET"), vec![probe_key, "1", "PX", "60000"])
+            .await;
+        let waitaof_timeout = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        let _: std::result::Result<(), FredError> = pipeline
+            .custom(
+                cmd("WAITAOF"),
+                vec![
+                    Value::from(1_i64),
+                    Value::from(0_i64),
+                    Value::from(waitaof_timeout),
+                ],
+            )
+            .await;
+        let mut results = pipeline.try_all::<Value>().await.into_iter();
+        if let Some(Err(error)) = results.next() {
+            return Err(map_error(error, &self.context("SET (fsync probe)")));
+        }
+        match results.next() {
+            Some(Ok(Value::Array(counts))) => counts
+                .first()
+                .and_then(Value::as_u64)
+                .ok_or_else(|| Error::new(ErrorKind::Redis, "WAITAOF: unexpected reply")),
+            Some(Err(error)) => Err(map_error(error, &self.context("WAITAOF"))),
+            _ => Err(Error::new(ErrorKind::Redis, "WAITAOF: unexpected reply")),
+        }
+    }
+
+    /// `XTRIM key MINID ~ <min_id>`.
+    pub(crate) async fn trim_min_id(&self, key: &str, min_id: StreamId) -> Result<()> {
+        let _: Value = self
+            .client
+            .custom(
+                cmd("XTRIM"),
+                vec![
+                    key.to_string(),
+                    "MINID".into(),
+                    "~".into(),
+                    min_id.to_string(),
+                ],
+            )
+            .await
+            .map_err(|error| map_error(error, &self.context("XTRIM")))?;
+        Ok(())
+    }
+
+    /// The newest `count` entries, newest first (`XREVRANGE key + - COUNT count`).
+    pub(crate) async fn newest(&self, key: &str, count: usize) -> Result<Vec<RawEntry>> {
+        let value: Value = self
+            .client
+            .custom(
+                cmd("XREVRANGE"),
+                vec![
+                    key.to_string(),
+                    "+".into(),
+                    "-".into(),
+                    "COUNT".into(),
+                    count.to_string(),
+                ],
+            )
+            .await
+            .map_err(|error| map_error(error, &self.context("XREVRANGE")))?;
+        parse_entries(value)
+    }
+
+    /// `XREAD [BLOCK ms] COUNT n STREAMS key… id…`: entries after each id, per key.
+    /// An empty result means the block timed out (or was interrupted).
+    pub(crate) async fn read(
+        &self,
+        streams: &[(&str, StreamId)],
+        count: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<(String, Vec<RawEntry>)>> {
+        let mut args: Vec<Value> = Vec::with_capacity(5 + streams.len() * 2);
+        if let Some(block) = block {
+            args.push(Value::from_static_str("BLOCK"));
+            args.push(Value::from(
+                i64::try_from(block.as_millis()).unwrap_or(i64::MAX),
+            ));
+        }
+        args.push(Value::from_static_str("COUNT"));
+        args.push(Value::from(count.to_string()));
+        args.push(Value::from_static_str("STREAMS"));
+        for (key, _) in streams {
+            args.push(Value::from(*key));
+        }
+        for (_, id) in streams {
+            args.push(Value::from(id.to_string()));
+        }
+        let command = CustomCommand::new_static(
+            "XREAD",
+            ClusterHash::Offset(usize::from(block.is_some()) * 2 + 3),
+            block.is_some(),
+        );
+        let value: Value = self
+            .client
+            .custom(command, args)
+            .await
+            .map_err(|error| map_error(error, &self.context("XREAD")))?;
+        parse_read_reply(value)
+    }
+
+    /// Interrupts this connection's blocked `XREAD` (as if its block timed out).
+    pub(crate) async fn unblock(&self) {
+        let _ = self
+            .client
+            .unblock_self(Some(fred::types::ClientUnblockFlag::Timeout))
+            .await;
+    }
+
+    /// `HGET key field`.
+    pub(crate) async fn hget(&self, key: &str, field: &str) -> Result<Option<Bytes>> {
+        let value: Value = self
+            .client
+            .custom(cmd("HGET"), vec![key, field])
+            .await
+            .map_err(|error| map_error(error, &self.context("HGET")))?;
+        Ok(value.as_bytes().map(Bytes::copy_from_slice))
+    }
+
+    /// `HSET key field value`.
+    pub(crate) async fn hset(&self, key: &str, field: &str, value: &str) -> Result<()> {
+        let _: Value = self
+            .client
+            .custom(cmd("HSET"), vec![key, field, value])
+            .await
+            .map_err(|error| map_error(error, &self.context("HSET")))?;
+        Ok(())
+    }
+}
+
+fn millis(duration: Duration) -> u32 {
+    u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
+}
+
+fn parse_stream_id(value: &Value) -> Option<StreamId> {
+    let text = std::str::from_utf8(value.as_bytes()?).ok()?;
+    text.parse().ok()
+}
+
+/// `[[id, [field, value, …] | nil], …]` (`XRANGE`, `XREVRANGE`, one stream of `XREAD`).
+fn parse_entries(value: Value) -> Result<Vec<RawEntry>> {
+    let malformed =
+        |what: &str| Error::new(ErrorKind::Redis, format!("unexpected stream reply: {what}"));
+    match value {
+        Value::Null => Ok(Vec::new()),
+        Value::Array(entries) => entries
+            .into_iter()
+            .map(|entry| {
+                let mut parts = match entry {
+                    Value::Array(parts) => parts.into_iter(),
+                    _ => return Err(malformed("an entry is not an array")),
+                };
+                let id = parts
+                    .next()
+                    .as_ref()
+                    .and_then(parse_stream_id)
+                    .ok_or_else(|| malformed("an entry without an id"))?;
+                let fields = match parts.next() {
+                    None | Some(Value::Null) => None,
+                    Some(Value::Array(flat)) => {
+                        let mut fields = Vec::with_capacity(flat.len() / 2);
+                        let mut flat = flat.into_iter();
+                        while let (Some(field), Some(value)) = (flat.next(), flat.next()) {
+                            fields.push((value_bytes(field), value_bytes(value)));
+                        }
+                        Some(fields)
+                    }
+                    Some(Value::Map(map)) => Some(
+                        map.inner()
+                            .into_iter()
+                            .map(|(field, value)| {
+                                (Bytes::copy_from_slice(field.as_bytes()), value_bytes(value))
+                            })
+                            .collect(),
+                    ),
+                    Some(_) => return Err(malformed("entry fields are not an array")),
+                };
+                Ok(RawEntry { id, fields })
+            })
+            .collect(),
+        _ => Err(malformed("not an array")),
+    }
+}
+
+/// `[[key, entries], …]`, nil on timeout.
+fn parse_read_reply(value: Value) -> Result<Vec<(String, Vec<RawEntry>)>> {
+    let malformed =
+        |what: &str| Error::new(ErrorKind::Redis, format!("unexpected XREAD reply: {what}"));
+    match value {
+        Value::Null => Ok(Vec::new()),
+        Value::Array(streams) => streams
+            .into_iter()
+            .map(|stream| match stream {
+                Value::Array(pair) if pair.len() == 2 => {
+                    let mut pair = pair.into_iter();
+                    let key = pair
+                        .next()
+                        .and_then(|key| {
+                            key.as_bytes()
+                                .map(|b| String::from_utf8_lossy(b).into_owned())
+                        })
+                        .ok_or_else(|| malformed("a stream without a key"))?;
+                    let entries = parse_entries(pair.next().unwrap_or(Value::Null))?;
+                    Ok((key, entries))
+                }
+                _ => Err(malformed("a stream is not [key, entries]")),
+            })
+            .collect(),
+        Value::Map(map) => map
+            .inner()
+            .into_iter()
+            .map(|(key, entries)| {
+                Ok((
+                    String::from_utf8_lossy(key.as_bytes()).into_owned(),
+                    parse_entries(entries)?,
+                ))
+            })
+            .collect(),
+        _ => Err(malformed("not an array")),
+    }
+}
+
+fn value_bytes(value: Value) -> Bytes {
+    match value {
+        Value::Bytes(bytes) => bytes,
+        Value::String(text) => text.into_inner(),
+        other => Bytes::copy_from_slice(other.as_bytes().unwrap_or_default()),
+    }
+}

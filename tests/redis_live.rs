@@ -1,0 +1,627 @@
+//! Live mode against real `redis-server` processes started by the test harness
+//! (`tickbus::test_util::RedisServer`: a free port, a temporary directory, killed
+//! and removed on drop). Never the shared Redis at 6379.
+//!
+//! The check style is JetStream's: every event carries its sequence number, the
+//! receiving side records what it saw, duplicates are counted, and any missing or
+//! out-of-order event fails the test.
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fred::prelude::{ClientLike, StreamsInterface, Value};
+use tickbus::test_util::{AppendFsync, RedisServer, RedisServerOptions};
+use tickbus::{
+    Bus, Durability, DurableOptions, ErrorKind, Event, Health, InstanceId, OutboxFull,
+    PublishError, RecvError, RedisConfig, RemoteStart, Subscriber,
+};
+
+/// Upper bound on any single wait in these tests (a hang fails, never blocks CI).
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn config(server: &RedisServer) -> RedisConfig {
+    let mut config = RedisConfig::from_url(&server.url()).unwrap();
+    // Short back-offs and blocks keep outage tests quick.
+    config.reconnect_min = Duration::from_millis(20);
+    config.reconnect_max = Duration::from_millis(200);
+    config.read_block = Duration::from_millis(200);
+    config.command_timeout = Duration::from_secs(2);
+    config
+}
+
+fn live_bus(server: &RedisServer) -> Bus {
+    Bus::builder().redis(config(server)).build().unwrap()
+}
+
+/// Receives the next event within `PATIENCE`, or fails the test.
+async fn next<T: Clone + Send + Sync + 'static>(
+    sub: &mut Subscriber<T>,
+) -> Result<Event<T>, RecvError> {
+    match tokio::time::timeout(PATIENCE, sub.recv()).await {
+        Ok(result) => result,
+        Err(_) => panic!("no event on {} within {PATIENCE:?}", sub.topic()),
+    }
+}
+
+/// Entries of `key`, oldest first: (stream id, field `id`, field `src`).
+async fn stream_entries(url: &str, key: &str) -> Vec<(String, String, String)> {
+    let client = fred::prelude::Builder::from_config(fred::prelude::Config::from_url(url).unwrap())
+        .build()
+        .unwrap();
+    client.init().await.unwrap();
+    let entries: Value = client.xrange(key, "-", "+", None).await.unwrap();
+    client.quit().await.unwrap();
+    let text =
+        |value: &Value| String::from_utf8_lossy(value.as_bytes().unwrap_or_default()).into_owned();
+    entries
+        .into_array()
+        .into_iter()
+        .map(|entry| {
+            let parts = entry.into_array();
+            let fields = parts[1].clone().into_array();
+            let field = |name: &str| {
+                fields
+                    .chunks(2)
+                    .find(|pair| text(&pair[0]) == name)
+                    .map(|pair| text(&pair[1]))
+                    .unwrap_or_default()
+            };
+            (text(&parts[0]), field("id"), field("src"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_receive_each_others_events_once_in_order() {
+    let server = RedisServer::start().unwrap();
+    let a = live_bus(&server);
+    let b = live_bus(&server);
+    let ticks_a = a
+        .durable_topic::<u64>("md:tick", DurableOptions::default())
+        .unwrap();
+    let ticks_b = b
+        .durable_topic::<u64>("md:tick", DurableOptions::default())
+        .unwrap();
+    let mut sub_a = ticks_a.subscribe();
+    let mut sub_b = ticks_b.subscribe();
+    const N: u64 = 2_000;
+    let publisher_a = std::thread::spawn(move || {
+        let mut last = None;
+        for i in 0..N {
+            last = Some(ticks_a.publish_durable(i).unwrap());
+        }
+        last.unwrap().wait_timeout(PATIENCE).unwrap();
+    });
+    let publisher_b = std::thread::spawn(move || {
+        for i in N..2 * N {
+            ticks_b.publish(i).unwrap();
+        }
+    });
+    // Each side sees its own N events locally and the other's N through Redis.
+    for (sub, own, theirs, own_range) in [
+        (&mut sub_a, a.instance_id(), b.instance_id(), 0..N),
+        (&mut sub_b, b.instance_id(), a.instance_id(), N..2 * N),
+    ] {
+        let mut local = Vec::new();
+        let mut remote = Vec::new();
+        while local.len() + remote.len() < 2 * N as usize {
+            let event = next(sub).await.unwrap();
+            if event.meta.is_remote() {
+                assert_eq!(event.meta.source(), theirs);
+                assert!(event.meta.stream_id().is_some());
+                remote.push(event.value);
+            } else {
+                assert_eq!(event.meta.source(), own);
+                local.push(event.value);
+            }
+        }
+        assert_eq!(
+            local,
+            own_range.clone().collect::<Vec<_>>(),
+            "own events, in order, once"
+        );
+        let other: Vec<u64> = if own_range.start == 0 {
+            (N..2 * N).collect()
+        } else {
+            (0..N).collect()
+        };
+        assert_eq!(remote, other, "the other instance's events, in order, once");
+    }
+    publisher_a.join().unwrap();
+    publisher_b.join().unwrap();
+    // Nothing more arrives: in particular no own event comes back.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(matches!(
+        sub_a.try_recv(),
+        Err(tickbus::TryRecvError::Empty)
+    ));
+    let stats = a.redis_stats();
+    assert_eq!(stats.received, N);
+    assert_eq!(
+        stats.self_filtered, N,
+        "A read its own entries back and filtered them"
+    );
+    assert_eq!(stats.duplicates, 0);
+    assert_eq!(stats.outbox_depth, 0);
+    assert_eq!(a.health(), Health::Connected);
+    a.shutdown();
+    assert_eq!(a.health(), Health::Closed);
+}
+
+#[test]
+fn stream_layout_is_documented_fields() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    let topic = bus
+        .durable_topic::<String>("position:updated", DurableOptions::default())
+        .unwrap();
+    let receipt = topic.publish_durable("ETH-PERP".to_string()).unwrap();
+    let stream_id = receipt.wait_timeout(PATIENCE).unwrap();
+    let key = "tickbus:stream:{position:updated}";
+    assert_eq!(server.cli(&["TYPE", key]).unwrap(), "stream");
+    assert_eq!(server.cli(&["XLEN", key]).unwrap(), "1");
+    let fields = server.cli(&["XRANGE", key, "-", "+"]).unwrap();
+    let lines: Vec<&str> = fields.lines().collect();
+    assert_eq!(lines[0], stream_id.to_string());
+    assert_eq!(lines[1], "id");
+    assert_eq!(lines[3], "src");
+    assert_eq!(lines[4], bus.instance_id().to_string());
+    assert_eq!(lines[5], "ts");
+    assert!(lines[6].parse::<u64>().unwrap() > 1_600_000_000_000_000_000);
+    assert_eq!(lines[7], "data");
+    // MessagePack str8/fixstr "ETH-PERP".
+    assert!(lines[8].ends_with("ETH-PERP"));
+    assert_eq!(lines.len(), 9, "no `h` field without headers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_loses_no_acknowledged_event() {
+    let mut server = RedisServer::start_with(RedisServerOptions {
+        aof: Some(AppendFsync::Always),
+        ..Default::default()
+    })
+    .unwrap();
+    let bus = live_bus(&server);
+    let orders = bus
+        .durable_topic::<u64>("orders:new", DurableOptions::default())
+        .unwrap();
+    let mut local = orders.subscribe();
+    const N: u64 = 3_000;
+    let mut receipts = Vec::new();
+    for i in 0..N {
+        if i == N / 3 {
+            server.kill();
+        }
+        receipts.push(orders.publish_durable(i).unwrap());
+        // Local delivery never stops, Redis or not.
+        assert_eq!(next(&mut local).await.unwrap().value, i);
+        if i == N / 2 {
+            assert!(
+                matches!(bus.health(), Health::Degraded { .. }),
+                "{:?}",
+                bus.health()
+            );
+            server.restart().unwrap();
+        }
+    }
+    // Every receipt resolves once Redis is back; resolved ids are increasing.
+    let mut last = None;
+    for receipt in receipts {
+        let id = tokio::time::timeout(PATIENCE, receipt)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(Some(id) > last);
+        last = Some(id);
+    }
+    let entries = stream_entries(&server.url(), "tickbus:stream:{orders:new}").await;
+    let ids: Vec<&str> = entries.iter().map(|(_, id, _)| id.as_str()).collect();
+    let unique: HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "each event written once");
+    assert_eq!(
+        entries.len() as u64,
+        N,
+        "every event is in the stream after the restart"
+    );
+    let stats = bus.redis_stats();
+    assert!(stats.redis_errors > 0);
+    assert!(
+        stats.resent > 0,
+        "writes that failed during the outage were re-sent: {stats:?}"
+    );
+    assert_eq!(stats.outbox_depth, 0);
+    assert_eq!(bus.health(), Health::Connected);
+}
+
+#[test]
+fn start_fails_fast_when_redis_is_down() {
+    let mut server = RedisServer::start().unwrap();
+    let url = server.url();
+    server.kill();
+    let started = Instant::now();
+    let error = Bus::builder()
+        .redis(RedisConfig::from_url(&url).unwrap())
+        .build()
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert!(
+        error.to_string().contains(&server.port().to_string()),
+        "{error}"
+    );
+    assert!(started.elapsed() < PATIENCE);
+}
+
+#[test]
+fn start_fails_with_a_wrong_password_and_never_prints_it() {
+    let server = RedisServer::start_with(RedisServerOptions {
+        password: Some("right-horse-battery".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let url = format!("redis://:wrong-staple@127.0.0.1:{}", server.port());
+    let config = RedisConfig::from_url(&url).unwrap();
+    assert!(!format!("{config:?}").contains("wrong-staple"));
+    let error = Bus::builder().redis(config).build().unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Auth, "{error}");
+    let shown = format!("{error} {error:?}");
+    assert!(!shown.contains("wrong-staple"), "{shown}");
+    // No password at all on a server that needs one: also an auth error.
+    let url = format!("redis://127.0.0.1:{}", server.port());
+    let error = Bus::builder()
+        .redis(RedisConfig::from_url(&url).unwrap())
+        .build()
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Auth, "{error}");
+    // The right one works.
+    let bus = Bus::builder()
+        .redis(RedisConfig::from_url(&server.url()).unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(bus.health(), Health::Connected);
+}
+
+#[test]
+fn a_stream_key_of_the_wrong_type_is_a_clear_error() {
+    let server = RedisServer::start().unwrap();
+    server
+        .cli(&["SET", "tickbus:stream:{md:tick}", "not a stream"])
+        .unwrap();
+    let bus = live_bus(&server);
+    let error = bus
+        .durable_topic::<u64>("md:tick", DurableOptions::default())
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Redis);
+    assert!(error.to_string().contains("holds a string"), "{error}");
+    // The key is untouched.
+    assert_eq!(
+        server.cli(&["GET", "tickbus:stream:{md:tick}"]).unwrap(),
+        "not a stream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_entries_are_skipped_and_counted_and_the_reader_goes_on() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    let ticks = bus
+        .durable_topic::<u64>("md:tick", DurableOptions::default())
+        .unwrap();
+    let mut sub = ticks.subscribe();
+    let key: &[u8] = b"tickbus:stream:{md:tick}";
+    let src = InstanceId::random().to_string();
+    let id = |n: u128| uuid::Uuid::from_u128(n).to_string();
+    let xadd = |fields: &[&[u8]]| {
+        let mut args: Vec<&[u8]> = vec![b"XADD", key, b"*"];
+        args.extend_from_slice(fields);
+        server.command(&args).unwrap();
+    };
+    // Not tickbus entries: skipped.
+    xadd(&[b"hello", b"world"]);
+    xadd(&[b"id", id(1).as_bytes(), b"src", src.as_bytes(), b"ts", b"1"]); // no data
+    xadd(&[
+        b"id",
+        id(2).as_bytes(),
+        b"src",
+        src.as_bytes(),
+        b"ts",
+        b"x",
+        b"data",
+        &[1],
+    ]); // bad ts
+    xadd(&[
+        b"id",
+        id(3).as_bytes(),
+        b"src",
+        src.as_bytes(),
+        b"ts",
+        b"1",
+        b"data",
+        &[0xc1, 0xff, 0x00],
+    ]); // not MessagePack
+    xadd(&[
+        b"id",
+        b"not-a-uuid",
+        b"src",
+        src.as_bytes(),
+        b"ts",
+        b"1",
+        b"data",
+        &[1],
+    ]);
+    // MessagePack of the wrong type for u64: delivered as Undecodable.
+    xadd(&[
+        b"id",
+        id(4).as_bytes(),
+        b"src",
+        src.as_bytes(),
+        b"ts",
+        b"1",
+        b"data",
+        &[0xa3, b'a', b'b', b'c'],
+    ]);
+    // A good one, then its duplicate (an XADD re-sent after a lost reply).
+    xadd(&[
+        b"id",
+        id(5).as_bytes(),
+        b"src",
+        src.as_bytes(),
+        b"ts",
+        b"7",
+        b"data",
+        &[42],
+    ]);
+    xadd(&[
+        b"id",
+        id(5).as_bytes(),
+        b"src",
+        src.as_bytes(),
+        b"ts",
+        b"7",
+        b"data",
+        &[42],
+    ]);
+    xadd(&[
+        b"id",
+        id(6).as_bytes(),
+        b"src",
+        src.as_bytes(),
+        b"ts",
+        b"8",
+        b"data",
+        &[43],
+    ]);
+
+    match next(&mut sub).await {
+        Err(RecvError::Undecodable(bad)) => {
+            assert_eq!(bad.source().to_string(), src);
+            assert_eq!(bad.error().kind(), ErrorKind::WrongShape);
+        }
+        other => panic!("expected Undecodable, got {other:?}"),
+    }
+    let good = next(&mut sub).await.unwrap();
+    assert_eq!(good.value, 42);
+    assert_eq!(good.meta.id().to_string(), id(5));
+    assert_eq!(good.meta.timestamp_ns(), 7);
+    assert_eq!(
+        next(&mut sub).await.unwrap().value,
+        43,
+        "the duplicate was dropped"
+    );
+    let stats = bus.redis_stats();
+    assert_eq!(stats.skipped, 5);
+    assert_eq!(stats.undecodable, 1);
+    assert_eq!(stats.duplicates, 1);
+    assert_eq!(stats.received, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_hands_the_event_back_and_delivers_nothing() {
+    let mut server = RedisServer::start().unwrap();
+    let mut config = config(&server);
+    config.outbox_capacity = 8;
+    config.outbox_full = OutboxFull::Error;
+    let bus = Bus::builder().redis(config).build().unwrap();
+    let topic = bus
+        .durable_topic::<u64>("risk:check", DurableOptions::default())
+        .unwrap();
+    let mut sub = topic.subscribe();
+    server.kill();
+    let mut accepted = 0;
+    let refused = loop {
+        match topic.publish(accepted) {
+            Ok(_) => accepted += 1,
+            Err(error) => break error,
+        }
+        assert!(accepted <= 8, "the outbox holds 8");
+    };
+    assert_eq!(accepted, 8);
+    assert_eq!(
+        refused,
+        PublishError::Backpressure(8),
+        "the event is handed back"
+    );
+    for i in 0..8 {
+        assert_eq!(next(&mut sub).await.unwrap().value, i);
+    }
+    assert!(
+        matches!(sub.try_recv(), Err(tickbus::TryRecvError::Empty)),
+        "the refused event was not delivered"
+    );
+    let deadline = Instant::now() + PATIENCE;
+    while !matches!(
+        bus.health(),
+        Health::Degraded {
+            outbox_depth: 8,
+            ..
+        }
+    ) {
+        assert!(Instant::now() < deadline, "{:?}", bus.health());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.restart().unwrap();
+    let receipt = topic.publish_durable(100).unwrap_or_else(|_| {
+        // The outbox may still be full for a moment after the restart.
+        loop {
+            if let Ok(receipt) = topic.publish_durable(100) {
+                break receipt;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    tokio::time::timeout(PATIENCE, receipt)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        server
+            .cli(&["XLEN", "tickbus:stream:{risk:check}"])
+            .unwrap(),
+        "9"
+    );
+    assert_eq!(bus.health(), Health::Connected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_continues_after_the_last_entry_seen() {
+    let server = RedisServer::start().unwrap();
+    let publisher = live_bus(&server);
+    let ticks = publisher
+        .durable_topic::<u64>("md:tick", DurableOptions::default())
+        .unwrap();
+    let me = InstanceId::from_uuid(uuid::Uuid::from_u128(0x5eed));
+    let resuming = || {
+        let mut config = config(&server);
+        config.remote_start = RemoteStart::Resume;
+        Bus::builder()
+            .instance_id(me)
+            .redis(config)
+            .build()
+            .unwrap()
+    };
+    let reader = resuming();
+    let mut sub = reader
+        .durable_topic::<u64>("md:tick", DurableOptions::default())
+        .unwrap()
+        .subscribe();
+    for i in 0..100 {
+        ticks.publish(i).unwrap();
+    }
+    for i in 0..100 {
+        assert_eq!(next(&mut sub).await.unwrap().value, i);
+    }
+    reader.shutdown();
+    drop(reader);
+    // Published while the reader is away.
+    let mut last = None;
+    for i in 100..200 {
+        last = Some(ticks.publish_durable(i).unwrap());
+    }
+    last.unwrap().await.unwrap();
+    let reader = resuming();
+    let mut sub = reader
+        .durable_topic::<u64>("md:tick", DurableOptions::default())
+        .unwrap()
+        .subscribe();
+    ticks.publish(200).unwrap();
+    for i in 100..=200 {
+        assert_eq!(
+            next(&mut sub).await.unwrap().value,
+            i,
+            "no gap, no duplicate"
+        );
+    }
+}
+
+#[test]
+fn aof_fsync_durability_needs_waitaof() {
+    let server = RedisServer::start_with(RedisServerOptions {
+        aof: Some(AppendFsync::EverySec),
+        ..Default::default()
+    })
+    .unwrap();
+    let bus = live_bus(&server);
+    let options = DurableOptions {
+        durability: Durability::AofFsynced,
+        ..Default::default()
+    };
+    let version = bus.redis_version().unwrap();
+    match bus.durable_topic::<u64>("execution:fill", options) {
+        Ok(fills) => {
+            assert!(version >= (7, 2, 0));
+            let id = fills
+                .publish_durable(1)
+                .unwrap()
+                .wait_timeout(PATIENCE)
+                .unwrap();
+            assert!(id.ms > 0);
+        }
+        Err(error) => {
+            assert!(version < (7, 2, 0), "{error}");
+            assert_eq!(error.kind(), ErrorKind::Unsupported);
+            assert!(error.to_string().contains("WAITAOF"), "{error}");
+        }
+    }
+}
+
+/// The other half of `two_processes_exchange_events`: runs only when the parent
+/// test re-executes this binary with `TICKBUS_TEST_CHILD_URL` set.
+#[test]
+fn child_process_publisher() {
+    let Ok(url) = std::env::var("TICKBUS_TEST_CHILD_URL") else {
+        return;
+    };
+    let bus = Bus::builder()
+        .redis(RedisConfig::from_url(&url).unwrap())
+        .build()
+        .unwrap();
+    let options = DurableOptions {
+        receive_remote: false,
+        ..Default::default()
+    };
+    let ticks = bus.durable_topic::<u64>("md:tick", options).unwrap();
+    let mut last = None;
+    for i in 0..1_000 {
+        last = Some(ticks.publish_durable(i).unwrap());
+    }
+    last.unwrap().wait_timeout(PATIENCE).unwrap();
+    println!("child instance {}", bus.instance_id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_exchange_events() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    let mut sub = bus
+        .durable_topic::<u64>("md:tick", DurableOptions::default())
+        .unwrap()
+        .subscribe();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_process_publisher",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("TICKBUS_TEST_CHILD_URL", server.url())
+        .output()
+        .unwrap();
+    assert!(
+        child.status.success(),
+        "{}",
+        String::from_utf8_lossy(&child.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    let child_id = stdout
+        .lines()
+        .find_map(|line| line.split("child instance ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the child did not run: {stdout}"));
+    for i in 0..1_000 {
+        let event = next(&mut sub).await.unwrap();
+        assert_eq!(event.value, i);
+        assert_eq!(event.meta.source().to_string(), child_id);
+    }
+    assert_eq!(bus.redis_stats().received, 1_000);
+}
