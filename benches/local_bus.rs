@@ -371,6 +371,7 @@ impl TickbusFanOut {
                         Err(TryRecvError::Empty) => tracker.idle(),
                         Err(TryRecvError::Lagged(missed)) => tracker.lagged(missed),
                         Err(TryRecvError::Closed) => break,
+                        Err(error) => panic!("{error}"),
                     }
                 }
             }));
@@ -748,7 +749,7 @@ fn try_recv_loop(sub: &mut Subscriber<Event64>) -> Option<Event64> {
             Ok(event) => return Some(event.value),
             Err(TryRecvError::Empty) => {}
             Err(TryRecvError::Closed) => return None,
-            Err(TryRecvError::Lagged(n)) => panic!("ping-pong lagged {n}"),
+            Err(error) => panic!("ping-pong: {error}"),
         }
     }
 }
@@ -758,7 +759,7 @@ fn busy_spin_strategy(sub: &mut Subscriber<Event64>) -> Option<Event64> {
     match sub.recv_blocking_with(&mut BusySpin) {
         Ok(event) => Some(event.value),
         Err(RecvError::Closed) => None,
-        Err(RecvError::Lagged(n)) => panic!("ping-pong lagged {n}"),
+        Err(error) => panic!("ping-pong: {error}"),
     }
 }
 
@@ -1013,7 +1014,7 @@ impl TickbusAsync {
                             pong.publish(event.value).expect("open bus");
                         }
                         Err(RecvError::Closed) => break,
-                        Err(RecvError::Lagged(n)) => panic!("ping-pong lagged {n}"),
+                        Err(error) => panic!("ping-pong: {error}"),
                     }
                 }
             })

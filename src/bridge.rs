@@ -359,18 +359,22 @@ impl fmt::Debug for Live {
     }
 }
 
-/// Starts an I/O thread with its own single-threaded runtime and connection.
+/// A started I/O thread: its connection, its runtime, what the server said.
+struct IoThread {
+    connection: Connection,
+    runtime: tokio::runtime::Handle,
+    version: (u32, u32, u32),
+    thread: JoinHandle<()>,
+}
+
+/// Starts an I/O thread with its own single-threaded runtime and connection,
+/// and runs `body` on it once connected.
 fn spawn_io_thread<F, Fut>(
     name: &str,
     config: &RedisConfig,
     role: &'static str,
     body: F,
-) -> Result<(
-    Connection,
-    tokio::runtime::Handle,
-    (u32, u32, u32),
-    JoinHandle<()>,
-)>
+) -> Result<IoThread>
 where
     F: FnOnce(Connection) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,
@@ -418,7 +422,12 @@ where
             )
         })?;
     match ready_rx.recv() {
-        Ok(Ok((connection, handle, version))) => Ok((connection, handle, version, thread)),
+        Ok(Ok((connection, runtime, version))) => Ok(IoThread {
+            connection,
+            runtime,
+            version,
+            thread,
+        }),
         Ok(Err(error)) => {
             let _ = thread.join();
             Err(error)
@@ -459,7 +468,7 @@ impl Live {
             trims: Mutex::new(Vec::new()),
         });
         let writer_core = Arc::clone(&core);
-        let (writer, writer_runtime, version, writer_thread) = spawn_io_thread(
+        let writer = spawn_io_thread(
             "tickbus-writer",
             &core.config,
             "writer",
@@ -472,24 +481,25 @@ impl Live {
             "reader",
             move |connection| reader_loop(reader_core, connection),
         );
-        let (reader, reader_runtime, _, reader_thread) = match reader_started {
+        let reader = match reader_started {
             Ok(started) => started,
             Err(error) => {
                 core.closed.store(true, Ordering::Release);
                 core.outbox.close();
-                let _ = writer_thread.join();
+                let _ = writer.thread.join();
                 return Err(error);
             }
         };
+        let version = writer.version;
         tracing::debug!(redis = %core.config.redacted_url(), ?version, "tickbus: live mode");
         Ok(Live {
             core,
-            writer,
-            writer_runtime,
-            reader,
-            reader_runtime,
+            writer: writer.connection,
+            writer_runtime: writer.runtime,
+            reader: reader.connection,
+            reader_runtime: reader.runtime,
             version,
-            threads: Mutex::new(vec![writer_thread, reader_thread]),
+            threads: Mutex::new(vec![writer.thread, reader.thread]),
         })
     }
 
@@ -690,6 +700,15 @@ impl Live {
 
     pub(crate) fn server_version(&self) -> (u32, u32, u32) {
         self.version
+    }
+
+    /// Deletes the stream (and the reader positions) of `topic` in Redis.
+    pub(crate) fn purge_stream(&self, topic: &TopicName) -> Result<bool> {
+        let writer = self.writer.clone();
+        let stream = self.stream_key(topic);
+        let cursor = self.cursor_key(topic);
+        self.run_on_writer(async move { writer.delete(&[&stream, &cursor]).await })
+            .map(|deleted| deleted > 0)
     }
 
     /// Stops taking durable events, lets the writer drain the outbox (up to
@@ -1105,13 +1124,13 @@ struct ReadTarget {
     cursor_key: String,
     last: StreamId,
     sink: Box<dyn RemoteSink>,
-    seen: HashSet<[u8; 36]>,
-    seen_order: VecDeque<[u8; 36]>,
+    seen: HashSet<u128>,
+    seen_order: VecDeque<u128>,
 }
 
 impl ReadTarget {
     /// Remembers `id`; `false` if it was already there (a duplicate).
-    fn first_sighting(&mut self, id: [u8; 36], window: usize) -> bool {
+    fn first_sighting(&mut self, id: u128, window: usize) -> bool {
         if !self.seen.insert(id) {
             return false;
         }
@@ -1221,7 +1240,7 @@ fn handle_entry(
             return Ok(());
         }
     }
-    if !target.first_sighting(uuid_text(&event_id), core.config.dedup_window) {
+    if !target.first_sighting(event_id.as_u128(), core.config.dedup_window) {
         Counters::add(&counters.duplicates, 1);
         return Ok(());
     }

@@ -259,6 +259,27 @@ impl Bus {
             .unwrap_or_default()
     }
 
+    /// Deletes the Redis stream of the durable topic `name` (its whole history,
+    /// for every instance) and the saved reader positions. For tests, examples and
+    /// operators; the topic itself stays usable on this bus. Returns whether
+    /// anything existed.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`] on an embedded bus; `InvalidTopic` for a bad
+    /// name; the Redis errors (`Unavailable`, `Timeout`, ...).
+    #[cfg(feature = "redis")]
+    pub fn purge_stream(&self, name: &str) -> Result<bool> {
+        let name = TopicName::new(name)?;
+        match &self.live {
+            Some(live) => live.purge_stream(&name),
+            None => Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "purge_stream on an embedded bus: there is no stream",
+            )),
+        }
+    }
+
     /// The Redis server's version (`None` on an embedded bus).
     #[cfg(feature = "redis")]
     pub fn redis_version(&self) -> Option<(u32, u32, u32)> {

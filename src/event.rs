@@ -415,8 +415,8 @@ impl std::str::FromStr for StreamId {
 /// Where an event came from: this instance, or another one through Redis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Origin {
-    /// Published on this bus: its id derives from the topic sequence.
-    Local,
+    /// Published on this bus: its id derives from the topic sequence and salt.
+    Local { salt: u32, instance: InstanceId },
     /// Published by another instance; carries its own id, source and stream id.
     Remote {
         id: EventId,
@@ -450,9 +450,7 @@ pub(crate) enum Origin {
 pub struct Meta {
     pub(crate) seq: u64,
     pub(crate) timestamp_ns: u64,
-    pub(crate) salt: u32,
     pub(crate) origin: Origin,
-    pub(crate) instance: InstanceId,
 }
 
 impl Meta {
@@ -470,7 +468,7 @@ impl Meta {
     /// The event id (UUIDv7).
     pub fn id(&self) -> EventId {
         match self.origin {
-            Origin::Local => EventId::derive(self.timestamp_ns, self.salt, self.seq),
+            Origin::Local { salt, .. } => EventId::derive(self.timestamp_ns, salt, self.seq),
             Origin::Remote { id, .. } => id,
         }
     }
@@ -478,7 +476,7 @@ impl Meta {
     /// The instance that published the event.
     pub fn source(&self) -> InstanceId {
         match self.origin {
-            Origin::Local => self.instance,
+            Origin::Local { instance, .. } => instance,
             Origin::Remote { source, .. } => source,
         }
     }
@@ -493,7 +491,7 @@ impl Meta {
     /// id, if the topic is durable, is what [`Receipt`](crate::Receipt) resolves to).
     pub fn stream_id(&self) -> Option<StreamId> {
         match self.origin {
-            Origin::Local => None,
+            Origin::Local { .. } => None,
             Origin::Remote { stream_id, .. } => Some(stream_id),
         }
     }

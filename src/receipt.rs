@@ -45,12 +45,14 @@ pub struct Receipt {
 
 /// The writer's end of a [`Receipt`]. Dropping it unresolved resolves the receipt
 /// with a `Closed` error, so that no receipt waits forever.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) struct ReceiptSender {
     shared: Option<Arc<Shared>>,
 }
 
 impl Receipt {
     /// A receipt and the writer's end of it.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn pair() -> (Receipt, ReceiptSender) {
         let shared = Arc::new(Shared {
             done: AtomicBool::new(false),
@@ -164,6 +166,7 @@ impl fmt::Debug for Receipt {
     }
 }
 
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 impl ReceiptSender {
     /// Resolves the receipt.
     pub(crate) fn send(mut self, result: Result<StreamId>) {

@@ -104,6 +104,7 @@ impl BusShared {
 
     /// The durable topic `name`: created with `persist` if new (then `true`), or the
     /// existing one if it is durable too.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn durable_topic<T: Clone + Send + Sync + 'static>(
         &self,
         name: TopicName,

@@ -142,16 +142,17 @@ impl<T> TopicShared<T> {
         Meta {
             seq,
             timestamp_ns: stored.timestamp_ns,
-            salt: self.salt,
             origin: match &stored.remote {
-                None => Origin::Local,
+                None => Origin::Local {
+                    salt: self.salt,
+                    instance: self.instance,
+                },
                 Some(remote) => Origin::Remote {
                     id: remote.id,
                     source: remote.source,
                     stream_id: remote.stream_id,
                 },
             },
-            instance: self.instance,
         }
     }
 

@@ -389,6 +389,16 @@ impl Connection {
             .await;
     }
 
+    /// `DEL key…`: how many keys existed.
+    pub(crate) async fn delete(&self, keys: &[&str]) -> Result<u64> {
+        let value: Value = self
+            .client
+            .custom(cmd("DEL"), keys.to_vec())
+            .await
+            .map_err(|error| map_error(error, &self.context("DEL")))?;
+        Ok(value.as_u64().unwrap_or(0))
+    }
+
     /// `HGET key field`.
     pub(crate) async fn hget(&self, key: &str, field: &str) -> Result<Option<Bytes>> {
         let value: Value = self
