@@ -32,7 +32,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -49,7 +49,7 @@ use crate::config::{Durability, DurableOptions, OutboxFull, RedisConfig, RemoteS
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{EventId, InstanceId, StreamId, TopicName};
 use crate::receipt::{Receipt, ReceiptSender};
-use crate::transport::redis::{Connection, WAITAOF_VERSION};
+use crate::transport::redis::{Connection, ConnectionEvent, WAITAOF_VERSION};
 use crate::transport::{RawEntry, WireEntry};
 
 /// How long `WAITAOF` may wait for the fsync.
@@ -266,6 +266,29 @@ struct Core {
     wake_reader: AsyncNotify,
     /// Topics with `Retention::max_age`: key and age, for the writer's trims.
     trims: Mutex<Vec<(Arc<str>, Duration)>>,
+    /// The reader's connection and runtime, to interrupt its blocked read when a
+    /// topic is added.
+    reader: OnceLock<(Connection, tokio::runtime::Handle)>,
+}
+
+impl Core {
+    /// Hands `target` to the reader and interrupts its blocked `XREAD`, so that
+    /// the next one includes the new stream.
+    fn follow(&self, target: ReadTarget) {
+        lock(&self.new_targets).push(target);
+        self.wake_reader.notify_one();
+        if let Some((reader, runtime)) = self.reader.get() {
+            let reader = reader.clone();
+            runtime.spawn(async move { reader.unblock().await });
+        }
+    }
+}
+
+/// Holds a durable topic's read target until its first subscriber exists.
+#[derive(Default)]
+struct FollowGate {
+    target: Option<ReadTarget>,
+    subscribed: bool,
 }
 
 impl Core {
@@ -466,6 +489,7 @@ impl Live {
             new_targets: Mutex::new(Vec::new()),
             wake_reader: AsyncNotify::new(),
             trims: Mutex::new(Vec::new()),
+            reader: OnceLock::new(),
         });
         let writer_core = Arc::clone(&core);
         let writer = spawn_io_thread(
@@ -490,6 +514,9 @@ impl Live {
                 return Err(error);
             }
         };
+        let _ = core
+            .reader
+            .set((reader.connection.clone(), reader.runtime.clone()));
         let version = writer.version;
         tracing::debug!(redis = %core.config.redacted_url(), ?version, "tickbus: live mode");
         Ok(Live {
@@ -610,7 +637,9 @@ impl Live {
         if let Some(age) = options.retention.max_age {
             lock(&self.core.trims).push((Arc::clone(&key), age));
         }
+        let gate = Arc::new(Mutex::new(FollowGate::default()));
         let persist = Box::new(DurablePersist::<T> {
+            gate: Arc::clone(&gate),
             core: Arc::clone(&self.core),
             key: Arc::clone(&key),
             max_len: options.retention.max_len,
@@ -625,6 +654,7 @@ impl Live {
                 key,
                 start,
                 receive: options.receive_remote,
+                gate,
             },
         ))
     }
@@ -648,11 +678,15 @@ impl Live {
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
         };
-        lock(&self.core.new_targets).push(target);
-        self.core.wake_reader.notify_one();
-        let reader = self.reader.clone();
-        self.reader_runtime
-            .spawn(async move { reader.unblock().await });
+        // Reading starts with the first subscriber (it may exist already: a
+        // pattern subscription that matched the new topic).
+        let mut gate = lock(&setup.gate);
+        if gate.subscribed {
+            drop(gate);
+            self.core.follow(target);
+        } else {
+            gate.target = Some(target);
+        }
     }
 
     pub(crate) fn health(&self) -> Health {
@@ -744,10 +778,13 @@ pub(crate) struct DurableSetup {
     key: Arc<str>,
     start: StreamId,
     receive: bool,
+    gate: Arc<Mutex<FollowGate>>,
 }
 
 /// The publish side of a durable topic.
 struct DurablePersist<T> {
+    /// The read target, until the first subscriber.
+    gate: Arc<Mutex<FollowGate>>,
     core: Arc<Core>,
     key: Arc<str>,
     max_len: Option<u64>,
@@ -830,10 +867,36 @@ impl<T: Serialize + Clone + Send + Sync + 'static> Persist<T> for DurablePersist
         drop(order);
         Ok((seq, receipt))
     }
+
+    fn subscribed(&self) {
+        let mut gate = lock(&self.gate);
+        gate.subscribed = true;
+        if let Some(target) = gate.target.take() {
+            drop(gate);
+            self.core.follow(target);
+        }
+    }
+}
+
+/// Keeps `Health` current with the connection's state, whether or not a command
+/// is under way to notice it.
+async fn watch_connection(core: Arc<Core>, connection: Connection, reader: bool) {
+    let mut events = connection.events();
+    while let Some(event) = events.next().await {
+        match event {
+            ConnectionEvent::Lost(error) => core.set_trouble(reader, &error),
+            ConnectionEvent::Reconnected => core.clear_trouble(reader),
+        }
+    }
 }
 
 /// The writer: drains the outbox into `XADD` pipelines. See the module doc.
 async fn writer_loop(core: Arc<Core>, connection: Connection) {
+    tokio::spawn(watch_connection(
+        Arc::clone(&core),
+        connection.clone(),
+        false,
+    ));
     let outbox = &core.outbox;
     let config = &core.config;
     let mut batch: VecDeque<Pending> = VecDeque::new();
@@ -1266,6 +1329,11 @@ fn handle_entry(
 
 /// The fan-in: `XREAD BLOCK` over every followed stream, on its own connection.
 async fn reader_loop(core: Arc<Core>, connection: Connection) {
+    tokio::spawn(watch_connection(
+        Arc::clone(&core),
+        connection.clone(),
+        true,
+    ));
     let config = &core.config;
     let mut targets: Vec<ReadTarget> = Vec::new();
     let mut backoff = Backoff::new(config);

@@ -137,6 +137,9 @@ fn miss_to_try(miss: Miss) -> TryRecvError {
 
 impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
     pub(crate) fn new(shared: Arc<TopicShared<T>>, cursor: Cursor, async_spin_polls: u32) -> Self {
+        if let Some(persist) = &shared.persist {
+            persist.subscribed();
+        }
         Subscriber {
             shared,
             cursor,

@@ -74,6 +74,11 @@ pub(crate) trait Persist<T>: Send + Sync {
         value: T,
         mode: PersistMode,
     ) -> Result<(u64, Option<Receipt>), PublishError<T>>;
+
+    /// Called once a new subscriber's cursor exists. The first call starts the
+    /// delivery of other instances' events, so that what was read from the start
+    /// position reaches a subscriber rather than an empty ring.
+    fn subscribed(&self) {}
 }
 
 /// How a durable publish behaves when it cannot go on at once.

@@ -420,6 +420,65 @@ impl Connection {
     }
 }
 
+/// A change of a connection's state, from fred's event channels.
+#[derive(Debug)]
+pub(crate) enum ConnectionEvent {
+    /// The connection failed (it is being re-established).
+    Lost(Error),
+    /// The connection is up again.
+    Reconnected,
+}
+
+/// fred's error and reconnect channels of one connection, read with their lag
+/// handled: fred's own listener loops end silently when a broadcast channel
+/// lags (capacity 32); these carry on, and report the state as it is now.
+pub(crate) struct ConnectionEvents {
+    connection: Connection,
+    errors: tokio::sync::broadcast::Receiver<(FredError, Option<fred::prelude::Server>)>,
+    reconnects: tokio::sync::broadcast::Receiver<fred::prelude::Server>,
+}
+
+impl ConnectionEvents {
+    /// The next event; `None` once the client is closed.
+    pub(crate) async fn next(&mut self) -> Option<ConnectionEvent> {
+        use tokio::sync::broadcast::error::RecvError;
+        let now = |connection: &Connection| {
+            if connection.client.is_connected() {
+                ConnectionEvent::Reconnected
+            } else {
+                ConnectionEvent::Lost(Error::new(
+                    ErrorKind::Unavailable,
+                    connection.context("connection lost"),
+                ))
+            }
+        };
+        tokio::select! {
+            error = self.errors.recv() => match error {
+                Ok((error, _)) => Some(ConnectionEvent::Lost(map_error(error, &self.connection.context("connection")))),
+                Err(RecvError::Lagged(_)) => Some(now(&self.connection)),
+                Err(RecvError::Closed) => None,
+            },
+            reconnect = self.reconnects.recv() => match reconnect {
+                Ok(_) => Some(ConnectionEvent::Reconnected),
+                Err(RecvError::Lagged(_)) => Some(now(&self.connection)),
+                Err(RecvError::Closed) => None,
+            },
+        }
+    }
+}
+
+impl Connection {
+    /// Subscribes to this connection's state changes.
+    pub(crate) fn events(&self) -> ConnectionEvents {
+        use fred::interfaces::EventInterface as _;
+        ConnectionEvents {
+            connection: self.clone(),
+            errors: self.client.error_rx(),
+            reconnects: self.client.reconnect_rx(),
+        }
+    }
+}
+
 fn millis(duration: Duration) -> u32 {
     u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
 }
