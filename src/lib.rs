@@ -1,8 +1,9 @@
 //! # tickbus
 //!
 //! An event bus for latency-sensitive trading engines: an embedded, lock-free
-//! in-process bus first, persisted to Redis Streams second (consumer groups,
-//! replay and a tiered cache follow in later releases).
+//! in-process bus first, persisted to Redis Streams second (durable topics and
+//! cross-instance delivery; consumer groups, replay and a tiered cache follow
+//! in later releases).
 //!
 //! Components talk through typed **topics** named `component:event_type`
 //! (`position:updated`, `risk:calculated`). Publishing moves the value into a
@@ -92,6 +93,31 @@
 //! [`Topic::close`] one topic. Publishing then fails and hands the event back;
 //! subscribers receive everything published before, then [`RecvError::Closed`].
 //!
+//! ## Live mode (feature `redis`, on by default)
+//!
+//! With Redis configured, [`Bus::durable_topic`] gives a topic whose events are
+//! also appended to the Redis stream `tickbus:stream:{<topic>}`, and whose
+//! subscribers also receive what other instances append there (never their own
+//! events back), in stream order. Publishing stays in-process fast: local
+//! subscribers get the event at once; a writer thread pipelines the `XADD`s;
+//! [`Topic::publish_durable`] returns a [`Receipt`] that resolves to the stream
+//! id. While Redis is away, events wait in a bounded outbox and are written in
+//! order, once each, when it returns ([`Bus::health`] says how things stand).
+//!
+//! ```no_run
+//! use tickbus::{Bus, DurableOptions, RedisConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = RedisConfig::from_env()?.unwrap_or(RedisConfig::from_url("redis://127.0.0.1:6379")?);
+//! let bus = Bus::builder().redis(config).build()?; // fails fast if Redis is not there
+//! let signals = bus.durable_topic::<(String, f64)>("strategy:signal", DurableOptions::default())?;
+//! let mut executor = signals.subscribe(); // local and remote signals, one order
+//! let stream_id = signals.publish_durable(("ETH-PERP".into(), 0.8))?.wait()?;
+//! # let _ = (executor.try_recv(), stream_id);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! ## Where to start reading
 //!
 //! * [`Bus`]: the handle; [`Bus::topic`] gives a typed [`Topic`].
@@ -101,16 +127,21 @@
 //!   [`WaitStrategy`], `recv().await`, and [`Stream`](futures_core::Stream).
 //! * [`Bus::subscribe_pattern`]: `trading:>` and `*:updated`, type-erased.
 //! * [`codec`]: the MessagePack wire format, with limits for untrusted bytes.
+//! * Live mode: [`BusBuilder::redis`] with a [`RedisConfig`],
+//!   [`Bus::durable_topic`] with [`DurableOptions`], [`Receipt`], [`Health`],
+//!   [`RedisStats`].
 //!
-//! The guarantees (ordering, lag, bounds, shutdown) are written down in
-//! `docs/guarantees.md`; the design in `docs/architecture.md`; measured speed
-//! against tokio's broadcast channel and the LMAX-style `disruptor` crate in
+//! The guarantees (ordering, lag, bounds, shutdown, durability) are written
+//! down in `docs/guarantees.md`; the design in `docs/architecture.md`; the keys
+//! and fields in Redis in `docs/redis-layout.md`; measured speed in
 //! `docs/benchmarks.md`.
 //!
 //! ## Cargo features
 //!
-//! None yet: the default build is the embedded bus. `redis`, `cache`, `cli` and
-//! `test-util` arrive with the parts that need them.
+//! * `redis` (default): live mode (fred, and two private tokio I/O threads per
+//!   live bus). Without it the crate is the embedded bus alone: no tokio, no
+//!   fred, no network.
+//! * `test-util`: `test_util::RedisServer`, a private `redis-server` per test.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
