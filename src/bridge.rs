@@ -1003,7 +1003,9 @@ async fn write_once(
         .any(|pending| pending.fsync)
         .then_some(WAITAOF_TIMEOUT);
     Counters::add(&counters.write_batches, 1);
-    let (results, fsynced) = connection.append(&entries, waitaof).await;
+    let (results, fsynced) = connection
+        .append(&entries, waitaof, core.config.append_script)
+        .await;
     drop(entries);
     let fsync_ok = matches!(fsynced, Some(Ok(n)) if n >= 1);
     let mut released = 0;

@@ -762,3 +762,42 @@ async fn lost_replies_are_settled_without_writing_twice() {
         entries.last().map(|e| e.0.clone())
     );
 }
+
+/// A key that turns into another type while the bus runs: every event written to
+/// it is refused with a clear error on its receipt (never retried forever), and
+/// the topic works again once the key is a stream again. Both ways of appending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_the_wrong_type_fails_the_receipts_and_nothing_else() {
+    for append_script in [true, false] {
+        let server = RedisServer::start().unwrap();
+        let mut config = config(&server);
+        config.append_script = append_script;
+        let bus = Bus::builder().redis(config).build().unwrap();
+        let options = DurableOptions {
+            receive_remote: false,
+            ..Default::default()
+        };
+        let orders = bus.durable_topic::<u64>("orders:new", options).unwrap();
+        let other = bus.durable_topic::<u64>("orders:cancel", options).unwrap();
+        let key = "tickbus:stream:{orders:new}";
+        server.cli(&["SET", key, "not a stream"]).unwrap();
+        let receipts: Vec<_> = (0..10)
+            .map(|i| orders.publish_durable(i).unwrap())
+            .collect();
+        let fine = other.publish_durable(1).unwrap();
+        for receipt in receipts {
+            let error = tokio::time::timeout(PATIENCE, receipt)
+                .await
+                .unwrap()
+                .unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::Redis, "{error}");
+            assert!(error.to_string().contains("WRONGTYPE"), "{error}");
+        }
+        tokio::time::timeout(PATIENCE, fine).await.unwrap().unwrap();
+        assert_eq!(bus.redis_stats().write_failures, 10);
+        assert_eq!(server.cli(&["GET", key]).unwrap(), "not a stream");
+        server.cli(&["DEL", key]).unwrap();
+        let id = orders.publish_durable(11).unwrap().await.unwrap();
+        assert!(id.ms > 0, "append_script = {append_script}");
+    }
+}

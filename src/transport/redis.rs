@@ -72,6 +72,71 @@ fn cmd(name: &'static str) -> CustomCommand {
     CustomCommand::new_static(name, ClusterHash::FirstKey, false)
 }
 
+/// A command whose key is the argument at `offset` (for Redis Cluster routing).
+fn cmd_offset(name: &'static str, offset: usize) -> CustomCommand {
+    CustomCommand::new_static(name, ClusterHash::Offset(offset), false)
+}
+
+/// Most entries appended by one `EVAL` of [`APPEND_SCRIPT`]: a script holds the
+/// server for its whole run (about 3 µs per entry on the development VM, so
+/// about 200 µs for a full chunk); 64 gives the same throughput as 128.
+pub(crate) const SCRIPT_CHUNK: usize = 64;
+
+/// Appends entries to one stream (`KEYS[1]`), exactly as the same `XADD`s sent
+/// one by one would: `ARGV[1]` is the `MAXLEN ~` bound (empty for none), then
+/// four arguments per entry (`id`, `src`, `ts`, `data`). Stops at the first
+/// error. Returns `{ids written, error or nil}`.
+pub(crate) const APPEND_SCRIPT: &str = r"
+local ids = {}
+local cap = ARGV[1]
+for i = 2, #ARGV, 4 do
+  local r
+  if cap == '' then
+    r = redis.pcall('XADD', KEYS[1], '*', 'id', ARGV[i], 'src', ARGV[i + 1], 'ts', ARGV[i + 2], 'data', ARGV[i + 3])
+  else
+    r = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', cap, '*', 'id', ARGV[i], 'src', ARGV[i + 1], 'ts', ARGV[i + 2], 'data', ARGV[i + 3])
+  end
+  if type(r) == 'table' and r.err then
+    return {ids, r.err}
+  end
+  ids[#ids + 1] = r
+end
+return {ids, false}
+";
+
+/// The arguments of one `XADD` of `entry`.
+fn xadd_args(entry: &WireEntry) -> Vec<Value> {
+    let mut args: Vec<Value> = Vec::with_capacity(14);
+    args.push(Value::from(&*entry.key));
+    if let Some(max_len) = entry.max_len {
+        args.push(Value::from_static_str("MAXLEN"));
+        args.push(Value::from_static_str("~"));
+        args.push(Value::from(max_len.to_string()));
+    }
+    args.push(Value::from_static_str("*"));
+    args.push(Value::from_static_str("id"));
+    args.push(Value::Bytes(Bytes::copy_from_slice(&entry.id)));
+    args.push(Value::from_static_str("src"));
+    args.push(Value::Bytes(Bytes::copy_from_slice(&entry.src)));
+    args.push(Value::from_static_str("ts"));
+    args.push(Value::from(entry.ts.to_string()));
+    args.push(Value::from_static_str("data"));
+    args.push(Value::Bytes(entry.data.clone()));
+    args
+}
+
+/// An error an `XADD` returned inside the append script, classified as
+/// [`map_error`] classifies a command's error reply.
+fn script_error(text: &str, context: &str) -> Error {
+    let code = text.split_whitespace().next().unwrap_or_default();
+    let kind = match code {
+        "NOAUTH" | "WRONGPASS" | "NOPERM" => ErrorKind::Auth,
+        "WRONGTYPE" | "ERR" | "EXECABORT" | "NOGROUP" => ErrorKind::Redis,
+        _ => ErrorKind::Unavailable,
+    };
+    Error::new(kind, format!("{context}: {text}"))
+}
+
 impl Connection {
     /// Connects, fails fast, and checks the server (version, credentials).
     /// Returns the connection and the server version.
@@ -208,34 +273,70 @@ impl Connection {
             .unwrap_or_default())
     }
 
-    /// Appends `entries` in order in one pipeline, then `WAITAOF 1 0 <timeout>` if
-    /// `waitaof` is set. One result per entry (the new stream id), then the
-    /// `WAITAOF` result if asked: the number of local AOF fsyncs confirmed (0 or 1).
+    /// Appends `entries` (in order per stream) in one pipeline, then
+    /// `WAITAOF 1 0 <timeout>` if `waitaof` is set. One result per entry (the new
+    /// stream id), then the `WAITAOF` result if asked: the number of local AOF
+    /// fsyncs confirmed (0 or 1).
+    ///
+    /// With `scripted`, the entries of each stream go in `EVAL`s of up to
+    /// [`SCRIPT_CHUNK`] `XADD`s each ([`APPEND_SCRIPT`]); otherwise one `XADD`
+    /// command per entry. Same entries, same order, same stream ids: the script
+    /// saves the per-command cost of the client and the server (about half of
+    /// the writer's time, measured), not any of Redis's guarantees.
     pub(crate) async fn append(
         &self,
         entries: &[&WireEntry],
         waitaof: Option<Duration>,
+        scripted: bool,
     ) -> (Vec<Result<StreamId>>, Option<Result<u64>>) {
         let pipeline = self.client.pipeline();
-        for entry in entries {
-            let mut args: Vec<Value> = Vec::with_capacity(14);
-            args.push(Value::from(&*entry.key));
-            if let Some(max_len) = entry.max_len {
-                args.push(Value::from_static_str("MAXLEN"));
-                args.push(Value::from_static_str("~"));
-                args.push(Value::from(max_len.to_string()));
+        // Per command sent: the indices of the entries it carries.
+        let mut commands: Vec<Vec<usize>> = Vec::new();
+        if scripted {
+            let mut by_key: Vec<(&str, Vec<usize>)> = Vec::new();
+            for (index, entry) in entries.iter().enumerate() {
+                match by_key.iter_mut().find(|(key, _)| *key == &*entry.key) {
+                    Some((_, indices)) => indices.push(index),
+                    None => by_key.push((&entry.key, vec![index])),
+                }
             }
-            args.push(Value::from_static_str("*"));
-            args.push(Value::from_static_str("id"));
-            args.push(Value::Bytes(Bytes::copy_from_slice(&entry.id)));
-            args.push(Value::from_static_str("src"));
-            args.push(Value::Bytes(Bytes::copy_from_slice(&entry.src)));
-            args.push(Value::from_static_str("ts"));
-            args.push(Value::from(entry.ts.to_string()));
-            args.push(Value::from_static_str("data"));
-            args.push(Value::Bytes(entry.data.clone()));
-            // Queued in memory; sent with `try_all`.
-            let _: std::result::Result<(), FredError> = pipeline.custom(cmd("XADD"), args).await;
+            for (key, indices) in by_key {
+                for chunk in indices.chunks(SCRIPT_CHUNK) {
+                    if chunk.len() == 1 {
+                        // A lone entry (light load): a plain XADD is quicker.
+                        let args = xadd_args(entries[chunk[0]]);
+                        let _: std::result::Result<(), FredError> =
+                            pipeline.custom(cmd("XADD"), args).await;
+                        commands.push(chunk.to_vec());
+                        continue;
+                    }
+                    let max_len = entries[chunk[0]]
+                        .max_len
+                        .map_or_else(String::new, |n| n.to_string());
+                    let mut args: Vec<Value> = Vec::with_capacity(4 + 4 * chunk.len());
+                    args.push(Value::from_static_str(APPEND_SCRIPT));
+                    args.push(Value::from(1_i64));
+                    args.push(Value::from(key));
+                    args.push(Value::from(max_len));
+                    for &index in chunk {
+                        let entry = entries[index];
+                        args.push(Value::Bytes(Bytes::copy_from_slice(&entry.id)));
+                        args.push(Value::Bytes(Bytes::copy_from_slice(&entry.src)));
+                        args.push(Value::from(entry.ts.to_string()));
+                        args.push(Value::Bytes(entry.data.clone()));
+                    }
+                    let _: std::result::Result<(), FredError> =
+                        pipeline.custom(cmd_offset("EVAL", 2), args).await;
+                    commands.push(chunk.to_vec());
+                }
+            }
+        } else {
+            for (index, entry) in entries.iter().enumerate() {
+                let args = xadd_args(entry);
+                let _: std::result::Result<(), FredError> =
+                    pipeline.custom(cmd("XADD"), args).await;
+                commands.push(vec![index]);
+            }
         }
         if let Some(timeout) = waitaof {
             let args = vec![
@@ -246,19 +347,27 @@ impl Connection {
             let _: std::result::Result<(), FredError> = pipeline.custom(cmd("WAITAOF"), args).await;
         }
         let mut results = pipeline.try_all::<Value>().await.into_iter();
-        let appended = entries
+        let mut appended: Vec<Result<StreamId>> = entries
             .iter()
-            .map(|_| match results.next() {
-                Some(Ok(value)) => parse_stream_id(&value).ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Redis,
-                        format!("XADD answered {value:?}, not a stream id"),
-                    )
-                }),
-                Some(Err(error)) => Err(map_error(error, &self.context("XADD"))),
-                None => Err(Error::new(ErrorKind::Redis, "XADD: no reply")),
-            })
+            .map(|_| Err(Error::new(ErrorKind::Unavailable, "not sent")))
             .collect();
+        for indices in &commands {
+            let reply = results.next();
+            if scripted && indices.len() > 1 {
+                self.settle_script_reply(reply, indices, &mut appended);
+            } else {
+                appended[indices[0]] = match reply {
+                    Some(Ok(value)) => parse_stream_id(&value).ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::Redis,
+                            format!("XADD answered {value:?}, not a stream id"),
+                        )
+                    }),
+                    Some(Err(error)) => Err(map_error(error, &self.context("XADD"))),
+                    None => Err(Error::new(ErrorKind::Redis, "XADD: no reply")),
+                };
+            }
+        }
         let fsynced = waitaof.map(|_| match results.next() {
             Some(Ok(Value::Array(counts))) => counts
                 .first()
@@ -272,6 +381,58 @@ impl Connection {
             None => Err(Error::new(ErrorKind::Redis, "WAITAOF: no reply")),
         });
         (appended, fsynced)
+    }
+
+    /// Spreads the reply of one [`APPEND_SCRIPT`] `EVAL` over its entries: the
+    /// ids of those written, then the error (if any) for the one that failed and
+    /// those after it, which the script did not attempt.
+    fn settle_script_reply(
+        &self,
+        reply: Option<std::result::Result<Value, FredError>>,
+        indices: &[usize],
+        appended: &mut [Result<StreamId>],
+    ) {
+        let (ids, error) = match reply {
+            Some(Ok(Value::Array(parts))) => {
+                let mut parts = parts.into_iter();
+                let ids = match parts.next() {
+                    Some(Value::Array(ids)) => ids,
+                    _ => Vec::new(),
+                };
+                let error = parts.next().and_then(|error| {
+                    let text = error.as_bytes()?;
+                    let text = String::from_utf8_lossy(text).into_owned();
+                    Some(script_error(&text, &self.context("XADD (script)")))
+                });
+                (ids, error)
+            }
+            Some(Ok(other)) => (
+                Vec::new(),
+                Some(Error::new(
+                    ErrorKind::Redis,
+                    format!("the append script answered {other:?}"),
+                )),
+            ),
+            Some(Err(error)) => (Vec::new(), Some(map_error(error, &self.context("EVAL")))),
+            None => (
+                Vec::new(),
+                Some(Error::new(ErrorKind::Unavailable, "EVAL: no reply")),
+            ),
+        };
+        let mut ids = ids.iter();
+        for &index in indices {
+            appended[index] = match ids.next() {
+                Some(id) => parse_stream_id(id).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Redis,
+                        format!("the append script answered {id:?}, not a stream id"),
+                    )
+                }),
+                None => Err(error.clone().unwrap_or_else(|| {
+                    Error::new(ErrorKind::Redis, "the append script stopped early")
+                })),
+            };
+        }
     }
 
     /// A write of no consequence on this connection, then `WAITAOF`: proves that
