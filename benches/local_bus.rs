@@ -25,6 +25,9 @@
 //! A filter also selects the rounds, as a substring of `rounds/fanout_1x1`,
 //! `rounds/fanout_1x4` or `rounds/latency` (`-- rounds` runs only them).
 
+#[path = "support/args.rs"]
+mod args;
+use args::Args;
 use std::collections::VecDeque;
 use std::hint::{black_box, spin_loop};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1543,64 +1546,6 @@ fn single_thread(c: &mut Criterion) {
 // ---------------------------------------------------------------------------
 // main
 // ---------------------------------------------------------------------------
-
-/// What criterion does not expose: its filter (taken here as a plain substring),
-/// and whether it only tests or lists the benchmarks.
-struct Args {
-    filter: Option<String>,
-    quick: bool,
-}
-
-impl Args {
-    fn parse() -> Self {
-        const TAKES_VALUE: &[&str] = &[
-            "--warm-up-time",
-            "--measurement-time",
-            "--sample-size",
-            "--save-baseline",
-            "--baseline",
-            "--baseline-lenient",
-            "--load-baseline",
-            "--output-format",
-            "--color",
-            "--profile-time",
-            "--noise-threshold",
-            "--confidence-level",
-            "--significance-level",
-            "--nresamples",
-            "--plotting-backend",
-            "--format",
-            "-c",
-            "-s",
-            "-b",
-        ];
-        let mut filter = None;
-        let mut quick = false;
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            if TAKES_VALUE.contains(&arg.as_str()) {
-                if arg == "--profile-time" {
-                    quick = true;
-                }
-                args.next();
-            } else if arg == "--test" || arg == "--list" {
-                quick = true;
-            } else if !arg.starts_with('-') && filter.is_none() {
-                filter = Some(arg);
-            }
-        }
-        Args { filter, quick }
-    }
-
-    /// Whether to run the interleaved section `id`.
-    fn wants(&self, id: &str) -> bool {
-        !self.quick
-            && self
-                .filter
-                .as_deref()
-                .map_or(true, |filter| id.contains(filter))
-    }
-}
 
 fn main() {
     let args = Args::parse();

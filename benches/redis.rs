@@ -71,6 +71,9 @@
 //! implementing [`ThroughputRig`] and [`LatencyRig`] with the helpers below
 //! ([`pace`], [`stamp`], [`read_stamp`], [`now_ns`], [`Recorder`], [`Env`]).
 
+#[path = "support/args.rs"]
+mod args;
+use args::Args;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -744,64 +747,6 @@ fn latency_rounds(
 // ---------------------------------------------------------------------------
 // main
 // ---------------------------------------------------------------------------
-
-/// What criterion does not expose: its filter (taken here as a plain substring),
-/// and whether it only tests or lists the benchmarks.
-struct Args {
-    filter: Option<String>,
-    quick: bool,
-}
-
-impl Args {
-    fn parse() -> Self {
-        const TAKES_VALUE: &[&str] = &[
-            "--warm-up-time",
-            "--measurement-time",
-            "--sample-size",
-            "--save-baseline",
-            "--baseline",
-            "--baseline-lenient",
-            "--load-baseline",
-            "--output-format",
-            "--color",
-            "--profile-time",
-            "--noise-threshold",
-            "--confidence-level",
-            "--significance-level",
-            "--nresamples",
-            "--plotting-backend",
-            "--format",
-            "-c",
-            "-s",
-            "-b",
-        ];
-        let mut filter = None;
-        let mut quick = false;
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            if TAKES_VALUE.contains(&arg.as_str()) {
-                if arg == "--profile-time" {
-                    quick = true;
-                }
-                args.next();
-            } else if arg == "--test" || arg == "--list" {
-                quick = true;
-            } else if !arg.starts_with('-') && filter.is_none() {
-                filter = Some(arg);
-            }
-        }
-        Args { filter, quick }
-    }
-
-    /// Whether to run the interleaved section `id`.
-    fn wants(&self, id: &str) -> bool {
-        !self.quick
-            && self
-                .filter
-                .as_deref()
-                .map_or(true, |filter| id.contains(filter))
-    }
-}
 
 /// Connects to NATS, or says why not.
 fn connect_nats(runtime: &tokio::runtime::Runtime) -> Option<async_nats::Client> {

@@ -98,16 +98,7 @@ impl Receipt {
     ///
     /// See [`Receipt`].
     pub fn wait(self) -> Result<StreamId> {
-        loop {
-            if let Some(result) = self.take() {
-                return result;
-            }
-            let listener = self.shared.ready.listen();
-            if let Some(result) = self.take() {
-                return result;
-            }
-            listener.wait();
-        }
+        self.wait_until(None)
     }
 
     /// As [`wait`](Receipt::wait), giving up after `timeout`.
@@ -117,7 +108,17 @@ impl Receipt {
     /// See [`Receipt`]; [`ErrorKind::Timeout`] when it did not resolve in time (the
     /// event is still in the outbox and will be written).
     pub fn wait_timeout(self, timeout: Duration) -> Result<StreamId> {
-        let deadline = Instant::now() + timeout;
+        self.wait_until(Some(Instant::now() + timeout))
+            .map_err(|error| match error.kind() {
+                ErrorKind::Timeout => Error::new(
+                    ErrorKind::Timeout,
+                    format!("no receipt from Redis within {timeout:?}"),
+                ),
+                _ => error,
+            })
+    }
+
+    fn wait_until(self, deadline: Option<Instant>) -> Result<StreamId> {
         loop {
             if let Some(result) = self.take() {
                 return result;
@@ -126,13 +127,15 @@ impl Receipt {
             if let Some(result) = self.take() {
                 return result;
             }
-            if listener.wait_deadline(deadline).is_none() && Instant::now() >= deadline {
-                return self.take().unwrap_or_else(|| {
-                    Err(Error::new(
-                        ErrorKind::Timeout,
-                        format!("no receipt from Redis within {timeout:?}"),
-                    ))
-                });
+            match deadline {
+                None => listener.wait(),
+                Some(deadline) => {
+                    if listener.wait_deadline(deadline).is_none() && Instant::now() >= deadline {
+                        return self.take().unwrap_or_else(|| {
+                            Err(Error::new(ErrorKind::Timeout, "no receipt in time"))
+                        });
+                    }
+                }
             }
         }
     }
