@@ -18,7 +18,7 @@ use fred::prelude::{ClientLike, StreamsInterface, Value};
 use tickbus::test_util::{AppendFsync, RedisServer, RedisServerOptions};
 use tickbus::{
     Bus, Durability, DurableOptions, ErrorKind, Event, Health, InstanceId, OutboxFull,
-    PublishError, RecvError, RedisConfig, RemoteStart, Subscriber,
+    PublishError, RecvError, RedisConfig, RemoteStart, Retention, Subscriber,
 };
 
 /// Upper bound on any single wait in these tests (a hang fails, never blocks CI).
@@ -321,8 +321,11 @@ async fn foreign_entries_are_skipped_and_counted_and_the_reader_goes_on() {
         args.extend_from_slice(fields);
         server.command(&args).unwrap();
     };
-    // Not tickbus entries: skipped.
-    xadd(&[b"hello", b"world"]);
+    // Not tickbus entries: skipped. (redis-cli for text; binary values go over
+    // RESP directly.)
+    server
+        .cli(&["XADD", "tickbus:stream:{md:tick}", "*", "hello", "world"])
+        .unwrap();
     xadd(&[b"id", id(1).as_bytes(), b"src", src.as_bytes(), b"ts", b"1"]); // no data
     xadd(&[
         b"id",
@@ -792,4 +795,72 @@ async fn a_key_of_the_wrong_type_fails_the_receipts_and_nothing_else() {
         let id = orders.publish_durable(11).unwrap().await.unwrap();
         assert!(id.ms > 0, "append_script = {append_script}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_trims_by_count_and_by_age() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    let by_count = DurableOptions {
+        retention: Retention {
+            max_len: Some(100),
+            max_age: None,
+        },
+        receive_remote: false,
+        ..Default::default()
+    };
+    let ticks = bus.durable_topic::<u64>("md:tick", by_count).unwrap();
+    for i in 0..999 {
+        ticks.publish(i).unwrap();
+    }
+    ticks.publish_durable(999).unwrap().await.unwrap();
+    // `MAXLEN ~` trims whole stream nodes (100 entries each by default).
+    let len: u64 = server
+        .cli(&["XLEN", "tickbus:stream:{md:tick}"])
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((100..=300).contains(&len), "XLEN {len}");
+
+    let by_age = DurableOptions {
+        retention: Retention {
+            max_len: None,
+            max_age: Some(Duration::from_millis(200)),
+        },
+        receive_remote: false,
+        ..Default::default()
+    };
+    let fills = bus.durable_topic::<u64>("execution:fill", by_age).unwrap();
+    for i in 0..999 {
+        fills.publish(i).unwrap();
+    }
+    fills.publish_durable(999).unwrap().await.unwrap();
+    let key = "tickbus:stream:{execution:fill}";
+    assert_eq!(server.cli(&["XLEN", key]).unwrap(), "1000");
+    // The writer trims at most once a second, when it writes: keep writing until
+    // the old entries are gone.
+    let deadline = Instant::now() + PATIENCE;
+    let mut i = 1_000;
+    loop {
+        let len: u64 = server.cli(&["XLEN", key]).unwrap().parse().unwrap();
+        if len < 500 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "XLEN still {len}");
+        fills.publish_durable(i).unwrap().await.unwrap();
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first: Vec<String> = server
+        .cli(&["XRANGE", key, "-", "+", "COUNT", "1"])
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let oldest: tickbus::StreamId = first[0].parse().unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(now_ms - oldest.ms < 5_000, "only recent entries stay");
 }
