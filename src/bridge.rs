@@ -43,7 +43,7 @@ use serde::Serialize;
 use tokio::sync::Notify as AsyncNotify;
 
 use crate::bus::topic::{Persist, PersistMode, Remote, Stored, TopicShared};
-use crate::bus::PublishError;
+use crate::bus::{PublishError, UndecodableEvent};
 use crate::codec::{self, CodecLimits};
 use crate::config::{Durability, DurableOptions, OutboxFull, RedisConfig, RemoteStart};
 use crate::error::{Error, ErrorKind, Result};
@@ -1150,32 +1150,35 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> RemoteSink for TypedSi
         &self,
         data: &[u8],
         timestamp_ns: u64,
-        mut remote: Remote,
+        remote: Remote,
         counters: &Counters,
     ) -> std::result::Result<bool, ()> {
         let topic = self.topic.upgrade().ok_or(())?;
-        // Counted before publishing, so that a subscriber that has the event sees
-        // it counted.
-        let (value, decoded) = match codec::decode_payload::<T>(data, &self.limits) {
+        if topic.ring.tail().1 {
+            return Err(()); // closed on this bus
+        }
+        // Counted before delivery, so that a subscriber that has the event sees it
+        // counted.
+        match codec::decode_payload::<T>(data, &self.limits) {
             Ok(value) => {
                 Counters::add(&counters.received, 1);
-                (Some(value), true)
+                let stored = Stored {
+                    value,
+                    timestamp_ns,
+                    remote: Some(Box::new(remote)),
+                };
+                topic.publish_stored(stored).map(|_| true).map_err(|_| ())
             }
             Err(error) => {
                 Counters::add(&counters.undecodable, 1);
-                remote.error = Some(Arc::new(error));
-                (None, false)
+                topic.report_undecodable(UndecodableEvent {
+                    stream_id: remote.stream_id,
+                    source: remote.source,
+                    error: Arc::new(error),
+                });
+                Ok(false)
             }
-        };
-        let stored = Stored {
-            value,
-            timestamp_ns,
-            remote: Some(Box::new(remote)),
-        };
-        topic
-            .publish_stored(stored)
-            .map(|_| decoded)
-            .map_err(|_| ())
+        }
     }
 
     fn limits(&self) -> &CodecLimits {
@@ -1313,7 +1316,6 @@ fn handle_entry(
         id: EventId::from_uuid(event_id),
         source: InstanceId::from_uuid(source),
         stream_id: entry.id,
-        error: None,
     };
     match target.sink.deliver(data, timestamp_ns, remote, counters)? {
         true => {}

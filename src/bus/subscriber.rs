@@ -4,13 +4,14 @@ use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use event_listener::EventListener;
 use futures_core::Stream;
 
-use super::error::{RecvError, TryRecvError};
+use super::error::{RecvError, TryRecvError, UndecodableEvent};
 use super::ring::{Cursor, Miss, Pinned};
 use super::topic::{Stored, TopicShared};
 use super::wait::{recv_blocking, SpinYieldPark, WaitStrategy, Waitable};
@@ -71,10 +72,7 @@ impl<T> Deref for EventRef<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
         match &self.pinned {
-            Some(pinned) => match &pinned.get().value {
-                Some(value) => value,
-                None => unreachable!("an EventRef is made only for a decoded event"),
-            },
+            Some(pinned) => &pinned.get().value,
             None => unreachable!("an EventRef is pinned until dropped"),
         }
     }
@@ -106,6 +104,10 @@ pub struct Subscriber<T> {
     listener: Option<EventListener>,
     /// Looks before registering a waker (`SubscribeOptions::async_spin_polls`).
     async_spin_polls: u32,
+    /// The last undecodable-event report received (`TopicShared::undecodable_count`).
+    undecodable_seen: u64,
+    /// The ring position of the next report not yet due (0: look it up).
+    undecodable_at: u64,
 }
 
 impl<T> fmt::Debug for Subscriber<T> {
@@ -140,7 +142,10 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
         if let Some(persist) = &shared.persist {
             persist.subscribed();
         }
+        let undecodable_seen = shared.undecodable_count.load(Ordering::Acquire);
         Subscriber {
+            undecodable_seen,
+            undecodable_at: 0,
             shared,
             cursor,
             listener: None,
@@ -167,6 +172,39 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
     /// The sequence number of the next event this subscriber will receive.
     pub fn next_seq(&self) -> u64 {
         self.cursor.next()
+    }
+
+    /// Whether an undecodable remote event may stand before the next event: one
+    /// load of a line that is written only when such an event arrives.
+    #[inline(always)]
+    fn undecodable_due(&self) -> bool {
+        self.shared.undecodable_count.load(Ordering::Acquire) != self.undecodable_seen
+            && self.cursor.next() >= self.undecodable_at
+    }
+
+    /// The report due before the next event, if there is one.
+    #[cold]
+    #[inline(never)]
+    fn take_undecodable(&mut self) -> Option<UndecodableEvent> {
+        match self
+            .shared
+            .next_undecodable(self.undecodable_seen, self.cursor.next())
+        {
+            Ok((number, report)) => {
+                self.undecodable_seen = number;
+                self.undecodable_at = 0;
+                Some(report)
+            }
+            Err(u64::MAX) => {
+                // Older reports were dropped (the topic keeps the last 1 024).
+                self.undecodable_seen = self.shared.undecodable_count.load(Ordering::Acquire);
+                None
+            }
+            Err(position) => {
+                self.undecodable_at = position;
+                None
+            }
+        }
     }
 
     /// Wakes publishers held back by this subscriber's gate, if it moved.
@@ -199,23 +237,21 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
     /// ```
     #[inline]
     pub fn try_recv_ref(&mut self) -> Result<EventRef<'_, T>, TryRecvError> {
+        if self.undecodable_due() {
+            if let Some(report) = self.take_undecodable() {
+                return Err(TryRecvError::Undecodable(report));
+            }
+        }
         let seq = self.cursor.next();
         let shared = &*self.shared;
         match shared.ring.try_pin(&mut self.cursor) {
-            Ok(pinned) if pinned.get().value.is_some() => {
+            Ok(pinned) => {
                 let meta = shared.meta(seq, pinned.get());
                 Ok(EventRef {
                     pinned: Some(pinned),
                     meta,
                     shared,
                 })
-            }
-            Ok(pinned) => {
-                let undecodable = pinned.get().undecodable();
-                if pinned.release() {
-                    shared.wake_publishers();
-                }
-                Err(TryRecvError::Undecodable(undecodable))
             }
             Err((miss, gate_moved)) => {
                 if gate_moved {
@@ -234,22 +270,19 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
     /// As [`try_recv_ref`](Subscriber::try_recv_ref).
     #[inline(always)]
     pub fn try_recv(&mut self) -> Result<Event<T>, TryRecvError> {
+        if self.undecodable_due() {
+            if let Some(report) = self.take_undecodable() {
+                return Err(TryRecvError::Undecodable(report));
+            }
+        }
         let seq = self.cursor.next();
         let shared = &self.shared;
-        let result = shared
-            .ring
-            .try_read(&mut self.cursor, |stored| match &stored.value {
-                Some(value) => Ok(Event {
-                    value: value.clone(),
-                    meta: shared.meta(seq, stored),
-                }),
-                None => Err(TryRecvError::Undecodable(stored.undecodable())),
-            });
+        let result = shared.ring.try_read(&mut self.cursor, |stored| Event {
+            value: stored.value.clone(),
+            meta: shared.meta(seq, stored),
+        });
         self.release_publishers();
-        match result {
-            Ok(read) => read,
-            Err(miss) => Err(miss_to_try(miss)),
-        }
+        result.map_err(miss_to_try)
     }
 
     /// Receives the next event, waiting with the default [`SpinYieldPark`] strategy.

@@ -1,8 +1,9 @@
 //! Typed topics: the publishing handle and the shared state of one topic.
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use event_listener::{Event as Notify, Listener as _};
 
@@ -17,11 +18,13 @@ use crate::event::{topic_salt, EventId, InstanceId, Meta, Origin, StreamId, Topi
 use crate::receipt::Receipt;
 
 /// What a slot holds: the value and the metadata that cannot be derived.
+///
+/// The value is a plain `T`, not an `Option`: an enum tag here cost ~100 ns of
+/// one-way latency in the spinning ping-pong of `benches/local_bus.rs`
+/// (measured). A remote event that does not decode never takes a slot; it is
+/// reported beside the ring (`TopicShared::report_undecodable`).
 pub(crate) struct Stored<T> {
-    /// `None` only for an event from another instance whose payload did not decode
-    /// (`remote.error` says why): subscribers receive an `Undecodable` error in its
-    /// place.
-    pub(crate) value: Option<T>,
+    pub(crate) value: T,
     pub(crate) timestamp_ns: u64,
     /// Set only for events that came from another instance (through Redis).
     pub(crate) remote: Option<Box<Remote>>,
@@ -32,35 +35,26 @@ pub(crate) struct Remote {
     pub(crate) id: EventId,
     pub(crate) source: InstanceId,
     pub(crate) stream_id: StreamId,
-    /// Why the payload did not decode (then `Stored::value` is `None`).
-    pub(crate) error: Option<Arc<Error>>,
 }
 
 impl<T> Stored<T> {
-    /// The value of a local event (which always has one).
+    /// The value.
     #[inline]
     pub(crate) fn into_value(self) -> T {
-        match self.value {
-            Some(value) => value,
-            None => unreachable!("local events always carry a value"),
-        }
-    }
-
-    /// The report a subscriber gets for an undecodable remote event.
-    #[cold]
-    pub(crate) fn undecodable(&self) -> UndecodableEvent {
-        match &self.remote {
-            Some(remote) => UndecodableEvent {
-                stream_id: remote.stream_id,
-                source: remote.source,
-                error: remote.error.clone().unwrap_or_else(|| {
-                    Arc::new(Error::new(ErrorKind::WrongShape, "payload did not decode"))
-                }),
-            },
-            None => unreachable!("only remote events lack a value"),
-        }
+        self.value
     }
 }
+
+/// Remote events that did not decode, each with the ring position it stands
+/// before, for subscribers to report in order (the last `UNDECODABLE_KEPT`).
+#[derive(Default)]
+pub(crate) struct UndecodableReports {
+    /// `(report number from 1, ring position, report)`, oldest first.
+    reports: VecDeque<(u64, u64, UndecodableEvent)>,
+}
+
+/// Reports kept per topic for subscribers that have not reached them yet.
+const UNDECODABLE_KEPT: usize = 1024;
 
 /// What a durable topic does on publish besides the ring. Implemented outside the
 /// bus (by the Redis bridge), so that the bus knows nothing of Redis.
@@ -109,6 +103,10 @@ pub(crate) struct TopicShared<T> {
     pub(crate) clock: Clock,
     /// Set for a durable topic (live mode).
     pub(crate) persist: Option<Box<dyn Persist<T>>>,
+    /// How many undecodable remote events were reported: subscribers compare it
+    /// with what they have seen (one read-mostly load per receive).
+    pub(crate) undecodable_count: AtomicU64,
+    undecodable: Mutex<UndecodableReports>,
 }
 
 impl<T> TopicShared<T> {
@@ -138,6 +136,8 @@ impl<T> TopicShared<T> {
             instance,
             clock,
             persist,
+            undecodable_count: AtomicU64::new(0),
+            undecodable: Mutex::new(UndecodableReports::default()),
         })
     }
 
@@ -158,6 +158,48 @@ impl<T> TopicShared<T> {
                     stream_id: remote.stream_id,
                 },
             },
+        }
+    }
+
+    /// Reports a remote event that did not decode: subscribers receive
+    /// `Undecodable` where it stood in the stream (before the next event published
+    /// to the ring), and sleeping ones are woken to receive it.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn report_undecodable(&self, report: UndecodableEvent) {
+        let mut reports = self
+            .undecodable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let number = self.undecodable_count.load(Ordering::Relaxed) + 1;
+        reports
+            .reports
+            .push_back((number, self.ring.tail().0, report));
+        if reports.reports.len() > UNDECODABLE_KEPT {
+            reports.reports.pop_front();
+        }
+        self.undecodable_count.store(number, Ordering::Release);
+        drop(reports);
+        self.data_ready.notify(usize::MAX);
+    }
+
+    /// The first report after `seen` if a subscriber whose next event is `next`
+    /// has reached it: `Ok((number, report))`; else `Err(position)` of the first
+    /// one ahead (`u64::MAX` if none).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn next_undecodable(
+        &self,
+        seen: u64,
+        next: u64,
+    ) -> std::result::Result<(u64, UndecodableEvent), u64> {
+        let reports = self
+            .undecodable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match reports.reports.iter().find(|(number, _, _)| *number > seen) {
+            Some((number, position, report)) if *position <= next => Ok((*number, report.clone())),
+            Some((_, position, _)) => Err(*position),
+            None => Err(u64::MAX),
         }
     }
 
@@ -184,7 +226,7 @@ impl<T> TopicShared<T> {
     #[inline]
     pub(crate) fn stored(&self, value: T) -> Stored<T> {
         Stored {
-            value: Some(value),
+            value,
             timestamp_ns: self.clock.now_ns(),
             remote: None,
         }
@@ -331,9 +373,9 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
     /// [`PublishError`] with the value when the bus is shut down.
     #[inline]
     pub fn publish(&self, value: T) -> Result<u64, PublishError<T>> {
-        if let Some(persist) = &self.shared.persist {
-            return persist
-                .publish(&self.shared, value, PersistMode::Publish)
+        if self.shared.persist.is_some() {
+            return self
+                .publish_persisted(value, PersistMode::Publish)
                 .map(|(seq, _)| seq);
         }
         let stored = self.shared.stored(value);
@@ -389,6 +431,20 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
         }
     }
 
+    /// A durable topic's publish, out of the local-only path's way.
+    #[cold]
+    #[inline(never)]
+    fn publish_persisted(
+        &self,
+        value: T,
+        mode: PersistMode,
+    ) -> Result<(u64, Option<Receipt>), PublishError<T>> {
+        match &self.shared.persist {
+            Some(persist) => persist.publish(&self.shared, value, mode),
+            None => unreachable!("checked by the caller"),
+        }
+    }
+
     /// Whether events published here are persisted to Redis (see
     /// [`Bus::durable_topic`](crate::Bus::durable_topic)).
     pub fn is_durable(&self) -> bool {
@@ -403,9 +459,9 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
     /// read the oldest event; [`TryPublishError::Closed`] when the bus is shut down.
     #[inline]
     pub fn try_publish(&self, value: T) -> Result<u64, TryPublishError<T>> {
-        if let Some(persist) = &self.shared.persist {
-            return persist
-                .publish(&self.shared, value, PersistMode::Try)
+        if self.shared.persist.is_some() {
+            return self
+                .publish_persisted(value, PersistMode::Try)
                 .map(|(seq, _)| seq)
                 .map_err(|error| match error {
                     PublishError::Closed(value) => TryPublishError::Closed(value),
