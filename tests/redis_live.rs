@@ -284,6 +284,7 @@ fn start_fails_with_a_wrong_password_and_never_prints_it() {
         .build()
         .unwrap();
     assert_eq!(bus.health(), Health::Connected);
+    assert!(!format!("{bus:?}").contains("right-horse-battery"));
 }
 
 #[test]
@@ -863,4 +864,32 @@ async fn retention_trims_by_count_and_by_age() {
         .unwrap()
         .as_millis() as u64;
     assert!(now_ms - oldest.ms < 5_000, "only recent entries stay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pattern_subscribers_receive_other_instances_events() {
+    let server = RedisServer::start().unwrap();
+    let a = live_bus(&server);
+    let b = live_bus(&server);
+    let fills_a = a
+        .durable_topic::<u64>("execution:fill", DurableOptions::default())
+        .unwrap();
+    // B follows the topic only through a pattern subscription.
+    let mut audit = b.subscribe_pattern("execution:>").unwrap();
+    b.durable_topic::<u64>("execution:fill", DurableOptions::default())
+        .unwrap();
+    let mut last = None;
+    for i in 0..100 {
+        last = Some(fills_a.publish_durable(i).unwrap());
+    }
+    last.unwrap().await.unwrap();
+    for i in 0..100_u64 {
+        let event = tokio::time::timeout(PATIENCE, audit.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.topic.as_str(), "execution:fill");
+        assert_eq!(event.downcast_ref::<u64>(), Some(&i));
+        assert_eq!(event.meta.source(), a.instance_id());
+    }
 }
