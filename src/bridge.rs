@@ -264,6 +264,10 @@ struct Core {
     /// Topics the reader should add.
     new_targets: Mutex<Vec<ReadTarget>>,
     wake_reader: AsyncNotify,
+    /// Notified once, at shutdown: cuts the reader's back-off short.
+    stopping: AsyncNotify,
+    /// Notified once, at shutdown: starts the writer's last `shutdown_timeout`.
+    writer_stop: AsyncNotify,
     /// Topics with `Retention::max_age`: key and age, for the writer's trims.
     trims: Mutex<Vec<(Arc<str>, Duration)>>,
     /// The reader's connection and runtime, to interrupt its blocked read when a
@@ -351,6 +355,14 @@ impl Backoff {
         let jitter = self.next.mul_f64(fastrand::f64() * 0.2);
         tokio::time::sleep(self.next + jitter).await;
         self.next = (self.next * 2).min(self.max);
+    }
+
+    /// As `sleep`, cut short when `stop` is notified (shutdown).
+    async fn sleep_unless(&mut self, stop: &AsyncNotify) {
+        tokio::select! {
+            () = self.sleep() => {}
+            () = stop.notified() => {}
+        }
     }
 
     fn reset(&mut self) {
@@ -488,6 +500,8 @@ impl Live {
             closed: AtomicBool::new(false),
             new_targets: Mutex::new(Vec::new()),
             wake_reader: AsyncNotify::new(),
+            stopping: AsyncNotify::new(),
+            writer_stop: AsyncNotify::new(),
             trims: Mutex::new(Vec::new()),
             reader: OnceLock::new(),
         });
@@ -755,6 +769,9 @@ impl Live {
         self.core.outbox.close();
         self.core.closed.store(true, Ordering::Release);
         self.core.wake_reader.notify_one();
+        // `notify_one` keeps a permit if the reader is not sleeping yet.
+        self.core.stopping.notify_one();
+        self.core.writer_stop.notify_one();
         let reader = self.reader.clone();
         self.reader_runtime
             .spawn(async move { reader.unblock().await });
@@ -930,15 +947,48 @@ async fn writer_loop(core: Arc<Core>, connection: Connection) {
                 break;
             }
         }
-        match write_once(&core, &connection, &mut batch, &mut unfsynced).await {
-            Ok(()) => {
-                backoff.reset();
-                core.clear_trouble(false);
+        // One write (and its back-off on failure), cut short when a shutdown's
+        // time runs out: shutdown takes `shutdown_timeout`, not that plus a
+        // command timeout and a back-off.
+        let step = async {
+            match write_once(&core, &connection, &mut batch, &mut unfsynced).await {
+                Ok(()) => {
+                    backoff.reset();
+                    core.clear_trouble(false);
+                    true
+                }
+                Err(error) => {
+                    core.set_trouble(false, &error);
+                    backoff.sleep().await;
+                    false
+                }
             }
-            Err(error) => {
-                core.set_trouble(false, &error);
-                backoff.sleep().await;
-                continue;
+        };
+        let out_of_time = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+                None => {
+                    core.writer_stop.notified().await;
+                    tokio::time::sleep(config.shutdown_timeout).await;
+                }
+            }
+        };
+        let written = tokio::select! {
+            written = step => Some(written),
+            () = out_of_time => None,
+        };
+        match written {
+            Some(true) => {}
+            Some(false) => continue,
+            None => {
+                let left = batch.len() + unfsynced.len() + lock(&outbox.queue).len();
+                tracing::error!(
+                    left,
+                    "tickbus: shutdown timeout with durable events still unconfirmed; \
+                     their receipts resolve with a Closed error (they may or may not \
+                     be in the stream)"
+                );
+                break;
             }
         }
         if last_trim.elapsed() >= Duration::from_secs(1) {
@@ -1373,7 +1423,7 @@ async fn reader_loop(core: Arc<Core>, connection: Connection) {
                 if error.kind() == ErrorKind::Redis {
                     drop_broken_targets(&core, &connection, &mut targets).await;
                 }
-                backoff.sleep().await;
+                backoff.sleep_unless(&core.stopping).await;
                 continue;
             }
         };

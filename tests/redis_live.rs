@@ -893,3 +893,30 @@ async fn pattern_subscribers_receive_other_instances_events() {
         assert_eq!(event.meta.source(), a.instance_id());
     }
 }
+
+#[test]
+fn shutdown_during_an_outage_is_bounded_and_says_what_was_not_written() {
+    let mut server = RedisServer::start().unwrap();
+    let mut config = config(&server);
+    config.shutdown_timeout = Duration::from_millis(300);
+    let bus = Bus::builder().redis(config).build().unwrap();
+    let orders = bus
+        .durable_topic::<u64>("orders:new", DurableOptions::default())
+        .unwrap();
+    let _sub = orders.subscribe();
+    server.kill();
+    let receipt = orders.publish_durable(1).unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let closing = bus.clone();
+    std::thread::spawn(move || {
+        closing.shutdown();
+        let _ = done_tx.send(());
+    });
+    done_rx
+        .recv_timeout(PATIENCE)
+        .expect("shutdown returns while Redis is away");
+    let error = receipt.wait_timeout(PATIENCE).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Closed, "{error}");
+    assert_eq!(bus.health(), Health::Closed);
+    assert!(matches!(orders.publish(2), Err(PublishError::Closed(2))));
+}
