@@ -256,7 +256,8 @@ impl Outbox {
 struct Core {
     config: RedisConfig,
     instance: InstanceId,
-    src: [u8; 36],
+    /// This instance's id as the `src` field, shared by every entry.
+    src: Bytes,
     outbox: Outbox,
     counters: Counters,
     trouble: Mutex<Trouble>,
@@ -482,7 +483,7 @@ impl Live {
     pub(crate) fn start(config: RedisConfig, instance: InstanceId) -> Result<Live> {
         config.validate()?;
         let core = Arc::new(Core {
-            src: uuid_text(instance.as_uuid()),
+            src: Bytes::copy_from_slice(&uuid_text(instance.as_uuid())),
             outbox: Outbox {
                 queue: Mutex::new(VecDeque::new()),
                 depth: AtomicUsize::new(0),
@@ -872,7 +873,7 @@ impl<T: Serialize + Clone + Send + Sync + 'static> Persist<T> for DurablePersist
             entry: WireEntry {
                 key: Arc::clone(&self.key),
                 id: uuid_text(id.as_uuid()),
-                src: self.core.src,
+                src: self.core.src.clone(),
                 ts: timestamp_ns,
                 data: Bytes::from(data),
                 max_len: self.max_len,
@@ -1126,7 +1127,7 @@ async fn reconcile(
         for entry in connection.newest(&key, unknown + RECONCILE_SLACK).await? {
             if let Some(id) = entry.field(b"id") {
                 if let Ok(id) = <[u8; 36]>::try_from(id.as_ref()) {
-                    if entry.field(b"src").map(|src| src.as_ref()) == Some(&core.src[..]) {
+                    if entry.field(b"src").map(|src| src.as_ref()) == Some(core.src.as_ref()) {
                         found.insert(id, entry.id);
                     }
                 }
@@ -1174,19 +1175,29 @@ async fn reconcile(
     Ok(())
 }
 
+/// What became of one remote payload.
+enum Delivered {
+    /// Decoded and published to the ring.
+    Event,
+    /// Well-formed MessagePack of another shape: reported to subscribers.
+    Undecodable,
+    /// Not one MessagePack value within the limits: the entry is skipped.
+    NotMessagePack(Error),
+}
+
 /// Delivers decoded remote events into one typed local topic.
 trait RemoteSink: Send {
-    /// Decodes `data`, counts it (`received` or `undecodable`) and publishes it to
-    /// the topic. `Err` when the topic is gone or closed; `Ok(false)` when the
-    /// payload did not decode (delivered as undecodable).
+    /// Decodes `data` (one pass: the codec checks the bytes as it decodes),
+    /// counts it (`received` or `undecodable`) and publishes or reports it.
+    /// `Err` when the topic is gone or closed.
     fn deliver(
         &self,
         data: &[u8],
         timestamp_ns: u64,
         remote: Remote,
         counters: &Counters,
-    ) -> std::result::Result<bool, ()>;
-    /// Whether `data` is MessagePack at all (else the entry is skipped).
+    ) -> std::result::Result<Delivered, ()>;
+    /// The codec limits for this topic's fields.
     fn limits(&self) -> &CodecLimits;
 }
 
@@ -1202,7 +1213,7 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> RemoteSink for TypedSi
         timestamp_ns: u64,
         remote: Remote,
         counters: &Counters,
-    ) -> std::result::Result<bool, ()> {
+    ) -> std::result::Result<Delivered, ()> {
         let topic = self.topic.upgrade().ok_or(())?;
         if topic.ring.tail().1 {
             return Err(()); // closed on this bus
@@ -1217,7 +1228,18 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> RemoteSink for TypedSi
                     timestamp_ns,
                     remote: Some(Box::new(remote)),
                 };
-                topic.publish_stored(stored).map(|_| true).map_err(|_| ())
+                topic
+                    .publish_stored(stored)
+                    .map(|_| Delivered::Event)
+                    .map_err(|_| ())
+            }
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    ErrorKind::Malformed | ErrorKind::PayloadTooLarge
+                ) =>
+            {
+                Ok(Delivered::NotMessagePack(error))
             }
             Err(error) => {
                 Counters::add(&counters.undecodable, 1);
@@ -1226,7 +1248,7 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> RemoteSink for TypedSi
                     source: remote.source,
                     error: Arc::new(error),
                 });
-                Ok(false)
+                Ok(Delivered::Undecodable)
             }
         }
     }
@@ -1328,15 +1350,6 @@ fn handle_entry(
         skip(counters, &target.key, entry.id, "field `data` is missing");
         return Ok(());
     };
-    if let Err(error) = codec::check_msgpack(data, target.sink.limits()) {
-        skip(
-            counters,
-            &target.key,
-            entry.id,
-            &format!("field `data` is not a MessagePack value: {error}"),
-        );
-        return Ok(());
-    }
     if let Some(headers) = entry.field(b"h") {
         if let Err(error) =
             codec::decode_payload::<Vec<(String, String)>>(headers, target.sink.limits()).or_else(
@@ -1368,8 +1381,8 @@ fn handle_entry(
         stream_id: entry.id,
     };
     match target.sink.deliver(data, timestamp_ns, remote, counters)? {
-        true => {}
-        false => {
+        Delivered::Event => {}
+        Delivered::Undecodable => {
             tracing::warn!(
                 stream = %target.key,
                 entry = %entry.id,
@@ -1377,6 +1390,12 @@ fn handle_entry(
                  subscribers receive RecvError::Undecodable in its place"
             );
         }
+        Delivered::NotMessagePack(error) => skip(
+            counters,
+            &target.key,
+            entry.id,
+            &format!("field `data` is not a MessagePack value: {error}"),
+        ),
     }
     Ok(())
 }

@@ -310,13 +310,6 @@ pub fn decode_payload<T: DeserializeOwned>(bytes: &[u8], limits: &CodecLimits) -
     })
 }
 
-/// Checks that `bytes` is exactly one well-formed MessagePack value within the
-/// limits, without decoding it into a type.
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
-pub(crate) fn check_msgpack(bytes: &[u8], limits: &CodecLimits) -> Result<()> {
-    check_value(bytes, limits, "payload")
-}
-
 /// Encodes `envelope` in the [wire format](self#wire-format).
 ///
 /// # Errors

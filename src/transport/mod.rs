@@ -15,8 +15,9 @@ pub(crate) struct WireEntry {
     pub(crate) key: std::sync::Arc<str>,
     /// Field `id`: the event id, hyphenated UUID text.
     pub(crate) id: [u8; 36],
-    /// Field `src`: the publishing instance, hyphenated UUID text.
-    pub(crate) src: [u8; 36],
+    /// Field `src`: the publishing instance, hyphenated UUID text (one buffer per
+    /// bus, shared by its entries: no copy per event).
+    pub(crate) src: Bytes,
     /// Field `ts`: publish time, ns since the Unix epoch.
     pub(crate) ts: u64,
     /// Field `data`: the MessagePack payload.

@@ -57,15 +57,22 @@ impl std::fmt::Debug for Connection {
 /// `READONLY` during a failover, ...) is `Unavailable` or `Timeout`: retried.
 pub(crate) fn map_error(error: FredError, context: &str) -> Error {
     let details = error.details().to_string();
-    let code = details.split_whitespace().next().unwrap_or_default();
-    let kind = match code {
-        "NOAUTH" | "WRONGPASS" | "NOPERM" => ErrorKind::Auth,
-        "WRONGTYPE" | "ERR" | "EXECABORT" | "NOGROUP" => ErrorKind::Redis,
-        _ if matches!(error.kind(), FredErrorKind::Auth) => ErrorKind::Auth,
-        _ if matches!(error.kind(), FredErrorKind::Timeout) => ErrorKind::Timeout,
+    let kind = reply_kind(&details).unwrap_or(match error.kind() {
+        FredErrorKind::Auth => ErrorKind::Auth,
+        FredErrorKind::Timeout => ErrorKind::Timeout,
         _ => ErrorKind::Unavailable,
-    };
+    });
     Error::new(kind, format!("{context}: {details}")).with_source(error)
+}
+
+/// The kind of a server error reply, by its code (`WRONGTYPE …`, `NOAUTH …`);
+/// `None` for anything else (retried as `Unavailable`).
+fn reply_kind(text: &str) -> Option<ErrorKind> {
+    match text.split_whitespace().next().unwrap_or_default() {
+        "NOAUTH" | "WRONGPASS" | "NOPERM" => Some(ErrorKind::Auth),
+        "WRONGTYPE" | "ERR" | "EXECABORT" | "NOGROUP" => Some(ErrorKind::Redis),
+        _ => None,
+    }
 }
 
 fn cmd(name: &'static str) -> CustomCommand {
@@ -117,7 +124,7 @@ fn xadd_args(entry: &WireEntry) -> Vec<Value> {
     args.push(Value::from_static_str("id"));
     args.push(Value::Bytes(Bytes::copy_from_slice(&entry.id)));
     args.push(Value::from_static_str("src"));
-    args.push(Value::Bytes(Bytes::copy_from_slice(&entry.src)));
+    args.push(Value::Bytes(entry.src.clone()));
     args.push(Value::from_static_str("ts"));
     args.push(Value::from(entry.ts.to_string()));
     args.push(Value::from_static_str("data"));
@@ -128,12 +135,7 @@ fn xadd_args(entry: &WireEntry) -> Vec<Value> {
 /// An error an `XADD` returned inside the append script, classified as
 /// [`map_error`] classifies a command's error reply.
 fn script_error(text: &str, context: &str) -> Error {
-    let code = text.split_whitespace().next().unwrap_or_default();
-    let kind = match code {
-        "NOAUTH" | "WRONGPASS" | "NOPERM" => ErrorKind::Auth,
-        "WRONGTYPE" | "ERR" | "EXECABORT" | "NOGROUP" => ErrorKind::Redis,
-        _ => ErrorKind::Unavailable,
-    };
+    let kind = reply_kind(text).unwrap_or(ErrorKind::Unavailable);
     Error::new(kind, format!("{context}: {text}"))
 }
 
@@ -321,7 +323,7 @@ impl Connection {
                     for &index in chunk {
                         let entry = entries[index];
                         args.push(Value::Bytes(Bytes::copy_from_slice(&entry.id)));
-                        args.push(Value::Bytes(Bytes::copy_from_slice(&entry.src)));
+                        args.push(Value::Bytes(entry.src.clone()));
                         args.push(Value::from(entry.ts.to_string()));
                         args.push(Value::Bytes(entry.data.clone()));
                     }
