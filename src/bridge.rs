@@ -396,16 +396,16 @@ impl fmt::Debug for Live {
 }
 
 /// A started I/O thread: its connection, its runtime, what the server said.
-struct IoThread {
-    connection: Connection,
-    runtime: tokio::runtime::Handle,
+pub(crate) struct IoThread {
+    pub(crate) connection: Connection,
+    pub(crate) runtime: tokio::runtime::Handle,
     version: (u32, u32, u32),
-    thread: JoinHandle<()>,
+    pub(crate) thread: JoinHandle<()>,
 }
 
 /// Starts an I/O thread with its own single-threaded runtime and connection,
 /// and runs `body` on it once connected.
-fn spawn_io_thread<F, Fut>(
+pub(crate) fn spawn_io_thread<F, Fut>(
     name: &str,
     config: &RedisConfig,
     role: &'static str,
@@ -749,6 +749,33 @@ impl Live {
 
     pub(crate) fn server_version(&self) -> (u32, u32, u32) {
         self.version
+    }
+
+    /// The Redis configuration of this bus.
+    pub(crate) fn config(&self) -> &RedisConfig {
+        &self.core.config
+    }
+
+    /// Runs `job` with the writer's connection on the writer's runtime; the
+    /// returned future (runtime-agnostic) resolves to its result.
+    pub(crate) fn on_writer<R, F, Fut>(
+        &self,
+        job: F,
+    ) -> impl std::future::Future<Output = Result<R>> + Send + 'static
+    where
+        R: Send + 'static,
+        F: FnOnce(Connection) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<R>> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let writer = self.writer.clone();
+        self.writer_runtime.spawn(async move {
+            let _ = tx.send(job(writer).await);
+        });
+        async move {
+            rx.await
+                .unwrap_or_else(|_| Err(Error::new(ErrorKind::Closed, "the bus has shut down")))
+        }
     }
 
     /// Deletes the stream (and the reader positions) of `topic` in Redis.

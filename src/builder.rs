@@ -14,6 +14,8 @@ use crate::error::Result;
 #[cfg(feature = "redis")]
 use crate::error::{Error, ErrorKind};
 use crate::event::{InstanceId, TopicName};
+#[cfg(feature = "redis")]
+use crate::group::{Consumer, DeadLetter, GroupConfig, Redrive};
 
 /// The event bus: a set of typed topics in one process, with an instance id.
 ///
@@ -278,6 +280,108 @@ impl Bus {
                 "purge_stream on an embedded bus: there is no stream",
             )),
         }
+    }
+
+    /// Joins consumer group `group` on `topics` (a topic name, or a pattern with
+    /// `*` / `>` to read every matching topic's stream) as one member, creating
+    /// the group if needed (at [`GroupConfig::start`]). Each event goes to one
+    /// member of the group, at least once; see [`Consumer`] and [`Delivery`].
+    ///
+    /// The members need not be durable topics on this bus: a group reads the
+    /// streams in Redis, whoever wrote them. Unlike a durable topic's
+    /// subscribers, a group also receives the events its own instance published.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`] on an embedded bus, for a bad group or
+    /// consumer name or configuration; `InvalidTopic`/`InvalidPattern`;
+    /// [`ErrorKind::Redis`] when the topic's key holds something else than a
+    /// stream; the connection errors (`Unavailable`, `Auth`).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tickbus::{Bus, DurableOptions, GroupConfig, GroupStart, RedisConfig};
+    ///
+    /// let bus = Bus::builder().redis(RedisConfig::from_url("redis://127.0.0.1:6379")?).build()?;
+    /// let jobs = bus.durable_topic::<String>("job:label", DurableOptions::default())?;
+    /// let config = GroupConfig { start: GroupStart::Beginning, ..Default::default() };
+    /// let mut workers = bus.group::<String>("labelers", "job:label", config)?;
+    /// jobs.publish("article 42".to_string())?;
+    /// let delivery = workers.recv_blocking().expect("open")?;
+    /// assert_eq!(*delivery, "article 42");
+    /// delivery.ack();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn group<T>(&self, group: &str, topics: &str, config: GroupConfig) -> Result<Consumer<T>>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        let live = self.live_or("a consumer group")?;
+        Consumer::start(
+            live.config().clone(),
+            group,
+            crate::group::Subject::parse(topics)?,
+            config,
+        )
+    }
+
+    /// The oldest `count` dead letters of `topic` (its dead-letter stream
+    /// `<prefix>:dlq:{<topic>}`), oldest first.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidConfig` on an embedded bus, `InvalidTopic`, the Redis errors.
+    #[cfg(feature = "redis")]
+    pub fn dead_letters(
+        &self,
+        topic: &str,
+        count: usize,
+    ) -> impl std::future::Future<Output = Result<Vec<DeadLetter>>> + Send + 'static {
+        let job = self.live_or("dead letters").and_then(|live| {
+            let topic = TopicName::new(topic)?;
+            let prefix = live.config().key_prefix.clone();
+            Ok(live.on_writer(move |connection| {
+                crate::group::list_dead_letters(connection, prefix, topic, count)
+            }))
+        });
+        async move { job?.await }
+    }
+
+    /// Puts dead letters of `topic` back into the topic's stream (same event id
+    /// and payload, a new stream id) and removes them from the dead-letter
+    /// stream. Every group reading the topic receives them again. Returns how
+    /// many were re-driven.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidConfig` on an embedded bus, `InvalidTopic`, the Redis errors.
+    #[cfg(feature = "redis")]
+    pub fn redrive(
+        &self,
+        topic: &str,
+        which: Redrive,
+    ) -> impl std::future::Future<Output = Result<usize>> + Send + 'static {
+        let job = self.live_or("re-drive").and_then(|live| {
+            let topic = TopicName::new(topic)?;
+            let prefix = live.config().key_prefix.clone();
+            Ok(live.on_writer(move |connection| {
+                crate::group::redrive_dead_letters(connection, prefix, topic, which)
+            }))
+        });
+        async move { job?.await }
+    }
+
+    #[cfg(feature = "redis")]
+    fn live_or(&self, what: &str) -> Result<&Live> {
+        self.live.as_deref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!("{what} on an embedded bus: configure Redis with BusBuilder::redis"),
+            )
+        })
     }
 
     /// The Redis server's version (`None` on an embedded bus).

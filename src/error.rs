@@ -53,6 +53,9 @@ pub enum ErrorKind {
     Redis,
     /// A command did not complete in time; whether it took effect is unknown.
     Timeout,
+    /// A consumer group (or its stream) vanished while a consumer read from it,
+    /// and the consumer is configured to stop rather than create it again.
+    GroupMissing,
 }
 
 impl ErrorKind {
@@ -74,6 +77,7 @@ impl ErrorKind {
             ErrorKind::Backpressure => "outbox full",
             ErrorKind::Redis => "redis error",
             ErrorKind::Timeout => "timed out",
+            ErrorKind::GroupMissing => "consumer group missing",
         }
     }
 }

@@ -154,6 +154,8 @@ pub mod codec;
 mod config;
 mod error;
 mod event;
+#[cfg(feature = "redis")]
+mod group;
 mod receipt;
 mod sync;
 #[cfg(feature = "test-util")]
@@ -177,6 +179,11 @@ pub use receipt::Receipt;
 pub use bridge::{Health, RedisStats};
 #[cfg(feature = "redis")]
 pub use config::{Durability, DurableOptions, OutboxFull, RedisConfig, RemoteStart, Retention};
+#[cfg(feature = "redis")]
+pub use group::{
+    Acker, Consumer, ConsumerInfo, DeadLetter, Delivery, DeliveryInfo, GroupConfig, GroupInfo,
+    GroupStart, GroupStats, GroupStreamInfo, OnMissingGroup, Redrive, RetryBackoff, SeenWindow,
+};
 
 /// Entry points for the fuzz targets in `fuzz/` (not part of the API).
 #[doc(hidden)]

@@ -1,0 +1,902 @@
+//! Consumer groups: each event of a topic (or of every topic matching a pattern)
+//! goes to one member of a group, at least once.
+//!
+//! A [`Consumer`] is one member. It is a `Stream` of [`Delivery`]s; each delivery
+//! ends with [`ack`](Delivery::ack), [`nack`](Delivery::nack) (deliver again after a
+//! delay) or [`term`](Delivery::term) (dead-letter now). A consumer's own I/O
+//! thread reads with `XREADGROUP`, batches acks into multi-id `XACK`s, claims what
+//! dead members left pending (`XAUTOCLAIM`), dead-letters what fails too often or
+//! does not decode, and removes idle members. See `docs/guarantees.md` for what is
+//! promised and `docs/redis-layout.md` for the keys.
+//!
+//! Self-filtering does not apply in a group: a member receives the events its own
+//! instance published (otherwise nobody would).
+
+mod config;
+mod dead_letter;
+mod worker;
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, oneshot};
+
+pub(crate) use config::validate_name;
+pub use config::{GroupConfig, GroupStart, OnMissingGroup, RetryBackoff};
+pub(crate) use dead_letter::{list as list_dead_letters, redrive as redrive_dead_letters};
+pub use dead_letter::{DeadLetter, Redrive};
+
+use crate::codec::{self, CodecLimits};
+use crate::config::RedisConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::{EventId, InstanceId, Pattern, StreamId, TopicName};
+
+/// What a group reads: one topic, or every topic matching a pattern.
+#[derive(Clone, Debug)]
+pub(crate) enum Subject {
+    Topic(TopicName),
+    Pattern(Pattern),
+}
+
+impl Subject {
+    /// A topic name, or a pattern when `text` has wildcards.
+    pub(crate) fn parse(text: &str) -> Result<Subject> {
+        if text.contains(['*', '>']) {
+            Pattern::new(text).map(Subject::Pattern)
+        } else {
+            TopicName::new(text).map(Subject::Topic)
+        }
+    }
+}
+
+/// One stream a group reads, with its keys.
+#[derive(Debug)]
+pub(crate) struct GroupStream {
+    pub(crate) topic: TopicName,
+    pub(crate) key: Arc<str>,
+    pub(crate) dlq_key: Arc<str>,
+}
+
+impl GroupStream {
+    pub(crate) fn new(prefix: &str, topic: TopicName) -> Self {
+        GroupStream {
+            key: format!("{prefix}:stream:{{{topic}}}").into(),
+            dlq_key: dlq_key(prefix, &topic).into(),
+            topic,
+        }
+    }
+}
+
+/// `<prefix>:dlq:{<topic>}`: same hash tag as the topic's stream (one cluster slot).
+pub(crate) fn dlq_key(prefix: &str, topic: &TopicName) -> String {
+    format!("{prefix}:dlq:{{{topic}}}")
+}
+
+/// Counters of one consumer, since it started ([`Consumer::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupStats {
+    /// Deliveries handed to the application (first deliveries and redeliveries).
+    pub delivered: u64,
+    /// Of those, deliveries of an event delivered before (delivery count > 1).
+    pub redelivered: u64,
+    /// Acks Redis confirmed.
+    pub acked: u64,
+    /// Nacks (each one a later redelivery, or a dead letter at the limit).
+    pub nacked: u64,
+    /// Events this consumer moved to the dead-letter stream.
+    pub dead_lettered: u64,
+    /// Pending entries that no longer existed (trimmed or deleted): cleared from
+    /// the group, never handed to the application.
+    pub trimmed_pending: u64,
+    /// Entries trimmed before this group read them, as far as Redis lets it be
+    /// counted (see `docs/guarantees.md`).
+    pub trimmed_unread: u64,
+    /// Entries claimed from other members after their ack wait.
+    pub reclaimed: u64,
+    /// Times the group (or its stream) had vanished and was created again.
+    pub recreated: u64,
+    /// Deliveries dropped without an ack, nack or term (left pending).
+    pub dropped: u64,
+    /// Idle members removed from the group.
+    pub consumers_removed: u64,
+    /// Redis errors seen by this consumer's I/O (each one retried).
+    pub errors: u64,
+    /// Deliveries held now (handed out or queued, not yet acked).
+    pub in_flight: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) delivered: AtomicU64,
+    pub(crate) redelivered: AtomicU64,
+    pub(crate) acked: AtomicU64,
+    pub(crate) nacked: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) trimmed_pending: AtomicU64,
+    pub(crate) trimmed_unread: AtomicU64,
+    pub(crate) reclaimed: AtomicU64,
+    pub(crate) recreated: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) consumers_removed: AtomicU64,
+    pub(crate) errors: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// What the consumer's I/O thread is asked to do.
+pub(crate) enum Command {
+    Ack {
+        stream: Arc<GroupStream>,
+        id: StreamId,
+        done: Option<oneshot::Sender<Result<()>>>,
+    },
+    Nack {
+        stream: Arc<GroupStream>,
+        id: StreamId,
+        deliveries: u32,
+        delay: Duration,
+    },
+    Progress {
+        stream: Arc<GroupStream>,
+        id: StreamId,
+    },
+    DeadLetter(DeadLetterOrder),
+    Info(oneshot::Sender<Result<GroupInfo>>),
+    SeenBefore {
+        event: EventId,
+        ttl: Duration,
+        done: oneshot::Sender<Result<bool>>,
+    },
+}
+
+/// An event to move to the dead-letter stream.
+pub(crate) struct DeadLetterOrder {
+    pub(crate) stream: Arc<GroupStream>,
+    pub(crate) id: StreamId,
+    pub(crate) fields: Vec<(Bytes, Bytes)>,
+    pub(crate) deliveries: u32,
+    pub(crate) reason: String,
+    pub(crate) error: String,
+}
+
+/// An entry read for the application, before decoding.
+pub(crate) enum Incoming {
+    Entry {
+        stream: Arc<GroupStream>,
+        id: StreamId,
+        fields: Vec<(Bytes, Bytes)>,
+        deliveries: u32,
+    },
+    Failed(Error),
+}
+
+/// What a consumer's handle and its I/O thread share.
+pub(crate) struct GroupCore {
+    pub(crate) group: String,
+    pub(crate) consumer: String,
+    pub(crate) config: GroupConfig,
+    pub(crate) redis: RedisConfig,
+    pub(crate) subject: Subject,
+    pub(crate) counters: Counters,
+    pub(crate) in_flight: AtomicUsize,
+    /// Wakes the reader when acks make room.
+    pub(crate) room: tokio::sync::Notify,
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+    /// `true` once the consumer is stopping (a `watch`, so no task misses it).
+    pub(crate) stop: tokio::sync::watch::Sender<bool>,
+    pub(crate) streams: Mutex<Vec<Arc<GroupStream>>>,
+    pub(crate) limits: CodecLimits,
+}
+
+impl GroupCore {
+    /// Takes up to `want` in-flight places; returns how many it got.
+    pub(crate) fn reserve(&self, want: usize) -> usize {
+        let max = self.config.max_in_flight;
+        let mut got = 0;
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                got = want.min(max.saturating_sub(held));
+                Some(held + got)
+            });
+        got
+    }
+
+    /// Gives back `n` in-flight places.
+    pub(crate) fn release(&self, n: usize) {
+        if n > 0 {
+            self.in_flight.fetch_sub(n, Ordering::AcqRel);
+            self.room.notify_one();
+        }
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Resolves once the consumer is stopping (at once if it already is).
+    pub(crate) fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stop = self.stop.subscribe();
+        async move {
+            let _ = stop.wait_for(|stopping| *stopping).await;
+        }
+    }
+
+    pub(crate) fn streams(&self) -> Vec<Arc<GroupStream>> {
+        self.streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn send(&self, command: Command) -> bool {
+        self.commands.send(command).is_ok()
+    }
+}
+
+/// Where one delivery came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryInfo {
+    /// The event's id (the same on every delivery of it: dedup by it).
+    pub event_id: EventId,
+    /// The topic it was published to.
+    pub topic: TopicName,
+    /// Its entry in the topic's stream.
+    pub stream_id: StreamId,
+    /// The instance that published it.
+    pub source: InstanceId,
+    /// Publish time, ns since the Unix epoch.
+    pub timestamp_ns: u64,
+    /// Deliveries of this event to the group so far, this one included (1 the
+    /// first time).
+    pub deliveries: u32,
+}
+
+/// The ack half of a [`Delivery`] ([`Delivery::split`]): acknowledges, rejects
+/// or dead-letters it. Dropping it without any of these leaves the event pending
+/// in the group: it is delivered again (to any member) after the group's ack wait.
+#[must_use = "a delivery that is neither acked, nacked nor termed is delivered again after the ack wait"]
+pub struct Acker {
+    core: Arc<GroupCore>,
+    stream: Arc<GroupStream>,
+    info: DeliveryInfo,
+    fields: Vec<(Bytes, Bytes)>,
+    done: bool,
+}
+
+impl fmt::Debug for Acker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acker")
+            .field("group", &self.core.group)
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Acker {
+    /// Where the delivery came from.
+    pub fn info(&self) -> &DeliveryInfo {
+        &self.info
+    }
+
+    /// Acknowledges the event: it is handled and never delivered again. Returns at
+    /// once; the ack joins the next multi-id `XACK` (a few µs later, or as soon as
+    /// Redis is back). If the process dies before that `XACK`, the event is
+    /// delivered again: handlers must tolerate duplicates (see [`Consumer::seen_before`]).
+    pub fn ack(mut self) {
+        self.done = true;
+        self.core.send(Command::Ack {
+            stream: Arc::clone(&self.stream),
+            id: self.info.stream_id,
+            done: None,
+        });
+    }
+
+    /// As [`ack`](Acker::ack), and resolves once Redis confirmed the `XACK`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Closed`] when the consumer shut down first (the event stays
+    /// pending and is delivered again); [`ErrorKind::Redis`] when the group is gone.
+    pub fn ack_confirmed(mut self) -> impl Future<Output = Result<()>> + Send + 'static {
+        self.done = true;
+        let (tx, rx) = oneshot::channel();
+        self.core.send(Command::Ack {
+            stream: Arc::clone(&self.stream),
+            id: self.info.stream_id,
+            done: Some(tx),
+        });
+        async move { rx.await.unwrap_or_else(|_| Err(closed())) }
+    }
+
+    /// Rejects this delivery: the event comes back after `delay`, or after the
+    /// group's [`RetryBackoff`] for this delivery count when `None`. At the
+    /// group's `max_deliveries` it is dead-lettered instead (reason
+    /// `max_deliveries`). Until it comes back it keeps its in-flight place and
+    /// stays claimed by this member (other members take it over only if this one
+    /// dies).
+    pub fn nack(mut self, delay: Option<Duration>) {
+        self.done = true;
+        let config = &self.core.config;
+        if self.info.deliveries >= config.max_deliveries {
+            let error = format!("nacked on delivery {}", self.info.deliveries);
+            self.dead_letter("max_deliveries", error);
+            return;
+        }
+        let delay = delay.unwrap_or_else(|| config.backoff.delay(self.info.deliveries));
+        self.core.send(Command::Nack {
+            stream: Arc::clone(&self.stream),
+            id: self.info.stream_id,
+            deliveries: self.info.deliveries,
+            delay,
+        });
+    }
+
+    /// Tells the group the event is still being worked on: resets its idle time,
+    /// so no other member claims it for another ack wait.
+    pub fn in_progress(&self) {
+        self.core.send(Command::Progress {
+            stream: Arc::clone(&self.stream),
+            id: self.info.stream_id,
+        });
+    }
+
+    /// Dead-letters the event now, with `reason` (it is never retried).
+    pub fn term(mut self, reason: &str) {
+        self.done = true;
+        self.dead_letter("term", reason.to_string());
+    }
+
+    fn dead_letter(&mut self, reason: &str, error: String) {
+        self.core.send(Command::DeadLetter(DeadLetterOrder {
+            stream: Arc::clone(&self.stream),
+            id: self.info.stream_id,
+            fields: std::mem::take(&mut self.fields),
+            deliveries: self.info.deliveries,
+            reason: reason.to_string(),
+            error,
+        }));
+    }
+}
+
+impl Drop for Acker {
+    fn drop(&mut self) {
+        if !self.done {
+            // Left pending in Redis: delivered again after the ack wait.
+            Counters::add(&self.core.counters.dropped, 1);
+            self.core.release(1);
+        }
+    }
+}
+
+/// An event delivered to one member of a group: the decoded payload and the
+/// handle that acknowledges it. Derefs to the payload.
+///
+/// # Examples
+///
+/// ```no_run
+/// use tickbus::{Bus, GroupConfig, RedisConfig};
+///
+/// # async fn run() -> tickbus::Result<()> {
+/// let bus = Bus::builder().redis(RedisConfig::from_url("redis://127.0.0.1:6379")?).build()?;
+/// let mut fills = bus.group::<(u64, f64)>("booking", "execution:fill", GroupConfig::default())?;
+/// while let Some(delivery) = fills.recv().await {
+///     let delivery = delivery?;
+///     let (order, qty) = *delivery;
+///     if qty > 0.0 {
+///         println!("book {order}: {qty} (delivery {})", delivery.info().deliveries);
+///         delivery.ack();
+///     } else {
+///         delivery.term("non-positive quantity");
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Delivery<T> {
+    value: T,
+    acker: Acker,
+}
+
+impl<T> Delivery<T> {
+    /// Where the delivery came from: event id, topic, stream id, delivery count.
+    pub fn info(&self) -> &DeliveryInfo {
+        &self.acker.info
+    }
+
+    /// The payload.
+    pub fn value(&self) -> &T {
+        &self.value
+    }
+
+    /// Separates the payload from the ack handle (to hand the work to another task).
+    pub fn split(self) -> (T, Acker) {
+        (self.value, self.acker)
+    }
+
+    /// See [`Acker::ack`].
+    pub fn ack(self) {
+        self.acker.ack();
+    }
+
+    /// See [`Acker::ack_confirmed`].
+    pub fn ack_confirmed(self) -> impl Future<Output = Result<()>> + Send + 'static {
+        self.acker.ack_confirmed()
+    }
+
+    /// See [`Acker::nack`].
+    pub fn nack(self, delay: Option<Duration>) {
+        self.acker.nack(delay);
+    }
+
+    /// See [`Acker::in_progress`].
+    pub fn in_progress(&self) {
+        self.acker.in_progress();
+    }
+
+    /// See [`Acker::term`].
+    pub fn term(self, reason: &str) {
+        self.acker.term(reason);
+    }
+}
+
+impl<T> std::ops::Deref for Delivery<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+/// One stream of a group, as Redis reports it ([`Consumer::info`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupStreamInfo {
+    /// The topic.
+    pub topic: Option<TopicName>,
+    /// Entries in the stream now.
+    pub length: u64,
+    /// Entries delivered to the group and not acknowledged yet (all members).
+    pub pending: u64,
+    /// Entries not yet delivered to the group. `None` when Redis cannot tell
+    /// (after deletions in the middle of the stream).
+    pub lag: Option<u64>,
+    /// The last entry delivered to the group.
+    pub last_delivered: StreamId,
+    /// The members, with what each holds.
+    pub consumers: Vec<ConsumerInfo>,
+}
+
+/// One member of a group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerInfo {
+    /// Its name.
+    pub name: String,
+    /// Entries it holds unacknowledged.
+    pub pending: u64,
+    /// Time since it last read or claimed.
+    pub idle: Duration,
+}
+
+/// A group's state in Redis, per stream ([`Consumer::info`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupInfo {
+    /// The group's name.
+    pub group: String,
+    /// One entry per stream the group reads.
+    pub streams: Vec<GroupStreamInfo>,
+}
+
+impl GroupInfo {
+    /// Pending entries over all streams.
+    pub fn pending(&self) -> u64 {
+        self.streams.iter().map(|s| s.pending).sum()
+    }
+
+    /// Undelivered entries over all streams (`None` if Redis cannot tell for one).
+    pub fn lag(&self) -> Option<u64> {
+        self.streams.iter().map(|s| s.lag).sum()
+    }
+}
+
+/// One member of a consumer group: a `Stream` of [`Delivery`]s (also
+/// [`recv`](Consumer::recv) and [`recv_blocking`](Consumer::recv_blocking)).
+/// Created by [`Bus::group`](crate::Bus::group).
+///
+/// It holds at most `max_in_flight` deliveries (handed out and not yet acked);
+/// at the limit it stops reading until acks make room. Dropping it (or
+/// [`shutdown`](Consumer::shutdown)) sends the acks already given (bounded by
+/// `RedisConfig::shutdown_timeout`) and stops its I/O thread; deliveries still
+/// held stay pending and are delivered again after the ack wait.
+pub struct Consumer<T> {
+    core: Arc<GroupCore>,
+    incoming: mpsc::UnboundedReceiver<Incoming>,
+    worker: Option<worker::Worker>,
+    ended: bool,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> fmt::Debug for Consumer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("group", &self.core.group)
+            .field("consumer", &self.core.consumer)
+            .field("subject", &self.core.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+fn closed() -> Error {
+    Error::new(ErrorKind::Closed, "the consumer has shut down")
+}
+
+impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
+    pub(crate) fn start(
+        redis: RedisConfig,
+        group: &str,
+        subject: Subject,
+        config: GroupConfig,
+    ) -> Result<Self> {
+        validate_name(group, "group")?;
+        config.validate()?;
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (incoming_tx, incoming) = mpsc::unbounded_channel();
+        let core = Arc::new(GroupCore {
+            group: group.to_string(),
+            consumer: config.consumer_name(),
+            limits: CodecLimits::default(),
+            config,
+            redis,
+            subject,
+            counters: Counters::default(),
+            in_flight: AtomicUsize::new(0),
+            room: tokio::sync::Notify::new(),
+            commands,
+            stop: tokio::sync::watch::channel(false).0,
+            streams: Mutex::new(Vec::new()),
+        });
+        let worker = worker::Worker::start(Arc::clone(&core), command_rx, incoming_tx)?;
+        Ok(Consumer {
+            core,
+            incoming,
+            worker: Some(worker),
+            ended: false,
+            _type: PhantomData,
+        })
+    }
+
+    /// The next delivery; `None` once the consumer has stopped. Cancel safe.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::GroupMissing`] (once, then `None`) when the group vanished and
+    /// the configuration says [`OnMissingGroup::Stop`].
+    pub async fn recv(&mut self) -> Option<Result<Delivery<T>>> {
+        std::future::poll_fn(|cx| self.poll_delivery(cx)).await
+    }
+
+    /// As [`recv`](Consumer::recv), blocking this thread. Do not call it from
+    /// async code.
+    pub fn recv_blocking(&mut self) -> Option<Result<Delivery<T>>> {
+        loop {
+            let incoming = if self.ended {
+                None
+            } else {
+                self.incoming.blocking_recv()
+            };
+            match self.accept(incoming) {
+                Some(None) => continue,
+                Some(Some(result)) => return Some(result),
+                None => return None,
+            }
+        }
+    }
+
+    fn poll_delivery(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Delivery<T>>>> {
+        loop {
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            let incoming = match self.incoming.poll_recv(cx) {
+                Poll::Ready(incoming) => incoming,
+                Poll::Pending => return Poll::Pending,
+            };
+            match self.accept(incoming) {
+                Some(None) => continue,
+                Some(Some(result)) => return Poll::Ready(Some(result)),
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+
+    /// Turns what the I/O thread read into a delivery: `Some(None)` when it was
+    /// dead-lettered instead (too many deliveries, undecodable), `None` at the end.
+    fn accept(&mut self, incoming: Option<Incoming>) -> Option<Option<Result<Delivery<T>>>> {
+        match incoming {
+            None => {
+                self.ended = true;
+                None
+            }
+            Some(Incoming::Failed(error)) => {
+                if error.kind() == ErrorKind::GroupMissing {
+                    self.ended = true;
+                }
+                Some(Some(Err(error)))
+            }
+            Some(Incoming::Entry {
+                stream,
+                id,
+                fields,
+                deliveries,
+            }) => Some(self.decode(stream, id, fields, deliveries)),
+        }
+    }
+
+    fn decode(
+        &self,
+        stream: Arc<GroupStream>,
+        id: StreamId,
+        fields: Vec<(Bytes, Bytes)>,
+        deliveries: u32,
+    ) -> Option<Result<Delivery<T>>> {
+        let max = self.core.config.max_deliveries;
+        let parsed = parse_entry(&fields, &self.core.limits);
+        let (event_id, source, timestamp_ns) = parsed.as_ref().map_or_else(
+            |_| {
+                (
+                    EventId::from_uuid(uuid::Uuid::nil()),
+                    InstanceId::from_uuid(uuid::Uuid::nil()),
+                    0,
+                )
+            },
+            |(event_id, source, ts, _)| (*event_id, *source, *ts),
+        );
+        let mut acker = Acker {
+            core: Arc::clone(&self.core),
+            info: DeliveryInfo {
+                event_id,
+                topic: stream.topic.clone(),
+                stream_id: id,
+                source,
+                timestamp_ns,
+                deliveries,
+            },
+            stream,
+            fields: Vec::new(),
+            done: true,
+        };
+        let outcome = match parsed {
+            _ if deliveries > max => Err((
+                "max_deliveries",
+                format!("delivered {deliveries} times (max {max}) without an ack"),
+            )),
+            Err(error) => Err(("decode", error.to_string())),
+            Ok((_, _, _, value)) => Ok(value),
+        };
+        match outcome {
+            Ok(value) => {
+                Counters::add(&self.core.counters.delivered, 1);
+                if deliveries > 1 {
+                    Counters::add(&self.core.counters.redelivered, 1);
+                }
+                acker.fields = fields;
+                acker.done = false;
+                Some(Ok(Delivery { value, acker }))
+            }
+            Err((reason, error)) => {
+                tracing::warn!(
+                    group = %self.core.group,
+                    topic = %acker.info.topic,
+                    entry = %id,
+                    reason,
+                    %error,
+                    "tickbus: dead-lettering an event"
+                );
+                acker.fields = fields;
+                acker.dead_letter(reason, error);
+                None
+            }
+        }
+    }
+
+    /// Counters since this consumer started.
+    pub fn stats(&self) -> GroupStats {
+        let c = &self.core.counters;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        GroupStats {
+            delivered: get(&c.delivered),
+            redelivered: get(&c.redelivered),
+            acked: get(&c.acked),
+            nacked: get(&c.nacked),
+            dead_lettered: get(&c.dead_lettered),
+            trimmed_pending: get(&c.trimmed_pending),
+            trimmed_unread: get(&c.trimmed_unread),
+            reclaimed: get(&c.reclaimed),
+            recreated: get(&c.recreated),
+            dropped: get(&c.dropped),
+            consumers_removed: get(&c.consumers_removed),
+            errors: get(&c.errors),
+            in_flight: self.core.in_flight.load(Ordering::Relaxed) as u64,
+        }
+    }
+
+    /// The group's state in Redis: pending and lag per stream, the members.
+    ///
+    /// # Errors
+    ///
+    /// The Redis errors (`Unavailable`, `Timeout`), `Closed` after shutdown.
+    pub fn info(&self) -> impl Future<Output = Result<GroupInfo>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.core.send(Command::Info(tx));
+        async move {
+            if !sent {
+                return Err(closed());
+            }
+            rx.await.unwrap_or_else(|_| Err(closed()))
+        }
+    }
+
+    /// Effectively-once helper: `false` the first time the group asks about
+    /// `event` within `ttl`, `true` afterwards (`SET <prefix>:seen:{<group>}:<id> NX
+    /// PX ttl`, shared by every member of the group). Ask before the effect;
+    /// the window is `ttl`, so choose one longer than the ack wait times
+    /// `max_deliveries`. A handler that crashes between asking and its effect
+    /// loses that effect on redelivery: use it where the effect and the ack can be
+    /// made atomic or idempotent, or use [`SeenWindow`] for an in-process window.
+    ///
+    /// # Errors
+    ///
+    /// The Redis errors, `Closed` after shutdown.
+    pub fn seen_before(
+        &self,
+        event: EventId,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool>> + Send + 'static {
+        let (done, rx) = oneshot::channel();
+        let sent = self.core.send(Command::SeenBefore { event, ttl, done });
+        async move {
+            if !sent {
+                return Err(closed());
+            }
+            rx.await.unwrap_or_else(|_| Err(closed()))
+        }
+    }
+
+    /// This member's name in the group.
+    pub fn name(&self) -> &str {
+        &self.core.consumer
+    }
+
+    /// The group's name.
+    pub fn group(&self) -> &str {
+        &self.core.group
+    }
+
+    /// Sends the acks already given (bounded by `RedisConfig::shutdown_timeout`),
+    /// stops the I/O thread and waits for it. Deliveries still held stay pending.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop(&self.core);
+        }
+    }
+}
+
+impl<T> Drop for Consumer<T> {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop(&self.core);
+        }
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> futures_core::Stream for Consumer<T> {
+    type Item = Result<Delivery<T>>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_delivery(cx)
+    }
+}
+
+impl<T> Unpin for Consumer<T> {}
+
+/// The fields of a tickbus entry: event id, source, timestamp, decoded payload.
+fn parse_entry<T: DeserializeOwned>(
+    fields: &[(Bytes, Bytes)],
+    limits: &CodecLimits,
+) -> Result<(EventId, InstanceId, u64, T)> {
+    let field = |name: &[u8]| {
+        fields
+            .iter()
+            .find(|(field, _)| field.as_ref() == name)
+            .map(|(_, value)| value)
+    };
+    let malformed =
+        |what: &str| Error::new(ErrorKind::Malformed, format!("not a tickbus entry: {what}"));
+    let uuid = |name: &[u8]| {
+        field(name)
+            .and_then(|value| std::str::from_utf8(value).ok())
+            .and_then(|text| uuid::Uuid::try_parse(text).ok())
+    };
+    let event_id = uuid(b"id").ok_or_else(|| malformed("field `id` is missing or not a UUID"))?;
+    let source = uuid(b"src").ok_or_else(|| malformed("field `src` is missing or not a UUID"))?;
+    let timestamp = field(b"ts")
+        .and_then(|ts| std::str::from_utf8(ts).ok())
+        .and_then(|ts| ts.parse::<u64>().ok())
+        .ok_or_else(|| malformed("field `ts` is missing or not a decimal integer"))?;
+    let data = field(b"data").ok_or_else(|| malformed("field `data` is missing"))?;
+    let value = codec::decode_payload::<T>(data, limits)?;
+    Ok((
+        EventId::from_uuid(event_id),
+        InstanceId::from_uuid(source),
+        timestamp,
+        value,
+    ))
+}
+
+/// An in-process window of recently handled event ids, for effectively-once
+/// handling within one process: remembers the last `capacity` ids.
+///
+/// # Examples
+///
+/// ```
+/// use tickbus::{EventId, SeenWindow};
+///
+/// let mut seen = SeenWindow::new(2);
+/// let [a, b, c] = [1u128, 2, 3].map(|n| EventId::from_uuid(uuid::Uuid::from_u128(n)));
+/// assert!(!seen.seen_before(a));
+/// assert!(seen.seen_before(a));
+/// assert!(!seen.seen_before(b));
+/// assert!(!seen.seen_before(c)); // `a` falls out of the window
+/// assert!(!seen.seen_before(a));
+/// ```
+#[derive(Debug, Clone)]
+pub struct SeenWindow {
+    set: std::collections::HashSet<u128>,
+    order: std::collections::VecDeque<u128>,
+    capacity: usize,
+}
+
+impl SeenWindow {
+    /// A window of the last `capacity` ids (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        SeenWindow {
+            set: std::collections::HashSet::with_capacity(capacity.max(1)),
+            order: std::collections::VecDeque::with_capacity(capacity.max(1)),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// `true` if `id` is in the window; otherwise adds it and returns `false`.
+    pub fn seen_before(&mut self, id: EventId) -> bool {
+        let id = id.as_uuid().as_u128();
+        if !self.set.insert(id) {
+            return true;
+        }
+        self.order.push_back(id);
+        if self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        false
+    }
+}

@@ -1,0 +1,386 @@
+//! Consumer groups against real `redis-server` processes started by the test
+//! harness (never the shared Redis at 6379).
+//!
+//! Check style as in `redis_live.rs`: events carry their sequence number, the
+//! consuming side records what it handled, duplicates are counted, and a missing
+//! event fails the test.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use tickbus::test_util::RedisServer;
+use tickbus::{
+    Bus, Consumer, Delivery, DurableOptions, ErrorKind, GroupConfig, GroupStart, OnMissingGroup,
+    RedisConfig, Redrive, RetryBackoff,
+};
+
+/// Upper bound on any single wait (a hang fails, never blocks CI).
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn config(server: &RedisServer) -> RedisConfig {
+    let mut config = RedisConfig::from_url(&server.url()).unwrap();
+    config.reconnect_min = Duration::from_millis(20);
+    config.reconnect_max = Duration::from_millis(200);
+    config.read_block = Duration::from_millis(200);
+    config.command_timeout = Duration::from_secs(2);
+    config
+}
+
+fn live_bus(server: &RedisServer) -> Bus {
+    Bus::builder().redis(config(server)).build().unwrap()
+}
+
+/// Quick timing for tests: short blocks and ack waits.
+fn group_config(name: &str) -> GroupConfig {
+    GroupConfig {
+        start: GroupStart::Beginning,
+        consumer: Some(name.to_string()),
+        block: Duration::from_millis(100),
+        ack_wait: Duration::from_millis(500),
+        backoff: RetryBackoff::Exponential {
+            first: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+        },
+        ..Default::default()
+    }
+}
+
+async fn next<T: serde::de::DeserializeOwned + Send + 'static>(
+    consumer: &mut Consumer<T>,
+) -> Delivery<T> {
+    match tokio::time::timeout(PATIENCE, consumer.recv()).await {
+        Ok(Some(Ok(delivery))) => delivery,
+        Ok(other) => panic!("consumer ended: {:?}", other.map(|r| r.map(|_| ()))),
+        Err(_) => panic!("no delivery within {PATIENCE:?}: {:?}", consumer.stats()),
+    }
+}
+
+/// Publishes `0..n` on `topic` and waits until Redis has them all.
+fn publish(bus: &Bus, topic: &str, range: std::ops::Range<u64>) {
+    let topic = bus
+        .durable_topic::<u64>(
+            topic,
+            DurableOptions {
+                receive_remote: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let mut last = None;
+    for i in range {
+        last = Some(topic.publish_durable(i).unwrap());
+    }
+    if let Some(last) = last {
+        last.wait_timeout(PATIENCE).unwrap();
+    }
+}
+
+/// Polls `check` until it holds (up to `PATIENCE`).
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn xpending_count(server: &RedisServer, key: &str, group: &str) -> u64 {
+    let reply = server.cli(&["XPENDING", key, group]).unwrap();
+    reply
+        .lines()
+        .next()
+        .unwrap_or("0")
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_is_delivered_once_and_acked() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    publish(&bus, "order:exec", 0..1_000);
+    let mut consumer = bus
+        .group::<u64>("booking", "order:exec", group_config("c1"))
+        .unwrap();
+    for i in 0..1_000 {
+        let delivery = next(&mut consumer).await;
+        assert_eq!(*delivery, i, "order within one consumer");
+        assert_eq!(delivery.info().deliveries, 1);
+        assert_eq!(delivery.info().topic.as_str(), "order:exec");
+        delivery.ack();
+    }
+    eventually("all acks confirmed", || consumer.stats().acked == 1_000).await;
+    assert_eq!(
+        xpending_count(&server, "tickbus:stream:{order:exec}", "booking").await,
+        0
+    );
+    let info = consumer.info().await.unwrap();
+    assert_eq!(info.pending(), 0);
+    assert_eq!(info.lag(), Some(0));
+    assert_eq!(info.streams[0].length, 1_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nack_redelivers_with_a_higher_count() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    publish(&bus, "order:exec", 0..1);
+    let mut consumer = bus
+        .group::<u64>("booking", "order:exec", group_config("c1"))
+        .unwrap();
+    let first = next(&mut consumer).await;
+    assert_eq!(first.info().deliveries, 1);
+    let id = first.info().event_id;
+    first.nack(Some(Duration::from_millis(20)));
+    let second = next(&mut consumer).await;
+    assert_eq!(second.info().event_id, id);
+    assert_eq!(second.info().deliveries, 2);
+    second.ack_confirmed().await.unwrap();
+    assert_eq!(consumer.stats().nacked, 1);
+    assert_eq!(consumer.stats().redelivered, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_entry_is_dead_lettered_with_reason_decode() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    publish(&bus, "job:label", 0..1);
+    // A string where a u64 is expected, and bytes that are not MessagePack.
+    server
+        .cli(&[
+            "XADD",
+            "tickbus:stream:{job:label}",
+            "*",
+            "id",
+            "0190b2a4-0000-7000-8000-000000000001",
+            "src",
+            "0190b2a4-0000-7000-8000-0000000000ff",
+            "ts",
+            "1",
+            "data",
+            "\u{a3}abc",
+        ])
+        .unwrap();
+    server
+        .command(&[
+            b"XADD",
+            b"tickbus:stream:{job:label}",
+            b"*",
+            b"id",
+            b"0190b2a4-0000-7000-8000-000000000002",
+            b"src",
+            b"0190b2a4-0000-7000-8000-0000000000ff",
+            b"ts",
+            b"2",
+            b"data",
+            b"\xc1\xc1",
+        ])
+        .unwrap();
+    publish(&bus, "job:label", 1..2);
+    let mut consumer = bus
+        .group::<u64>("labelers", "job:label", group_config("c1"))
+        .unwrap();
+    assert_eq!(*next(&mut consumer).await, 0);
+    let after = next(&mut consumer).await;
+    assert_eq!(*after, 1, "the poison entries are skipped, the rest flows");
+    after.ack();
+    eventually("two dead letters", || consumer.stats().dead_lettered == 2).await;
+    let letters = bus.dead_letters("job:label", 10).await.unwrap();
+    assert_eq!(letters.len(), 2);
+    for letter in &letters {
+        assert_eq!(letter.reason, "decode");
+        assert_eq!(letter.deliveries, 1);
+        assert_eq!(letter.group, "labelers");
+        assert!(letter.stream_id.is_some());
+        assert!(!letter.error.is_empty());
+    }
+    assert_eq!(
+        xpending_count(&server, "tickbus:stream:{job:label}", "labelers").await,
+        1,
+        "only the unacked first event is pending"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_nacked_event_is_dead_lettered_after_max_deliveries_then_redriven() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    publish(&bus, "job:label", 0..1);
+    let mut consumer = bus
+        .group::<u64>(
+            "labelers",
+            "job:label",
+            GroupConfig {
+                max_deliveries: 3,
+                ..group_config("c1")
+            },
+        )
+        .unwrap();
+    for attempt in 1..=3 {
+        let delivery = next(&mut consumer).await;
+        assert_eq!(delivery.info().deliveries, attempt);
+        delivery.nack(None);
+    }
+    eventually("the dead letter", || consumer.stats().dead_lettered == 1).await;
+    let letters = bus.dead_letters("job:label", 10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, "max_deliveries");
+    assert_eq!(letters[0].deliveries, 3);
+    assert_eq!(letters[0].decode::<u64>().unwrap(), 0);
+    assert_eq!(
+        xpending_count(&server, "tickbus:stream:{job:label}", "labelers").await,
+        0
+    );
+    // Re-drive: back into the topic, same event id, a fresh delivery count.
+    assert_eq!(bus.redrive("job:label", Redrive::All).await.unwrap(), 1);
+    assert!(bus.dead_letters("job:label", 10).await.unwrap().is_empty());
+    let again = next(&mut consumer).await;
+    assert_eq!(*again, 0);
+    assert_eq!(Some(again.info().event_id), letters[0].event_id);
+    assert_eq!(again.info().deliveries, 1);
+    again.ack();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_never_holds_more_than_max_in_flight() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    let key = "tickbus:stream:{risk:check}";
+    let mut consumer = bus
+        .group::<u64>(
+            "risk",
+            "risk:check",
+            GroupConfig {
+                max_in_flight: 10,
+                ..group_config("slow")
+            },
+        )
+        .unwrap();
+    let producer = {
+        let bus = bus.clone();
+        std::thread::spawn(move || publish(&bus, "risk:check", 0..2_000))
+    };
+    let mut max_pending = 0;
+    let mut handled = 0;
+    while handled < 300 {
+        let delivery = next(&mut consumer).await;
+        let pending = xpending_count(&server, key, "risk").await;
+        max_pending = max_pending.max(pending);
+        assert!(consumer.stats().in_flight <= 10);
+        tokio::time::sleep(Duration::from_millis(1)).await; // slow work
+        delivery.ack_confirmed().await.unwrap();
+        handled += 1;
+    }
+    producer.join().unwrap();
+    assert!(max_pending <= 10, "XPENDING saw {max_pending}");
+    assert!(max_pending >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_split_the_work_and_a_dead_members_entries_are_claimed() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    publish(&bus, "job:cluster", 0..200);
+    let mut doomed = bus
+        .group::<u64>(
+            "clusterers",
+            "job:cluster",
+            GroupConfig {
+                max_in_flight: 20,
+                ..group_config("doomed")
+            },
+        )
+        .unwrap();
+    // The doomed member takes deliveries and dies without acking them.
+    let mut lost = HashSet::new();
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let delivery = next(&mut doomed).await;
+        lost.insert(*delivery);
+        held.push(delivery);
+    }
+    drop(doomed);
+    drop(held);
+    let mut alive = bus
+        .group::<u64>("clusterers", "job:cluster", group_config("alive"))
+        .unwrap();
+    let mut handled: HashMap<u64, u32> = HashMap::new();
+    while handled.len() < 200 {
+        let delivery = next(&mut alive).await;
+        if lost.contains(&*delivery) {
+            assert!(delivery.info().deliveries >= 2, "a claimed delivery counts");
+        }
+        *handled.entry(*delivery).or_default() += 1;
+        delivery.ack();
+    }
+    assert!(alive.stats().reclaimed >= 20);
+    eventually("acks", || alive.stats().in_flight == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_drains_its_own_pending_entries_first() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    publish(&bus, "job:embed", 0..10);
+    let long_wait = GroupConfig {
+        ack_wait: Duration::from_secs(60),
+        ..group_config("w1")
+    };
+    let mut first = bus
+        .group::<u64>("embedders", "job:embed", long_wait.clone())
+        .unwrap();
+    let held: Vec<u64> = {
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(*next(&mut first).await);
+        }
+        held
+    };
+    drop(first); // the deliveries it held stay pending on `w1`
+    publish(&bus, "job:embed", 10..11);
+    let mut again = bus
+        .group::<u64>("embedders", "job:embed", long_wait)
+        .unwrap();
+    for expected in &held {
+        let delivery = next(&mut again).await;
+        assert_eq!(*delivery, *expected, "own pending entries first, in order");
+        assert_eq!(delivery.info().deliveries, 2);
+        delivery.ack();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_stream_is_recreated_or_stops_as_configured() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    publish(&bus, "job:cat", 0..1);
+    let mut recreate = bus
+        .group::<u64>("cat", "job:cat", group_config("r"))
+        .unwrap();
+    let mut stop = bus
+        .group::<u64>(
+            "cat-strict",
+            "job:cat",
+            GroupConfig {
+                on_missing: OnMissingGroup::Stop,
+                ..group_config("s")
+            },
+        )
+        .unwrap();
+    next(&mut recreate).await.ack();
+    next(&mut stop).await.ack();
+    server.cli(&["DEL", "tickbus:stream:{job:cat}"]).unwrap();
+    match tokio::time::timeout(PATIENCE, stop.recv()).await.unwrap() {
+        Some(Err(error)) => assert_eq!(error.kind(), ErrorKind::GroupMissing),
+        other => panic!("{:?}", other.map(|r| r.map(|_| ()))),
+    }
+    assert!(stop.recv().await.is_none(), "then the stream ends");
+    eventually("recreated", || recreate.stats().recreated >= 1).await;
+    publish(&bus, "job:cat", 1..2);
+    let delivery = next(&mut recreate).await;
+    assert_eq!(*delivery, 1);
+    delivery.ack();
+    // No busy loop: a handful of errors, not thousands.
+    assert!(recreate.stats().errors < 20, "{:?}", recreate.stats());
+}
