@@ -958,7 +958,16 @@ async fn writer_loop(core: Arc<Core>, connection: Connection) {
                 if outbox.closed.load(Ordering::Acquire) {
                     break;
                 }
-                notified.await;
+                if lock(&core.trims).is_empty() {
+                    notified.await;
+                } else {
+                    // Idle streams are trimmed by age too.
+                    let due = TRIM_EVERY.saturating_sub(last_trim.elapsed());
+                    if tokio::time::timeout(due, notified).await.is_err() {
+                        last_trim = Instant::now();
+                        trim_streams(&core, &connection).await;
+                    }
+                }
                 continue;
             }
         }
@@ -1019,15 +1028,9 @@ async fn writer_loop(core: Arc<Core>, connection: Connection) {
                 break;
             }
         }
-        if last_trim.elapsed() >= Duration::from_secs(1) {
+        if last_trim.elapsed() >= TRIM_EVERY {
             last_trim = Instant::now();
-            let trims: Vec<_> = lock(&core.trims).clone();
-            for (key, age) in trims {
-                let min = StreamId::new(now_ms().saturating_sub(age.as_millis() as u64), 0);
-                if let Err(error) = connection.trim_min_id(&key, min).await {
-                    tracing::warn!(%key, %error, "tickbus: XTRIM MINID failed");
-                }
-            }
+            trim_streams(&core, &connection).await;
         }
     }
     // Whatever is left resolves its receipt with `Closed` when dropped.
@@ -1036,6 +1039,33 @@ async fn writer_loop(core: Arc<Core>, connection: Connection) {
     drop(unfsynced);
     lock(&outbox.queue).clear();
     outbox.release(left);
+}
+
+/// How often the writer trims streams by age (`Retention::max_age`).
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+
+/// `XTRIM MINID ~` of every stream with a `max_age`, never past the oldest entry
+/// one of its consumer groups still needs (unread, or pending).
+async fn trim_streams(core: &Core, connection: &Connection) {
+    let trims: Vec<_> = lock(&core.trims).clone();
+    for (key, age) in trims {
+        let mut min = StreamId::new(now_ms().saturating_sub(age.as_millis() as u64), 0);
+        // Never past what a consumer group has not read or acked yet.
+        match connection.groups_position(&key).await {
+            Ok(Some(position)) if position < min => {
+                tracing::debug!(%key, %position, "tickbus: retention held back by a consumer group");
+                min = position;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%key, %error, "tickbus: cannot read the stream's groups; not trimming");
+                continue;
+            }
+        }
+        if let Err(error) = connection.trim_min_id(&key, min).await {
+            tracing::warn!(%key, %error, "tickbus: XTRIM MINID failed");
+        }
+    }
 }
 
 /// One step of the writer: settle unknown outcomes, write `batch`, confirm fsyncs.

@@ -384,3 +384,62 @@ async fn a_deleted_stream_is_recreated_or_stops_as_configured() {
     // No busy loop: a handful of errors, not thousands.
     assert!(recreate.stats().errors < 20, "{:?}", recreate.stats());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_age_never_trims_what_a_group_has_not_acked() {
+    let server = RedisServer::start().unwrap();
+    // Small stream nodes, so that `MINID ~` trims close to the bound.
+    server
+        .cli(&["CONFIG", "SET", "stream-node-max-entries", "10"])
+        .unwrap();
+    let bus = live_bus(&server);
+    let key = "tickbus:stream:{risk:limit}";
+    let mut consumer = bus
+        .group::<u64>("limits", "risk:limit", group_config("c1"))
+        .unwrap();
+    let topic = bus
+        .durable_topic::<u64>(
+            "risk:limit",
+            DurableOptions {
+                receive_remote: false,
+                retention: tickbus::Retention {
+                    max_len: None,
+                    max_age: Some(Duration::from_millis(1)),
+                },
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let mut last = None;
+    for i in 0..1_000 {
+        last = Some(topic.publish_durable(i).unwrap());
+    }
+    last.unwrap().wait_timeout(PATIENCE).unwrap();
+    let xlen = || {
+        server
+            .cli(&["XLEN", key])
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    // Ack the first 500; every event is older than max_age by now.
+    for i in 0..500 {
+        let delivery = next(&mut consumer).await;
+        assert_eq!(*delivery, i);
+        delivery.ack_confirmed().await.unwrap();
+    }
+    // The writer trims (at most once a second) up to the group's position only.
+    eventually("a trim up to the group's position", || {
+        let len = xlen();
+        assert!(len >= 500, "trimmed unacked entries: {len} left");
+        len <= 510
+    })
+    .await;
+    for i in 500..1_000 {
+        let delivery = next(&mut consumer).await;
+        assert_eq!(*delivery, i, "nothing unread was lost");
+        delivery.ack();
+    }
+    assert_eq!(consumer.stats().trimmed_unread, 0);
+}

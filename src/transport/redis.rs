@@ -1154,6 +1154,33 @@ impl Connection {
         Ok(keys)
     }
 
+    /// The oldest entry some consumer group of `key` still needs: over all
+    /// groups, the oldest pending entry, or the entry after the last delivered
+    /// one. `None` when the stream has no groups. (`XINFO GROUPS`, then
+    /// `XPENDING key group - + 1` for groups with pending entries.)
+    pub(crate) async fn groups_position(&self, key: &str) -> Result<Option<StreamId>> {
+        let groups = match self.info("GROUPS", key, None).await {
+            Ok(groups) => groups,
+            Err(error) if error.message().contains("no such key") => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let mut slowest: Option<StreamId> = None;
+        for group in &groups {
+            let Some(name) = info_text(group, "name") else {
+                continue;
+            };
+            let last = info_stream_id(group, "last-delivered-id").unwrap_or_default();
+            let mut position = StreamId::new(last.ms, last.seq.saturating_add(1));
+            if info_u64(group, "pending").unwrap_or(0) > 0 {
+                if let Some(oldest) = self.pending(key, &name, ("-", "+"), 1, None).await?.first() {
+                    position = position.min(oldest.id);
+                }
+            }
+            slowest = Some(slowest.map_or(position, |s| s.min(position)));
+        }
+        Ok(slowest)
+    }
+
     /// `SET key 1 NX PX ttl`: `true` when the key was set (it did not exist).
     pub(crate) async fn set_nx(&self, key: &str, ttl: Duration) -> Result<bool> {
         let ttl = u64::try_from(ttl.as_millis())
