@@ -443,3 +443,90 @@ async fn retention_by_age_never_trims_what_a_group_has_not_acked() {
     }
     assert_eq!(consumer.stats().trimmed_unread, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_entry_is_dead_lettered_without_being_decoded() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    // 2 MiB of a MessagePack bin header claiming that much: over the 1 MiB limit.
+    let mut huge = vec![0xc6, 0x00, 0x20, 0x00, 0x00];
+    huge.resize(5 + (2 << 20), 0);
+    server
+        .command(&[
+            b"XADD",
+            b"tickbus:stream:{job:label}",
+            b"*",
+            b"id",
+            b"0190b2a4-0000-7000-8000-000000000003",
+            b"src",
+            b"0190b2a4-0000-7000-8000-0000000000ff",
+            b"ts",
+            b"3",
+            b"data",
+            &huge,
+        ])
+        .unwrap();
+    publish(&bus, "job:label", 7..8);
+    let mut consumer = bus
+        .group::<u64>("labelers", "job:label", group_config("c1"))
+        .unwrap();
+    let delivery = next(&mut consumer).await;
+    assert_eq!(*delivery, 7);
+    delivery.ack();
+    eventually("the dead letter", || consumer.stats().dead_lettered == 1).await;
+    let letters = bus.dead_letters("job:label", 10).await.unwrap();
+    assert_eq!(letters[0].reason, "decode");
+    assert!(
+        letters[0].error.contains("too large") || letters[0].error.contains("limit"),
+        "{}",
+        letters[0].error
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sends_given_acks_leaves_the_rest_pending_and_no_blocked_client() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    let key = "tickbus:stream:{order:exec}";
+    publish(&bus, "order:exec", 0..10);
+    let mut consumer = bus
+        .group::<u64>(
+            "booking",
+            "order:exec",
+            GroupConfig {
+                block: Duration::from_secs(2),
+                ..group_config("c1")
+            },
+        )
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(next(&mut consumer).await);
+    }
+    // Acked just before shutdown: these must reach Redis.
+    for delivery in held.drain(..6) {
+        delivery.ack();
+    }
+    // The reader is blocked in XREADGROUP now (nothing more to read).
+    let started = Instant::now();
+    consumer.shutdown();
+    assert!(started.elapsed() < PATIENCE);
+    assert_eq!(xpending_count(&server, key, "booking").await, 4);
+    let clients = server.cli(&["CLIENT", "LIST"]).unwrap();
+    assert!(
+        !clients.to_lowercase().contains("cmd=xreadgroup"),
+        "a blocked client was left behind: {clients}"
+    );
+    // The held deliveries are claimed by the next member after the ack wait.
+    drop(held);
+    let mut next_member = bus
+        .group::<u64>("booking", "order:exec", group_config("c2"))
+        .unwrap();
+    let mut seen = HashSet::new();
+    while seen.len() < 4 {
+        let delivery = next(&mut next_member).await;
+        assert!(*delivery >= 6, "an acked event came back: {}", *delivery);
+        seen.insert(*delivery);
+        delivery.ack();
+    }
+}
