@@ -530,3 +530,33 @@ async fn shutdown_sends_given_acks_leaves_the_rest_pending_and_no_blocked_client
         delivery.ack();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_at_a_small_in_flight_limit_still_claims_a_dead_members_entries() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    publish(&bus, "job:ticker", 0..2);
+    let small = |name: &str| GroupConfig {
+        max_in_flight: 2,
+        ..group_config(name)
+    };
+    let mut doomed = bus
+        .group::<u64>("tickers", "job:ticker", small("doomed"))
+        .unwrap();
+    let held = [next(&mut doomed).await, next(&mut doomed).await];
+    drop(doomed);
+    drop(held);
+    // Nothing new to read: the survivor's reader sits in XREADGROUP BLOCK with
+    // both places; the claim must still happen.
+    let mut survivor = bus
+        .group::<u64>("tickers", "job:ticker", small("survivor"))
+        .unwrap();
+    let mut got = HashSet::new();
+    while got.len() < 2 {
+        let delivery = next(&mut survivor).await;
+        assert_eq!(delivery.info().deliveries, 2);
+        got.insert(*delivery);
+        delivery.ack();
+    }
+    assert_eq!(survivor.stats().reclaimed, 2);
+}

@@ -192,6 +192,9 @@ pub(crate) struct GroupCore {
     pub(crate) subject: Subject,
     pub(crate) counters: Counters,
     pub(crate) in_flight: AtomicUsize,
+    /// Of `in_flight`, the places taken for a read (or claim) under way and not
+    /// filled yet: not deliveries, so not in [`GroupStats::in_flight`].
+    pub(crate) reserved: AtomicUsize,
     /// Wakes the reader when acks make room.
     pub(crate) room: tokio::sync::Notify,
     pub(crate) commands: mpsc::UnboundedSender<Command>,
@@ -212,7 +215,15 @@ impl GroupCore {
                 got = want.min(max.saturating_sub(held));
                 Some(held + got)
             });
+        self.reserved.fetch_add(got, Ordering::AcqRel);
         got
+    }
+
+    /// Ends a read that [`reserve`](GroupCore::reserve)d `reserved` places:
+    /// `used` of them now hold deliveries, the rest are given back.
+    pub(crate) fn settle(&self, reserved: usize, used: usize) {
+        self.reserved.fetch_sub(reserved, Ordering::AcqRel);
+        self.release(reserved.saturating_sub(used));
     }
 
     /// Gives back `n` in-flight places.
@@ -565,6 +576,7 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
             subject,
             counters: Counters::default(),
             in_flight: AtomicUsize::new(0),
+            reserved: AtomicUsize::new(0),
             room: tokio::sync::Notify::new(),
             commands,
             stop: tokio::sync::watch::channel(false).0,
@@ -731,7 +743,12 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
             dropped: get(&c.dropped),
             consumers_removed: get(&c.consumers_removed),
             errors: get(&c.errors),
-            in_flight: self.core.in_flight.load(Ordering::Relaxed) as u64,
+            in_flight: {
+                // Places taken by a read under way hold no delivery yet.
+                let reserved = self.core.reserved.load(Ordering::Acquire);
+                let held = self.core.in_flight.load(Ordering::Acquire);
+                held.saturating_sub(reserved) as u64
+            },
         }
     }
 

@@ -113,11 +113,7 @@ async fn run(
         commands,
         incoming.clone(),
     ));
-    let upkeep = tokio::spawn(upkeep_loop(
-        Arc::clone(&core),
-        control.clone(),
-        incoming.clone(),
-    ));
+    let upkeep = tokio::spawn(upkeep_loop(Arc::clone(&core), control.clone()));
     reader_loop(Arc::clone(&core), reader, incoming).await;
     core.stop.send_replace(true);
     upkeep.abort();
@@ -276,7 +272,15 @@ async fn reader_loop(
     let mut history: HashMap<Arc<str>, StreamId> = HashMap::new();
     let mut known: HashSet<Arc<str>> = HashSet::new();
     let mut rotate = 0_usize;
+    // Claims run here, between reads, so that only this loop takes places for
+    // reading: a claim never starves behind a read blocked with all of them.
+    let claim_every = claim_interval(&core);
+    let mut next_claim = Instant::now();
     while !core.is_stopping() {
+        if Instant::now() >= next_claim {
+            reclaim(&core, &connection, &incoming).await;
+            next_claim = Instant::now() + claim_every;
+        }
         let streams = core.streams();
         for stream in &streams {
             if known.insert(Arc::clone(&stream.key)) {
@@ -305,7 +309,10 @@ async fn reader_loop(
             .cloned()
             .collect();
         let (mut targets, block) = if draining.is_empty() {
-            (streams, Some(core.config.block))
+            let until_claim = next_claim
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            (streams, Some(core.config.block.min(until_claim)))
         } else {
             (draining, None)
         };
@@ -333,7 +340,7 @@ async fn reader_loop(
         let reply = match reply {
             Ok(reply) => reply,
             Err(error) => {
-                core.release(room);
+                core.settle(room, 0);
                 if core.is_stopping() {
                     break;
                 }
@@ -389,7 +396,7 @@ async fn reader_loop(
                 }
             }
         }
-        core.release(room - used);
+        core.settle(room, used);
         if failed {
             break; // the consumer handle is gone
         }
@@ -831,28 +838,27 @@ async fn dead_letter(core: Arc<GroupCore>, connection: Connection, order: DeadLe
     }
 }
 
-/// Periodic work on the control connection: claim what dead members left,
-/// discover streams (patterns), remove idle members, look for unread trims.
-async fn upkeep_loop(
-    core: Arc<GroupCore>,
-    connection: Connection,
-    incoming: mpsc::UnboundedSender<Incoming>,
-) {
-    let claim_every =
-        (core.config.ack_wait / 2).clamp(Duration::from_millis(5), Duration::from_secs(10));
+/// How often a member looks for entries idle past the ack wait: every half ack
+/// wait, at least every 10 s.
+fn claim_interval(core: &GroupCore) -> Duration {
+    (core.config.ack_wait / 2).clamp(Duration::from_millis(5), Duration::from_secs(10))
+}
+
+/// Periodic work on the control connection: discover streams (patterns), remove
+/// idle members, look for unread trims.
+async fn upkeep_loop(core: Arc<GroupCore>, connection: Connection) {
     let idle_every = core
         .config
         .remove_idle_consumers
         .map(|idle| (idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(60)));
     let trim_every = Duration::from_secs(1);
     let start = Instant::now();
-    let mut next_claim = start;
     let mut next_discover = start + core.config.discover_interval;
     let mut next_idle = start + idle_every.unwrap_or_default();
     let mut next_trim = start + trim_every;
     let mut unread_seen: HashMap<Arc<str>, u64> = HashMap::new();
     loop {
-        let mut due = next_claim.min(next_trim);
+        let mut due = next_trim;
         if matches!(core.subject, Subject::Pattern(_)) {
             due = due.min(next_discover);
         }
@@ -869,10 +875,6 @@ async fn upkeep_loop(
                 io_error(&core, "stream discovery", &error);
             }
             next_discover = now + core.config.discover_interval;
-        }
-        if now >= next_claim {
-            reclaim(&core, &connection, &incoming).await;
-            next_claim = Instant::now() + claim_every;
         }
         if let (Some(every), Some(idle)) = (idle_every, core.config.remove_idle_consumers) {
             if now >= next_idle {
@@ -917,7 +919,7 @@ async fn reclaim(
             let claim = match claim {
                 Ok(claim) => claim,
                 Err(error) => {
-                    core.release(room);
+                    core.settle(room, 0);
                     if !is_missing_group(&error) {
                         io_error(core, "XAUTOCLAIM", &error);
                     }
@@ -929,7 +931,7 @@ async fn reclaim(
                 tracing::warn!(group = %core.group, topic = %stream.topic, count = claim.deleted.len(), "tickbus: pending entries were trimmed or deleted; cleared");
             }
             let used = claim.entries.len().min(room);
-            core.release(room - used);
+            core.settle(room, used);
             if used > 0 {
                 Counters::add(&core.counters.reclaimed, used as u64);
                 let counts = delivery_counts(core, connection, &stream, &claim.entries).await;
