@@ -374,6 +374,45 @@ impl Bus {
         async move { job?.await }
     }
 
+    /// Reads a range of one or more topics' streams back from Redis, merged in
+    /// stream-id order (ties, across streams, by topic name): the same range
+    /// always yields the same sequence. Each item of `topics` is a topic name or
+    /// a pattern (`*`, `>`), matched against the streams present now. Events
+    /// come with their MessagePack payload; decode each with
+    /// [`ReplayedEvent::decode`] into its topic's type.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidConfig` on an embedded bus; `InvalidTopic`/`InvalidPattern`;
+    /// [`ErrorKind::Trimmed`] when the range starts before what a stream holds
+    /// (with [`OnTrimmed::Error`](crate::OnTrimmed)); the Redis errors.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use tickbus::{Bus, Position, RedisConfig, ReplayOptions};
+    ///
+    /// let bus = Bus::builder().redis(RedisConfig::from_url("redis://127.0.0.1:6379")?).build()?;
+    /// let mut replay = bus.replay(&["md:tick", "execution:*"], ReplayOptions::default())?;
+    /// while let Some(event) = replay.recv_blocking() {
+    ///     let event = event?;
+    ///     if event.topic.as_str() == "md:tick" {
+    ///         let px: f64 = event.decode()?;
+    ///         println!("{} {px}", event.stream_id);
+    ///     }
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn replay(&self, topics: &[&str], options: crate::ReplayOptions) -> Result<crate::Replay> {
+        let live = self.live_or("replay")?;
+        crate::Replay::start(
+            live.config().clone(),
+            topics.iter().map(|t| t.to_string()).collect(),
+            options,
+        )
+    }
+
     #[cfg(feature = "redis")]
     fn live_or(&self, what: &str) -> Result<&Live> {
         self.live.as_deref().ok_or_else(|| {

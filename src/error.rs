@@ -56,6 +56,9 @@ pub enum ErrorKind {
     /// A consumer group (or its stream) vanished while a consumer read from it,
     /// and the consumer is configured to stop rather than create it again.
     GroupMissing,
+    /// A replay range starts before the oldest entry its stream still holds:
+    /// what came before was trimmed or deleted.
+    Trimmed,
 }
 
 impl ErrorKind {
@@ -78,6 +81,7 @@ impl ErrorKind {
             ErrorKind::Redis => "redis error",
             ErrorKind::Timeout => "timed out",
             ErrorKind::GroupMissing => "consumer group missing",
+            ErrorKind::Trimmed => "range trimmed",
         }
     }
 }

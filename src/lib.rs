@@ -157,6 +157,8 @@ mod event;
 #[cfg(feature = "redis")]
 mod group;
 mod receipt;
+#[cfg(feature = "redis")]
+mod replay;
 mod sync;
 #[cfg(feature = "test-util")]
 pub mod test_util;
@@ -184,6 +186,8 @@ pub use group::{
     Acker, Consumer, ConsumerInfo, DeadLetter, Delivery, DeliveryInfo, GroupConfig, GroupInfo,
     GroupStart, GroupStats, GroupStreamInfo, OnMissingGroup, Redrive, RetryBackoff, SeenWindow,
 };
+#[cfg(feature = "redis")]
+pub use replay::{OnTrimmed, Position, Replay, ReplayOptions, ReplayedEvent, TrimmedRange};
 
 /// Entry points for the fuzz targets in `fuzz/` (not part of the API).
 #[doc(hidden)]

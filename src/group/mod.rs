@@ -34,10 +34,11 @@ pub use config::{GroupConfig, GroupStart, OnMissingGroup, RetryBackoff};
 pub(crate) use dead_letter::{list as list_dead_letters, redrive as redrive_dead_letters};
 pub use dead_letter::{DeadLetter, Redrive};
 
-use crate::codec::{self, CodecLimits};
+use crate::codec::CodecLimits;
 use crate::config::RedisConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{EventId, InstanceId, Pattern, StreamId, TopicName};
+use crate::transport::decode_entry;
 
 /// What a group reads: one topic, or every topic matching a pattern.
 #[derive(Clone, Debug)]
@@ -667,7 +668,7 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
         deliveries: u32,
     ) -> Option<Result<Delivery<T>>> {
         let max = self.core.config.max_deliveries;
-        let parsed = parse_entry(&fields, &self.core.limits);
+        let parsed = decode_entry(&fields, &self.core.limits);
         let (event_id, source, timestamp_ns) = parsed.as_ref().map_or_else(
             |_| {
                 (
@@ -834,40 +835,6 @@ impl<T: DeserializeOwned + Send + 'static> futures_core::Stream for Consumer<T> 
 }
 
 impl<T> Unpin for Consumer<T> {}
-
-/// The fields of a tickbus entry: event id, source, timestamp, decoded payload.
-fn parse_entry<T: DeserializeOwned>(
-    fields: &[(Bytes, Bytes)],
-    limits: &CodecLimits,
-) -> Result<(EventId, InstanceId, u64, T)> {
-    let field = |name: &[u8]| {
-        fields
-            .iter()
-            .find(|(field, _)| field.as_ref() == name)
-            .map(|(_, value)| value)
-    };
-    let malformed =
-        |what: &str| Error::new(ErrorKind::Malformed, format!("not a tickbus entry: {what}"));
-    let uuid = |name: &[u8]| {
-        field(name)
-            .and_then(|value| std::str::from_utf8(value).ok())
-            .and_then(|text| uuid::Uuid::try_parse(text).ok())
-    };
-    let event_id = uuid(b"id").ok_or_else(|| malformed("field `id` is missing or not a UUID"))?;
-    let source = uuid(b"src").ok_or_else(|| malformed("field `src` is missing or not a UUID"))?;
-    let timestamp = field(b"ts")
-        .and_then(|ts| std::str::from_utf8(ts).ok())
-        .and_then(|ts| ts.parse::<u64>().ok())
-        .ok_or_else(|| malformed("field `ts` is missing or not a decimal integer"))?;
-    let data = field(b"data").ok_or_else(|| malformed("field `data` is missing"))?;
-    let value = codec::decode_payload::<T>(data, limits)?;
-    Ok((
-        EventId::from_uuid(event_id),
-        InstanceId::from_uuid(source),
-        timestamp,
-        value,
-    ))
-}
 
 /// An in-process window of recently handled event ids, for effectively-once
 /// handling within one process: remembers the last `capacity` ids.

@@ -5,8 +5,11 @@
 pub(crate) mod redis;
 
 use bytes::Bytes;
+use serde::de::DeserializeOwned;
 
-use crate::event::StreamId;
+use crate::codec::{self, CodecLimits};
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::{EventId, InstanceId, StreamId};
 
 /// One entry to append: the tickbus wire layout (`docs/redis-layout.md`).
 #[derive(Clone, Debug)]
@@ -43,4 +46,44 @@ impl RawEntry {
             .find(|(field, _)| field.as_ref() == name)
             .map(|(_, value)| value)
     }
+}
+
+/// The fields of a tickbus entry (`docs/redis-layout.md`): event id, source,
+/// timestamp, and the payload decoded as `T`.
+///
+/// # Errors
+///
+/// `Malformed` for a field missing or unreadable; the codec's errors for the
+/// payload.
+pub(crate) fn decode_entry<T: DeserializeOwned>(
+    fields: &[(Bytes, Bytes)],
+    limits: &CodecLimits,
+) -> Result<(EventId, InstanceId, u64, T)> {
+    let field = |name: &[u8]| {
+        fields
+            .iter()
+            .find(|(field, _)| field.as_ref() == name)
+            .map(|(_, value)| value)
+    };
+    let malformed =
+        |what: &str| Error::new(ErrorKind::Malformed, format!("not a tickbus entry: {what}"));
+    let uuid = |name: &[u8]| {
+        field(name)
+            .and_then(|value| std::str::from_utf8(value).ok())
+            .and_then(|text| uuid::Uuid::try_parse(text).ok())
+    };
+    let event_id = uuid(b"id").ok_or_else(|| malformed("field `id` is missing or not a UUID"))?;
+    let source = uuid(b"src").ok_or_else(|| malformed("field `src` is missing or not a UUID"))?;
+    let timestamp = field(b"ts")
+        .and_then(|ts| std::str::from_utf8(ts).ok())
+        .and_then(|ts| ts.parse::<u64>().ok())
+        .ok_or_else(|| malformed("field `ts` is missing or not a decimal integer"))?;
+    let data = field(b"data").ok_or_else(|| malformed("field `data` is missing"))?;
+    let value = codec::decode_payload::<T>(data, limits)?;
+    Ok((
+        EventId::from_uuid(event_id),
+        InstanceId::from_uuid(source),
+        timestamp,
+        value,
+    ))
 }

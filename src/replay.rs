@@ -1,0 +1,541 @@
+//! Replay: a range of one or more topics' streams, read back from Redis and
+//! merged in stream-id order ([`Bus::replay`](crate::Bus::replay)).
+//!
+//! A replay has its own I/O thread and connection. Each stream is read in pages
+//! (`XRANGE … COUNT page`) by its own task, one page ahead of the consumer: while
+//! the application decodes a page, the next one is on its way, and no more than
+//! two pages per stream are held, whatever the range's length. The consumer side
+//! merges the streams by (stream id, topic name): the same range always yields
+//! the same sequence.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use crate::bridge::spawn_io_thread;
+use crate::codec::{self, CodecLimits};
+use crate::config::RedisConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::{EventId, InstanceId, Pattern, StreamId, TopicName};
+use crate::transport::redis::{info_stream_id, info_u64, Connection};
+use crate::transport::RawEntry;
+
+/// One end of a replay range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Position {
+    /// The oldest entry the stream still holds.
+    Beginning,
+    /// The newest entry when the replay starts (later entries are not part of it).
+    End,
+    /// This stream id, inclusive.
+    Id(StreamId),
+    /// Entries of this millisecond (by their stream id, the Redis server's
+    /// clock), inclusive at both ends.
+    Time(SystemTime),
+}
+
+/// What a replay does when its range starts before the oldest entry a stream
+/// still holds (entries were trimmed or deleted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OnTrimmed {
+    /// Refuse: [`Bus::replay`](crate::Bus::replay) fails with
+    /// [`ErrorKind::Trimmed`].
+    #[default]
+    Error,
+    /// Start at the oldest entry held, and report the gap in
+    /// [`Replay::gaps`] (and a warning in the log).
+    Report,
+}
+
+/// The range and paging of a replay.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use tickbus::{OnTrimmed, Position, ReplayOptions};
+///
+/// let last_hour = ReplayOptions {
+///     from: Position::Time(SystemTime::now() - Duration::from_secs(3600)),
+///     on_trimmed: OnTrimmed::Report,
+///     ..Default::default()
+/// };
+/// assert_eq!(last_hour.to, Position::End);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplayOptions {
+    /// Where the range starts. Default [`Position::Beginning`].
+    pub from: Position,
+    /// Where it ends. Default [`Position::End`].
+    pub to: Position,
+    /// Entries per `XRANGE` page. Default 1 000.
+    pub page: usize,
+    /// A range that starts before what a stream still holds. Default
+    /// [`OnTrimmed::Error`].
+    pub on_trimmed: OnTrimmed,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        ReplayOptions {
+            from: Position::Beginning,
+            to: Position::End,
+            page: 1_000,
+            on_trimmed: OnTrimmed::Error,
+        }
+    }
+}
+
+/// A part of a requested range that the stream no longer holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TrimmedRange {
+    /// The topic.
+    pub topic: TopicName,
+    /// Where the range was asked to start.
+    pub requested: StreamId,
+    /// The oldest entry the stream holds (`None`: it holds nothing).
+    pub first_retained: Option<StreamId>,
+}
+
+/// One event of a replay: where it was, and its MessagePack payload, decoded
+/// with [`decode`](ReplayedEvent::decode) into the topic's type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayedEvent {
+    /// Its topic.
+    pub topic: TopicName,
+    /// Its entry in the topic's stream.
+    pub stream_id: StreamId,
+    /// The event id.
+    pub event_id: EventId,
+    /// The instance that published it.
+    pub source: InstanceId,
+    /// Publish time, ns since the Unix epoch (the publisher's clock).
+    pub timestamp_ns: u64,
+    data: Bytes,
+}
+
+impl ReplayedEvent {
+    /// The MessagePack payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// The payload decoded as `T` (with the default codec limits).
+    ///
+    /// # Errors
+    ///
+    /// The codec's errors: `Malformed`, `WrongShape`, `PayloadTooLarge`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+        codec::decode_payload(&self.data, &CodecLimits::default())
+    }
+}
+
+/// What one stream's reading task sends: a page, or why it stopped.
+type Page = Result<Vec<RawEntry>>;
+
+struct Cursor {
+    topic: TopicName,
+    pages: mpsc::Receiver<Page>,
+    buffer: VecDeque<RawEntry>,
+    done: bool,
+}
+
+/// A replay in progress: a `Stream` of [`ReplayedEvent`]s in (stream id, topic)
+/// order (also [`recv`](Replay::recv), [`recv_blocking`](Replay::recv_blocking)).
+/// An entry that is not a tickbus entry yields an error item naming it, and the
+/// replay goes on. Dropping it stops its I/O thread.
+pub struct Replay {
+    cursors: Vec<Cursor>,
+    gaps: Vec<TrimmedRange>,
+    _thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl fmt::Debug for Replay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replay")
+            .field(
+                "topics",
+                &self.cursors.iter().map(|c| &c.topic).collect::<Vec<_>>(),
+            )
+            .field("gaps", &self.gaps)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the I/O thread found before reading: per stream, its topic, key and
+/// bounds (or nothing to read).
+struct Plan {
+    topic: TopicName,
+    key: String,
+    start: String,
+    end: String,
+}
+
+fn ms_of(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Replay {
+    pub(crate) fn start(
+        redis: RedisConfig,
+        topics: Vec<String>,
+        options: ReplayOptions,
+    ) -> Result<Replay> {
+        if options.page == 0 || options.page > 100_000 {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "ReplayOptions::page must be 1..=100000",
+            ));
+        }
+        let mut names = Vec::new();
+        let mut patterns = Vec::new();
+        for topic in &topics {
+            if topic.contains(['*', '>']) {
+                patterns.push(Pattern::new(topic)?);
+            } else {
+                names.push(TopicName::new(topic)?);
+            }
+        }
+        let (setup_tx, setup_rx) = std::sync::mpsc::channel();
+        let config = redis.clone();
+        let thread = spawn_io_thread("tickbus-replay", &redis, "replay", move |connection| {
+            run(connection, config, names, patterns, options, setup_tx)
+        })?;
+        let (cursors, gaps) = match setup_rx.recv() {
+            Ok(Ok(setup)) => setup,
+            Ok(Err(error)) => return Err(error),
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    "the replay's I/O thread stopped during start-up",
+                ))
+            }
+        };
+        Ok(Replay {
+            cursors,
+            gaps,
+            _thread: Some(thread.thread),
+        })
+    }
+
+    /// The parts of the range the streams no longer hold (with
+    /// [`OnTrimmed::Report`]; empty otherwise, or when nothing is missing).
+    pub fn gaps(&self) -> &[TrimmedRange] {
+        &self.gaps
+    }
+
+    /// The next event; `None` at the end of the range. Cancel safe.
+    pub async fn recv(&mut self) -> Option<Result<ReplayedEvent>> {
+        std::future::poll_fn(|cx| self.poll_event(cx)).await
+    }
+
+    /// As [`recv`](Replay::recv), blocking this thread (not from async code).
+    pub fn recv_blocking(&mut self) -> Option<Result<ReplayedEvent>> {
+        let waker = std::task::Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            match self.poll_event(&mut cx) {
+                Poll::Ready(item) => return item,
+                Poll::Pending => std::thread::park_timeout(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<ReplayedEvent>>> {
+        let mut waiting = false;
+        for cursor in &mut self.cursors {
+            while cursor.buffer.is_empty() && !cursor.done {
+                match cursor.pages.poll_recv(cx) {
+                    Poll::Ready(Some(Ok(page))) => cursor.buffer.extend(page),
+                    Poll::Ready(Some(Err(error))) => {
+                        cursor.done = true;
+                        return Poll::Ready(Some(Err(error)));
+                    }
+                    Poll::Ready(None) => cursor.done = true,
+                    Poll::Pending => {
+                        waiting = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if waiting {
+            return Poll::Pending; // every stream's head is needed to merge
+        }
+        let next = self
+            .cursors
+            .iter()
+            .enumerate()
+            .filter_map(|(i, cursor)| cursor.buffer.front().map(|entry| (entry.id, i)))
+            .min_by(|a, b| {
+                a.0.cmp(&b.0).then_with(|| {
+                    self.cursors[a.1]
+                        .topic
+                        .as_str()
+                        .cmp(self.cursors[b.1].topic.as_str())
+                })
+            });
+        let Some((_, i)) = next else {
+            return Poll::Ready(None);
+        };
+        let cursor = &mut self.cursors[i];
+        let entry = cursor.buffer.pop_front().expect("a head was found");
+        Poll::Ready(Some(to_event(&cursor.topic, entry)))
+    }
+}
+
+struct ThreadWaker(std::thread::Thread);
+
+impl std::task::Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+impl futures_core::Stream for Replay {
+    type Item = Result<ReplayedEvent>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_event(cx)
+    }
+}
+
+/// The event of one entry, without decoding its payload.
+fn to_event(topic: &TopicName, entry: RawEntry) -> Result<ReplayedEvent> {
+    let not_ours = |what: &str| {
+        Error::new(
+            ErrorKind::Malformed,
+            format!(
+                "topic {topic}, entry {}: not a tickbus entry: {what}",
+                entry.id
+            ),
+        )
+    };
+    let uuid = |name: &[u8]| {
+        entry
+            .field(name)
+            .and_then(|value| std::str::from_utf8(value).ok())
+            .and_then(|text| uuid::Uuid::try_parse(text).ok())
+    };
+    let event_id = uuid(b"id").ok_or_else(|| not_ours("field `id`"))?;
+    let source = uuid(b"src").ok_or_else(|| not_ours("field `src`"))?;
+    let timestamp_ns = entry
+        .field(b"ts")
+        .and_then(|ts| std::str::from_utf8(ts).ok())
+        .and_then(|ts| ts.parse().ok())
+        .ok_or_else(|| not_ours("field `ts`"))?;
+    let data = entry
+        .field(b"data")
+        .cloned()
+        .ok_or_else(|| not_ours("field `data`"))?;
+    Ok(ReplayedEvent {
+        topic: topic.clone(),
+        stream_id: entry.id,
+        event_id: EventId::from_uuid(event_id),
+        source: InstanceId::from_uuid(source),
+        timestamp_ns,
+        data,
+    })
+}
+
+type Setup = (Vec<Cursor>, Vec<TrimmedRange>);
+
+async fn run(
+    connection: Connection,
+    redis: RedisConfig,
+    names: Vec<TopicName>,
+    patterns: Vec<Pattern>,
+    options: ReplayOptions,
+    setup: std::sync::mpsc::Sender<Result<Setup>>,
+) {
+    let plans = match plan(&connection, &redis, names, &patterns, &options).await {
+        Ok(plans) => plans,
+        Err(error) => {
+            let _ = setup.send(Err(error));
+            return;
+        }
+    };
+    let (plans, gaps) = plans;
+    let mut cursors = Vec::with_capacity(plans.len());
+    let mut tasks = Vec::with_capacity(plans.len());
+    for plan in plans {
+        // One page ahead: the channel holds one, the task reads the next.
+        let (tx, rx) = mpsc::channel(1);
+        cursors.push(Cursor {
+            topic: plan.topic.clone(),
+            pages: rx,
+            buffer: VecDeque::new(),
+            done: false,
+        });
+        tasks.push(tokio::spawn(read_stream(
+            connection.clone(),
+            plan,
+            options.page,
+            redis.reconnect_max,
+            tx,
+        )));
+    }
+    if setup.send(Ok((cursors, gaps))).is_err() {
+        return;
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+/// The streams to read and their bounds; the gaps found.
+async fn plan(
+    connection: &Connection,
+    redis: &RedisConfig,
+    mut names: Vec<TopicName>,
+    patterns: &[Pattern],
+    options: &ReplayOptions,
+) -> Result<(Vec<Plan>, Vec<TrimmedRange>)> {
+    let prefix = &redis.key_prefix;
+    if !patterns.is_empty() {
+        for key in connection
+            .scan_streams(&format!("{prefix}:stream:*"))
+            .await?
+        {
+            let topic = key
+                .strip_prefix(prefix.as_str())
+                .and_then(|rest| rest.strip_prefix(":stream:{"))
+                .and_then(|rest| rest.strip_suffix('}'))
+                .and_then(|name| TopicName::new(name).ok());
+            if let Some(topic) = topic {
+                if patterns.iter().any(|pattern| pattern.matches(&topic)) {
+                    names.push(topic);
+                }
+            }
+        }
+    }
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    let mut plans = Vec::new();
+    let mut gaps = Vec::new();
+    for topic in names {
+        let key = format!("{prefix}:stream:{{{topic}}}");
+        let info = match connection.info("STREAM", &key, None).await {
+            Ok(info) => info.into_iter().next().unwrap_or_default(),
+            Err(error) if error.message().contains("no such key") => Vec::new(),
+            Err(error) => return Err(error),
+        };
+        let first = info_stream_id(&info, "first-entry");
+        let last = info_stream_id(&info, "last-entry");
+        let start = match options.from {
+            Position::Beginning => None,
+            Position::End => last,
+            Position::Id(id) => Some(id),
+            Position::Time(time) => Some(StreamId::new(ms_of(time), 0)),
+        };
+        let end = match options.to {
+            Position::Beginning => Some(StreamId::ZERO),
+            Position::End => last,
+            Position::Id(id) => Some(id),
+            Position::Time(time) => Some(StreamId::new(ms_of(time), u64::MAX)),
+        };
+        if let Some(start) = start {
+            // The stream lost entries (trims remove the oldest; `XDEL` records
+            // the newest id it deleted). Redis does not keep the first id it
+            // ever held, so a range that starts before the oldest entry of a
+            // stream that lost entries counts as a gap: reported, never silent,
+            // even if what was lost came before `start`. Servers before 7.0 do
+            // not say: there any range before the oldest entry counts.
+            let removed = match (
+                info_u64(&info, "entries-added"),
+                info_u64(&info, "length"),
+                info_stream_id(&info, "max-deleted-entry-id"),
+            ) {
+                (Some(added), Some(length), max_deleted) => {
+                    added > length
+                        || max_deleted.is_some_and(|id| id >= start && id != StreamId::ZERO)
+                }
+                _ => true,
+            };
+            let before_first = first.map_or(true, |first| start < first);
+            if before_first && removed && !info.is_empty() {
+                let gap = TrimmedRange {
+                    topic: topic.clone(),
+                    requested: start,
+                    first_retained: first,
+                };
+                match options.on_trimmed {
+                    OnTrimmed::Error => {
+                        return Err(Error::new(
+                            ErrorKind::Trimmed,
+                            format!(
+                                "replay of {topic} from {start}: the stream's oldest entry is {}; \
+                                 what came before was trimmed or deleted",
+                                first.map_or_else(
+                                    || "none (it is empty)".to_string(),
+                                    |f| f.to_string()
+                                )
+                            ),
+                        ))
+                    }
+                    OnTrimmed::Report => {
+                        tracing::warn!(%topic, requested = %start, first = ?first, "tickbus: replay range starts before the oldest entry held");
+                        gaps.push(gap);
+                    }
+                }
+            }
+        }
+        let (Some(_), Some(end)) = (last, end) else {
+            continue; // an empty stream, or a range that ends before it
+        };
+        plans.push(Plan {
+            topic,
+            key,
+            start: start.map_or_else(|| "-".to_string(), |s| s.to_string()),
+            end: end.to_string(),
+        });
+    }
+    Ok((plans, gaps))
+}
+
+/// Reads one stream's range page by page, one page ahead of the consumer.
+async fn read_stream(
+    connection: Connection,
+    plan: Plan,
+    page: usize,
+    max_backoff: Duration,
+    pages: mpsc::Sender<Page>,
+) {
+    let mut start = plan.start;
+    let mut failures = 0_u32;
+    loop {
+        match connection.range(&plan.key, &start, &plan.end, page).await {
+            Ok(entries) => {
+                failures = 0;
+                let full = entries.len() == page;
+                let Some(last) = entries.last().map(|entry| entry.id) else {
+                    return;
+                };
+                if pages.send(Ok(entries)).await.is_err() || !full {
+                    return; // the replay was dropped, or this was the last page
+                }
+                start = format!("({last}");
+            }
+            Err(error) => {
+                failures += 1;
+                if failures > 10 || error.kind() == ErrorKind::Redis {
+                    let _ = pages.send(Err(error)).await;
+                    return;
+                }
+                let delay =
+                    (Duration::from_millis(20) * 2_u32.pow(failures.min(8))).min(max_backoff);
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}

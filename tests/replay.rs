@@ -1,0 +1,265 @@
+//! Replay against real `redis-server` processes started by the test harness
+//! (never the shared Redis at 6379).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tickbus::test_util::RedisServer;
+use tickbus::{
+    Bus, DurableOptions, ErrorKind, OnTrimmed, Position, RedisConfig, ReplayOptions, StreamId,
+};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn live_bus(server: &RedisServer) -> Bus {
+    let mut config = RedisConfig::from_url(&server.url()).unwrap();
+    config.read_block = Duration::from_millis(200);
+    Bus::builder().redis(config).build().unwrap()
+}
+
+fn quiet() -> DurableOptions {
+    DurableOptions {
+        receive_remote: false,
+        ..Default::default()
+    }
+}
+
+/// `XRANGE key - +` through redis-cli: the stream ids, oldest first.
+fn xrange_ids(server: &RedisServer, key: &str) -> Vec<StreamId> {
+    let out = server.cli(&["XRANGE", key, "-", "+"]).unwrap();
+    out.lines()
+        .filter_map(|line| line.trim().parse::<StreamId>().ok())
+        .collect()
+}
+
+fn replay_all(bus: &Bus, topics: &[&str], options: ReplayOptions) -> Vec<tickbus::ReplayedEvent> {
+    let mut replay = bus.replay(topics, options).unwrap();
+    let mut events = Vec::new();
+    while let Some(event) = replay.recv_blocking() {
+        events.push(event.unwrap());
+    }
+    events
+}
+
+#[test]
+fn several_topics_merge_in_stream_id_order_as_plain_xrange_says() {
+    let server = RedisServer::start().unwrap();
+    let a = live_bus(&server);
+    let b = live_bus(&server);
+    let topics = ["md:tick", "md:book", "execution:fill"];
+    // Two instances writing three topics at once: ids interleave, many share a ms.
+    let writers: Vec<_> = [a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+        .map(|(w, bus)| {
+            std::thread::spawn(move || {
+                let handles: Vec<_> = topics
+                    .iter()
+                    .map(|t| bus.durable_topic::<(u64, u64)>(t, quiet()).unwrap())
+                    .collect();
+                let mut last = None;
+                for i in 0..3_000_u64 {
+                    let topic = &handles[(i % 3) as usize];
+                    last = Some(topic.publish_durable((w as u64, i)).unwrap());
+                }
+                last.unwrap().wait_timeout(PATIENCE).unwrap();
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let mut reference: Vec<(StreamId, String)> = Vec::new();
+    for topic in topics {
+        for id in xrange_ids(&server, &format!("tickbus:stream:{{{topic}}}")) {
+            reference.push((id, topic.to_string()));
+        }
+    }
+    reference.sort();
+    assert_eq!(reference.len(), 6_000);
+    for page in [1_000, 7] {
+        let events = replay_all(
+            &a,
+            &["md:*", "execution:fill"],
+            ReplayOptions {
+                page,
+                ..Default::default()
+            },
+        );
+        let got: Vec<(StreamId, String)> = events
+            .iter()
+            .map(|e| (e.stream_id, e.topic.to_string()))
+            .collect();
+        assert_eq!(got, reference, "page {page}");
+        // The payloads decode, and each writer's events keep their order per topic.
+        let mut last = std::collections::HashMap::new();
+        for event in &events {
+            let (w, i): (u64, u64) = event.decode().unwrap();
+            let previous = last.insert((w, event.topic.to_string()), i);
+            assert!(previous.map_or(true, |p| p < i));
+        }
+    }
+    // The same range twice: the same sequence.
+    let again = replay_all(&b, &["md:*", "execution:fill"], ReplayOptions::default());
+    assert_eq!(
+        again
+            .iter()
+            .map(|e| (e.stream_id, e.topic.to_string()))
+            .collect::<Vec<_>>(),
+        reference
+    );
+}
+
+#[test]
+fn ranges_by_id_and_by_time_are_inclusive() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    let topic = bus.durable_topic::<u64>("md:tick", quiet()).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        ids.push(
+            topic
+                .publish_durable(i)
+                .unwrap()
+                .wait_timeout(PATIENCE)
+                .unwrap(),
+        );
+    }
+    let events = replay_all(
+        &bus,
+        &["md:tick"],
+        ReplayOptions {
+            from: Position::Id(ids[10]),
+            to: Position::Id(ids[19]),
+            ..Default::default()
+        },
+    );
+    let values: Vec<u64> = events.iter().map(|e| e.decode().unwrap()).collect();
+    assert_eq!(values, (10..20).collect::<Vec<_>>());
+    let at = |id: StreamId| UNIX_EPOCH + Duration::from_millis(id.ms);
+    let events = replay_all(
+        &bus,
+        &["md:tick"],
+        ReplayOptions {
+            from: Position::Time(at(ids[30])),
+            to: Position::Time(at(ids[40])),
+            ..Default::default()
+        },
+    );
+    let first = events.first().unwrap().stream_id;
+    let last = events.last().unwrap().stream_id;
+    assert!(first.ms == ids[30].ms && first <= ids[30]);
+    assert!(last.ms == ids[40].ms && last >= ids[40]);
+    // `End` is the newest entry when the replay starts: later ones are not in it.
+    let mut replay = bus.replay(&["md:tick"], ReplayOptions::default()).unwrap();
+    topic
+        .publish_durable(100)
+        .unwrap()
+        .wait_timeout(PATIENCE)
+        .unwrap();
+    let mut n = 0;
+    while let Some(event) = replay.recv_blocking() {
+        event.unwrap();
+        n += 1;
+    }
+    assert_eq!(n, 100);
+}
+
+#[test]
+fn a_trimmed_range_is_an_error_or_a_reported_gap() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    let topic = bus.durable_topic::<u64>("md:tick", quiet()).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        ids.push(
+            topic
+                .publish_durable(i)
+                .unwrap()
+                .wait_timeout(PATIENCE)
+                .unwrap(),
+        );
+    }
+    server
+        .cli(&["XTRIM", "tickbus:stream:{md:tick}", "MAXLEN", "10"])
+        .unwrap();
+    let from_early = ReplayOptions {
+        from: Position::Id(ids[5]),
+        ..Default::default()
+    };
+    let error = bus.replay(&["md:tick"], from_early).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Trimmed);
+    assert!(error.message().contains(&ids[90].to_string()), "{error}");
+    let mut replay = bus
+        .replay(
+            &["md:tick"],
+            ReplayOptions {
+                on_trimmed: OnTrimmed::Report,
+                ..from_early
+            },
+        )
+        .unwrap();
+    assert_eq!(replay.gaps().len(), 1);
+    assert_eq!(replay.gaps()[0].requested, ids[5]);
+    assert_eq!(replay.gaps()[0].first_retained, Some(ids[90]));
+    let mut values = Vec::new();
+    while let Some(event) = replay.recv_blocking() {
+        values.push(event.unwrap().decode::<u64>().unwrap());
+    }
+    assert_eq!(values, (90..100).collect::<Vec<_>>());
+    // From a retained id, or from the beginning: no gap, no error.
+    let replay = bus
+        .replay(
+            &["md:tick"],
+            ReplayOptions {
+                from: Position::Id(ids[95]),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(replay.gaps().is_empty());
+    assert!(bus.replay(&["md:tick"], ReplayOptions::default()).is_ok());
+    let _ = SystemTime::now();
+}
+
+#[test]
+fn a_foreign_entry_is_an_error_item_and_the_replay_goes_on() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    let topic = bus.durable_topic::<u64>("md:tick", quiet()).unwrap();
+    topic
+        .publish_durable(1)
+        .unwrap()
+        .wait_timeout(PATIENCE)
+        .unwrap();
+    server
+        .cli(&["XADD", "tickbus:stream:{md:tick}", "*", "price", "3150.5"])
+        .unwrap();
+    topic
+        .publish_durable(2)
+        .unwrap()
+        .wait_timeout(PATIENCE)
+        .unwrap();
+    let mut replay = bus.replay(&["md:tick"], ReplayOptions::default()).unwrap();
+    assert_eq!(
+        replay
+            .recv_blocking()
+            .unwrap()
+            .unwrap()
+            .decode::<u64>()
+            .unwrap(),
+        1
+    );
+    let error = replay.recv_blocking().unwrap().unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Malformed);
+    assert!(error.message().contains("not a tickbus entry"));
+    assert_eq!(
+        replay
+            .recv_blocking()
+            .unwrap()
+            .unwrap()
+            .decode::<u64>()
+            .unwrap(),
+        2
+    );
+    assert!(replay.recv_blocking().is_none());
+}
