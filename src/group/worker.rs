@@ -277,15 +277,17 @@ async fn reader_loop(
     let claim_every = claim_interval(&core);
     let mut next_claim = Instant::now();
     while !core.is_stopping() {
-        if Instant::now() >= next_claim {
-            reclaim(&core, &connection, &incoming).await;
-            next_claim = Instant::now() + claim_every;
-        }
         let streams = core.streams();
         for stream in &streams {
             if known.insert(Arc::clone(&stream.key)) {
                 history.insert(Arc::clone(&stream.key), StreamId::ZERO);
             }
+        }
+        // Not while own pending entries are re-read: the claim would take those
+        // idle past the ack wait too, and both would hand them over.
+        if history.is_empty() && Instant::now() >= next_claim {
+            reclaim(&core, &connection, &incoming).await;
+            next_claim = Instant::now() + claim_every;
         }
         if streams.is_empty() {
             if !pause(&core, core.config.discover_interval).await {
