@@ -39,6 +39,13 @@ pub enum Position {
     /// Entries of this millisecond (by their stream id, the Redis server's
     /// clock), inclusive at both ends.
     Time(SystemTime),
+    /// As an end: everything stored, then every entry written later, as it is
+    /// written (catch-up, then live). The replay never ends; the seam is by
+    /// stream id, so nothing is missed or repeated between the two. Live entries
+    /// come in the order they are read: per stream in stream order, and across
+    /// streams by (stream id, topic) within each read. A pattern follows the
+    /// streams that existed when the replay started.
+    Live,
 }
 
 /// What a replay does when its range starts before the oldest entry a stream
@@ -148,12 +155,20 @@ struct Cursor {
     done: bool,
 }
 
+/// The live part of a catch-up-then-live replay: batches of entries read after
+/// the range, per stream (index into the cursors).
+struct Live {
+    batches: mpsc::Receiver<Result<Vec<(usize, RawEntry)>>>,
+    buffer: VecDeque<(usize, RawEntry)>,
+}
+
 /// A replay in progress: a `Stream` of [`ReplayedEvent`]s in (stream id, topic)
 /// order (also [`recv`](Replay::recv), [`recv_blocking`](Replay::recv_blocking)).
 /// An entry that is not a tickbus entry yields an error item naming it, and the
 /// replay goes on. Dropping it stops its I/O thread.
 pub struct Replay {
     cursors: Vec<Cursor>,
+    live: Option<Live>,
     gaps: Vec<TrimmedRange>,
     _thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -175,8 +190,12 @@ impl fmt::Debug for Replay {
 struct Plan {
     topic: TopicName,
     key: String,
-    start: String,
-    end: String,
+    /// `XRANGE` bounds; `None`: nothing to read.
+    range: Option<(String, String)>,
+    /// Live reading starts after this id…
+    live_after: StreamId,
+    /// …and skips entries before this one (the range's start).
+    live_from: StreamId,
 }
 
 fn ms_of(time: SystemTime) -> u64 {
@@ -191,6 +210,12 @@ impl Replay {
         topics: Vec<String>,
         options: ReplayOptions,
     ) -> Result<Replay> {
+        if options.from == Position::Live {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "ReplayOptions::from cannot be Position::Live (use it as `to`)",
+            ));
+        }
         if options.page == 0 || options.page > 100_000 {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
@@ -211,7 +236,7 @@ impl Replay {
         let thread = spawn_io_thread("tickbus-replay", &redis, "replay", move |connection| {
             run(connection, config, names, patterns, options, setup_tx)
         })?;
-        let (cursors, gaps) = match setup_rx.recv() {
+        let (cursors, live, gaps) = match setup_rx.recv() {
             Ok(Ok(setup)) => setup,
             Ok(Err(error)) => return Err(error),
             Err(_) => {
@@ -223,6 +248,7 @@ impl Replay {
         };
         Ok(Replay {
             cursors,
+            live,
             gaps,
             _thread: Some(thread.thread),
         })
@@ -286,11 +312,40 @@ impl Replay {
                 })
             });
         let Some((_, i)) = next else {
-            return Poll::Ready(None);
+            return self.poll_live(cx);
         };
         let cursor = &mut self.cursors[i];
         let entry = cursor.buffer.pop_front().expect("a head was found");
         Poll::Ready(Some(to_event(&cursor.topic, entry)))
+    }
+}
+
+impl Replay {
+    /// After the range: the live entries, as read.
+    fn poll_live(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<ReplayedEvent>>> {
+        let Some(live) = &mut self.live else {
+            return Poll::Ready(None);
+        };
+        loop {
+            if let Some((i, entry)) = live.buffer.pop_front() {
+                return Poll::Ready(Some(to_event(&self.cursors[i].topic, entry)));
+            }
+            match live.batches.poll_recv(cx) {
+                Poll::Ready(Some(Ok(batch))) => live.buffer.extend(batch),
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Iterator for Replay {
+    type Item = Result<ReplayedEvent>;
+
+    /// [`recv_blocking`](Replay::recv_blocking).
+    fn next(&mut self) -> Option<Self::Item> {
+        self.recv_blocking()
     }
 }
 
@@ -348,7 +403,7 @@ fn to_event(topic: &TopicName, entry: RawEntry) -> Result<ReplayedEvent> {
     })
 }
 
-type Setup = (Vec<Cursor>, Vec<TrimmedRange>);
+type Setup = (Vec<Cursor>, Option<Live>, Vec<TrimmedRange>);
 
 async fn run(
     connection: Connection,
@@ -368,6 +423,32 @@ async fn run(
     let (plans, gaps) = plans;
     let mut cursors = Vec::with_capacity(plans.len());
     let mut tasks = Vec::with_capacity(plans.len());
+    let mut live = None;
+    if options.to == Position::Live {
+        // Its own connection: a blocked `XREAD` holds everything queued behind it.
+        let follower = match Connection::open(&redis, "replay live").await {
+            Ok((follower, _)) => follower,
+            Err(error) => {
+                let _ = setup.send(Err(error));
+                return;
+            }
+        };
+        let (tx, rx) = mpsc::channel(4);
+        live = Some(Live {
+            batches: rx,
+            buffer: VecDeque::new(),
+        });
+        let follow: Vec<(usize, String, StreamId, StreamId)> = plans
+            .iter()
+            .enumerate()
+            .map(|(i, plan)| (i, plan.key.clone(), plan.live_after, plan.live_from))
+            .collect();
+        let block = redis.read_block;
+        tasks.push(tokio::spawn(async move {
+            follow_live(&follower, follow, options.page, block, tx).await;
+            follower.close().await;
+        }));
+    }
     for plan in plans {
         // One page ahead: the channel holds one, the task reads the next.
         let (tx, rx) = mpsc::channel(1);
@@ -385,7 +466,7 @@ async fn run(
             tx,
         )));
     }
-    if setup.send(Ok((cursors, gaps))).is_err() {
+    if setup.send(Ok((cursors, live, gaps))).is_err() {
         return;
     }
     for task in tasks {
@@ -437,10 +518,11 @@ async fn plan(
             Position::End => last,
             Position::Id(id) => Some(id),
             Position::Time(time) => Some(StreamId::new(ms_of(time), 0)),
+            Position::Live => None, // refused in `start`
         };
         let end = match options.to {
             Position::Beginning => Some(StreamId::ZERO),
-            Position::End => last,
+            Position::End | Position::Live => last,
             Position::Id(id) => Some(id),
             Position::Time(time) => Some(StreamId::new(ms_of(time), u64::MAX)),
         };
@@ -490,14 +572,22 @@ async fn plan(
                 }
             }
         }
-        let (Some(_), Some(end)) = (last, end) else {
-            continue; // an empty stream, or a range that ends before it
+        let range = match (last, end) {
+            (Some(_), Some(end)) => Some((
+                start.map_or_else(|| "-".to_string(), |s| s.to_string()),
+                end.to_string(),
+            )),
+            _ => None, // an empty stream, or a range that ends before it
         };
+        if range.is_none() && options.to != Position::Live {
+            continue;
+        }
         plans.push(Plan {
             topic,
             key,
-            start: start.map_or_else(|| "-".to_string(), |s| s.to_string()),
-            end: end.to_string(),
+            range,
+            live_after: last.unwrap_or(StreamId::ZERO),
+            live_from: start.unwrap_or(StreamId::ZERO),
         });
     }
     Ok((plans, gaps))
@@ -511,10 +601,12 @@ async fn read_stream(
     max_backoff: Duration,
     pages: mpsc::Sender<Page>,
 ) {
-    let mut start = plan.start;
+    let Some((mut start, end)) = plan.range else {
+        return;
+    };
     let mut failures = 0_u32;
     loop {
-        match connection.range(&plan.key, &start, &plan.end, page).await {
+        match connection.range(&plan.key, &start, &end, page).await {
             Ok(entries) => {
                 failures = 0;
                 let full = entries.len() == page;
@@ -534,6 +626,71 @@ async fn read_stream(
                 }
                 let delay =
                     (Duration::from_millis(20) * 2_u32.pow(failures.min(8))).min(max_backoff);
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// The live part of a replay: `XREAD BLOCK` over every stream, from the end of
+/// its range, on its own connection.
+async fn follow_live(
+    connection: &Connection,
+    streams: Vec<(usize, String, StreamId, StreamId)>,
+    count: usize,
+    block: Duration,
+    batches: mpsc::Sender<Result<Vec<(usize, RawEntry)>>>,
+) {
+    let mut after: Vec<StreamId> = streams.iter().map(|s| s.2).collect();
+    let mut failures = 0_u32;
+    loop {
+        let ids: Vec<(&str, StreamId)> = streams
+            .iter()
+            .zip(&after)
+            .map(|(s, id)| (s.1.as_str(), *id))
+            .collect();
+        match connection.read(&ids, count, Some(block)).await {
+            Ok(reply) => {
+                failures = 0;
+                let mut batch = Vec::new();
+                for (key, entries) in reply {
+                    let Some(at) = streams.iter().position(|s| s.1 == key) else {
+                        continue;
+                    };
+                    if let Some(last) = entries.last() {
+                        after[at] = last.id;
+                    }
+                    let from = streams[at].3;
+                    batch.extend(
+                        entries
+                            .into_iter()
+                            .filter(|entry| entry.id >= from)
+                            .map(|entry| (streams[at].0, entry)),
+                    );
+                }
+                batch.sort_by(|a, b| a.1.id.cmp(&b.1.id).then(a.0.cmp(&b.0)));
+                if batch.is_empty() {
+                    if batches.is_closed() {
+                        return;
+                    }
+                    continue;
+                }
+                if batches.send(Ok(batch)).await.is_err() {
+                    return; // the replay was dropped
+                }
+            }
+            Err(error) => {
+                if error.kind() == ErrorKind::Redis {
+                    let _ = batches.send(Err(error)).await;
+                    return;
+                }
+                failures = failures.saturating_add(1);
+                tracing::warn!(%error, "tickbus: live replay read failed; retrying");
+                if batches.is_closed() {
+                    return;
+                }
+                let delay = (Duration::from_millis(20) * 2_u32.pow(failures.min(8)))
+                    .min(Duration::from_secs(2));
                 tokio::time::sleep(delay).await;
             }
         }

@@ -263,3 +263,56 @@ fn a_foreign_entry_is_an_error_item_and_the_replay_goes_on() {
     );
     assert!(replay.recv_blocking().is_none());
 }
+
+#[test]
+fn catch_up_then_live_has_no_gap_and_no_duplicate_at_the_seam() {
+    let server = RedisServer::start().unwrap();
+    let reader = live_bus(&server);
+    const PER_WRITER: u64 = 50_000;
+    let started = std::sync::Arc::new(std::sync::Barrier::new(3));
+    let writers: Vec<_> = (0..2_u64)
+        .map(|w| {
+            let bus = live_bus(&server);
+            let started = started.clone();
+            std::thread::spawn(move || {
+                let topic = bus.durable_topic::<(u64, u64)>("md:tick", quiet()).unwrap();
+                let mut last = None;
+                for i in 0..PER_WRITER {
+                    if i == PER_WRITER / 5 {
+                        started.wait(); // the replay starts while we keep publishing
+                    }
+                    last = Some(topic.publish_durable((w, i)).unwrap());
+                }
+                last.unwrap().wait_timeout(PATIENCE).unwrap();
+            })
+        })
+        .collect();
+    started.wait();
+    let mut replay = reader
+        .replay(
+            &["md:tick"],
+            ReplayOptions {
+                to: Position::Live,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let mut next = [0_u64; 2];
+    let mut previous = StreamId::ZERO;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while next.iter().sum::<u64>() < 2 * PER_WRITER {
+        assert!(std::time::Instant::now() < deadline, "stuck at {next:?}");
+        let event = replay
+            .recv_blocking()
+            .expect("a live replay does not end")
+            .unwrap();
+        assert!(event.stream_id > previous, "stream order, no duplicate");
+        previous = event.stream_id;
+        let (w, i): (u64, u64) = event.decode().unwrap();
+        assert_eq!(i, next[w as usize], "writer {w}: a gap or a duplicate");
+        next[w as usize] += 1;
+    }
+    for writer in writers {
+        writer.join().unwrap();
+    }
+}
