@@ -1117,3 +1117,44 @@ async fn seen_before_and_seen_window_detect_duplicates() {
         "and remembered again"
     );
 }
+
+/// `stats().in_flight` counts deliveries held, never the places a read under
+/// way has taken: sampled in a tight loop while the reader cycles every
+/// millisecond with nothing to read, it always says 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_never_counts_the_places_of_a_read_under_way() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    publish(&bus, "job:idle-reads", 0..1);
+    let mut consumer = bus
+        .group::<u64>(
+            "samplers",
+            "job:idle-reads",
+            GroupConfig {
+                block: Duration::from_millis(1),
+                ..group_config("c1")
+            },
+        )
+        .unwrap();
+    let delivery = next(&mut consumer).await;
+    assert_eq!(consumer.stats().in_flight, 1, "one held");
+    delivery.ack_confirmed().await.unwrap();
+    let consumer = std::thread::spawn(move || {
+        let start = Instant::now();
+        let (mut samples, mut wrong) = (0_u64, 0_u64);
+        while start.elapsed() < Duration::from_secs(1) {
+            samples += 1;
+            if consumer.stats().in_flight != 0 {
+                wrong += 1;
+            }
+        }
+        assert_eq!(
+            wrong, 0,
+            "{wrong} of {samples} samples counted a read's places"
+        );
+        consumer
+    })
+    .join()
+    .unwrap();
+    assert!(consumer.stats().errors == 0);
+}

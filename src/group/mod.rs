@@ -20,7 +20,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -192,10 +192,11 @@ pub(crate) struct GroupCore {
     pub(crate) redis: RedisConfig,
     pub(crate) subject: Subject,
     pub(crate) counters: Counters,
-    pub(crate) in_flight: AtomicUsize,
-    /// Of `in_flight`, the places taken for a read (or claim) under way and not
-    /// filled yet: not deliveries, so not in [`GroupStats::in_flight`].
-    pub(crate) reserved: AtomicUsize,
+    /// In-flight places, both kinds in one word so that one load sees a
+    /// consistent pair: the low 32 bits count deliveries held (handed out or
+    /// queued, not yet acked), the high 32 bits places taken for a read or
+    /// claim under way (not deliveries yet, so not in [`GroupStats::in_flight`]).
+    pub(crate) in_flight: AtomicU64,
     /// Wakes the reader when acks make room.
     pub(crate) room: tokio::sync::Notify,
     pub(crate) commands: mpsc::UnboundedSender<Command>,
@@ -212,25 +213,31 @@ impl GroupCore {
         let mut got = 0;
         let _ = self
             .in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                got = want.min(max.saturating_sub(held));
-                Some(held + got)
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |places| {
+                let taken = (places & HELD_MASK) + (places >> RESERVED_SHIFT);
+                got = want.min(max.saturating_sub(taken as usize));
+                Some(places + ((got as u64) << RESERVED_SHIFT))
             });
-        self.reserved.fetch_add(got, Ordering::AcqRel);
         got
     }
 
     /// Ends a read that [`reserve`](GroupCore::reserve)d `reserved` places:
     /// `used` of them now hold deliveries, the rest are given back.
     pub(crate) fn settle(&self, reserved: usize, used: usize) {
-        self.reserved.fetch_sub(reserved, Ordering::AcqRel);
-        self.release(reserved.saturating_sub(used));
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |places| {
+                Some(places - ((reserved as u64) << RESERVED_SHIFT) + used as u64)
+            });
+        if reserved > used {
+            self.room.notify_one();
+        }
     }
 
-    /// Gives back `n` in-flight places.
+    /// Gives back the places of `n` deliveries.
     pub(crate) fn release(&self, n: usize) {
         if n > 0 {
-            self.in_flight.fetch_sub(n, Ordering::AcqRel);
+            self.in_flight.fetch_sub(n as u64, Ordering::AcqRel);
             self.room.notify_one();
         }
     }
@@ -258,6 +265,10 @@ impl GroupCore {
         self.commands.send(command).is_ok()
     }
 }
+
+/// The two parts of [`GroupCore::in_flight`].
+const RESERVED_SHIFT: u32 = 32;
+const HELD_MASK: u64 = (1 << RESERVED_SHIFT) - 1;
 
 /// Where one delivery came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -576,8 +587,7 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
             redis,
             subject,
             counters: Counters::default(),
-            in_flight: AtomicUsize::new(0),
-            reserved: AtomicUsize::new(0),
+            in_flight: AtomicU64::new(0),
             room: tokio::sync::Notify::new(),
             commands,
             stop: tokio::sync::watch::channel(false).0,
@@ -744,12 +754,8 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
             dropped: get(&c.dropped),
             consumers_removed: get(&c.consumers_removed),
             errors: get(&c.errors),
-            in_flight: {
-                // Places taken by a read under way hold no delivery yet.
-                let reserved = self.core.reserved.load(Ordering::Acquire);
-                let held = self.core.in_flight.load(Ordering::Acquire);
-                held.saturating_sub(reserved) as u64
-            },
+            // Places taken by a read under way hold no delivery yet.
+            in_flight: self.core.in_flight.load(Ordering::Acquire) & HELD_MASK,
         }
     }
 

@@ -360,13 +360,23 @@ async fn reader_loop(
             }
         };
         backoff.reset();
-        let mut used = 0;
+        let reply: Vec<(&Arc<GroupStream>, Vec<RawEntry>)> = reply
+            .into_iter()
+            .filter_map(|(key, entries)| {
+                let stream = targets.iter().find(|stream| *stream.key == *key)?;
+                Some((stream, entries))
+            })
+            .collect();
+        // The entries read hold their places from now on, before any is handed
+        // over (and perhaps dropped or acked at once).
+        let used = reply
+            .iter()
+            .map(|(_, entries)| entries.len())
+            .sum::<usize>();
+        core.settle(room, used);
         let mut answered: HashSet<&str> = HashSet::new();
         let mut failed = false;
-        for (key, entries) in reply {
-            let Some(stream) = targets.iter().find(|stream| *stream.key == *key) else {
-                continue;
-            };
+        for (stream, entries) in reply {
             answered.insert(&stream.key);
             let deliveries = if block.is_none() {
                 // Re-read pending entries: ask Redis how often each was delivered.
@@ -384,7 +394,6 @@ async fn reader_loop(
                 HashMap::new()
             };
             for entry in entries {
-                used += 1;
                 let count = deliveries.get(&entry.id).copied().unwrap_or(1);
                 if !hand_over(&core, &incoming, stream, entry, count) {
                     failed = true;
@@ -398,7 +407,6 @@ async fn reader_loop(
                 }
             }
         }
-        core.settle(room, used);
         if failed {
             break; // the consumer handle is gone
         }
