@@ -310,6 +310,17 @@ pub fn decode_payload<T: DeserializeOwned>(bytes: &[u8], limits: &CodecLimits) -
     })
 }
 
+/// As [`decode_payload`], into a type that borrows from `bytes`.
+pub(crate) fn decode_borrowed<'de, T: Deserialize<'de>>(
+    bytes: &'de [u8],
+    limits: &CodecLimits,
+) -> Result<T> {
+    check_value(bytes, limits, "record")?;
+    deserialize_checked(bytes, limits, || {
+        format!("record does not decode as {}", std::any::type_name::<T>())
+    })
+}
+
 /// Encodes `envelope` in the [wire format](self#wire-format).
 ///
 /// # Errors
@@ -597,6 +608,24 @@ impl io::Write for CappedWriter {
 
 // ---------------------------------------------------------------------------
 // Decoding.
+
+/// The length of the one MessagePack value at the start of `bytes`: `Ok(None)`
+/// when `bytes` ends before it does (read more), an error when it is not
+/// MessagePack within the depth limit. For reading a file of concatenated values.
+pub(crate) fn value_len(bytes: &[u8], limits: &CodecLimits) -> Result<Option<usize>> {
+    match walk_value(bytes, limits.depth()) {
+        Ok(end) => Ok(Some(end)),
+        Err(
+            Malformation::Empty
+            | Malformation::Truncated { .. }
+            | Malformation::TooManyItems { .. },
+        ) => Ok(None),
+        Err(malformation) => Err(Error::new(
+            ErrorKind::Malformed,
+            format!("a record {malformation}"),
+        )),
+    }
+}
 
 /// The checks made before anything is decoded: size, then structure and
 /// trailing bytes.

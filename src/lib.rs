@@ -147,6 +147,7 @@
 
 #[cfg(feature = "redis")]
 mod bridge;
+mod backtest;
 mod builder;
 mod bus;
 mod clock;
@@ -157,6 +158,7 @@ mod event;
 #[cfg(feature = "redis")]
 mod group;
 mod receipt;
+mod recording;
 #[cfg(feature = "redis")]
 mod replay;
 mod sync;
@@ -165,6 +167,7 @@ pub mod test_util;
 #[cfg(feature = "redis")]
 mod transport;
 
+pub use backtest::{Backtest, BacktestReport, Pace};
 pub use builder::{Bus, BusBuilder};
 pub use bus::{
     AnyEvent, AnyEventRef, BusySpin, Event, EventRef, PatternSubscriber, PublishError, RecvError,
@@ -176,6 +179,7 @@ pub use config::{SlowPolicy, SubscribeOptions, TopicOptions};
 pub use error::{Error, ErrorKind, Result};
 pub use event::{EventId, InstanceId, Meta, Pattern, StreamId, TopicName};
 pub use receipt::Receipt;
+pub use recording::{export, import, Import, RecordingFormat, ReplayedEvent};
 
 #[cfg(feature = "redis")]
 pub use bridge::{Health, RedisStats};
@@ -187,7 +191,7 @@ pub use group::{
     GroupStart, GroupStats, GroupStreamInfo, OnMissingGroup, Redrive, RetryBackoff, SeenWindow,
 };
 #[cfg(feature = "redis")]
-pub use replay::{OnTrimmed, Position, Replay, ReplayOptions, ReplayedEvent, TrimmedRange};
+pub use replay::{OnTrimmed, Position, Replay, ReplayOptions, TrimmedRange};
 
 /// Entry points for the fuzz targets in `fuzz/` (not part of the API).
 #[doc(hidden)]

@@ -15,15 +15,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::bridge::spawn_io_thread;
-use crate::codec::{self, CodecLimits};
 use crate::config::RedisConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{EventId, InstanceId, Pattern, StreamId, TopicName};
+use crate::recording::ReplayedEvent;
 use crate::transport::redis::{info_stream_id, info_u64, Connection};
 use crate::transport::RawEntry;
 
@@ -110,39 +108,6 @@ pub struct TrimmedRange {
     pub requested: StreamId,
     /// The oldest entry the stream holds (`None`: it holds nothing).
     pub first_retained: Option<StreamId>,
-}
-
-/// One event of a replay: where it was, and its MessagePack payload, decoded
-/// with [`decode`](ReplayedEvent::decode) into the topic's type.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReplayedEvent {
-    /// Its topic.
-    pub topic: TopicName,
-    /// Its entry in the topic's stream.
-    pub stream_id: StreamId,
-    /// The event id.
-    pub event_id: EventId,
-    /// The instance that published it.
-    pub source: InstanceId,
-    /// Publish time, ns since the Unix epoch (the publisher's clock).
-    pub timestamp_ns: u64,
-    data: Bytes,
-}
-
-impl ReplayedEvent {
-    /// The MessagePack payload.
-    pub fn payload(&self) -> &[u8] {
-        &self.data
-    }
-
-    /// The payload decoded as `T` (with the default codec limits).
-    ///
-    /// # Errors
-    ///
-    /// The codec's errors: `Malformed`, `WrongShape`, `PayloadTooLarge`.
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
-        codec::decode_payload(&self.data, &CodecLimits::default())
-    }
 }
 
 /// What one stream's reading task sends: a page, or why it stopped.
