@@ -201,3 +201,8 @@ pub use codec::fuzz;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// The examples of `docs/replay.md` compile as doctests.
+#[cfg(all(doctest, feature = "redis"))]
+#[doc = include_str!("../docs/replay.md")]
+struct ReplayDocDoctests;
