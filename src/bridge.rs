@@ -783,7 +783,8 @@ impl Live {
         let writer = self.writer.clone();
         let stream = self.stream_key(topic);
         let cursor = self.cursor_key(topic);
-        self.run_on_writer(async move { writer.delete(&[&stream, &cursor]).await })
+        let dead_letters = crate::group::dlq_key(&self.core.config.key_prefix, topic);
+        self.run_on_writer(async move { writer.delete(&[&stream, &cursor, &dead_letters]).await })
             .map(|deleted| deleted > 0)
     }
 

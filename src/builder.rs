@@ -262,7 +262,8 @@ impl Bus {
     }
 
     /// Deletes the Redis stream of the durable topic `name` (its whole history,
-    /// for every instance) and the saved reader positions. For tests, examples and
+    /// for every instance, and its consumer groups), its dead letters and the
+    /// saved reader positions. For tests, examples and
     /// operators; the topic itself stays usable on this bus. Returns whether
     /// anything existed.
     ///

@@ -16,6 +16,7 @@ mod config;
 mod dead_letter;
 mod worker;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -203,6 +204,9 @@ pub(crate) struct GroupCore {
     /// `true` once the consumer is stopping (a `watch`, so no task misses it).
     pub(crate) stop: tokio::sync::watch::Sender<bool>,
     pub(crate) streams: Mutex<Vec<Arc<GroupStream>>>,
+    /// Nacked entries this member keeps until their redelivery (stream key,
+    /// entry): if trimmed meanwhile, the redelivery counts them, not a claim.
+    pub(crate) nacked: Mutex<HashSet<(Arc<str>, StreamId)>>,
     pub(crate) limits: CodecLimits,
 }
 
@@ -328,7 +332,9 @@ impl Acker {
         });
     }
 
-    /// As [`ack`](Acker::ack), and resolves once Redis confirmed the `XACK`.
+    /// As [`ack`](Acker::ack), and resolves once Redis confirmed the `XACK`:
+    /// the event is no longer pending in the group (acknowledged by this call, or
+    /// already by another member that claimed it after the ack wait).
     ///
     /// # Errors
     ///
@@ -592,6 +598,7 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
             commands,
             stop: tokio::sync::watch::channel(false).0,
             streams: Mutex::new(Vec::new()),
+            nacked: Mutex::new(HashSet::new()),
         });
         let worker = worker::Worker::start(Arc::clone(&core), command_rx, incoming_tx)?;
         Ok(Consumer {
