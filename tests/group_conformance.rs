@@ -166,7 +166,12 @@ async fn publish_subscribe_every_event_once_in_order() {
         delivery.ack();
     }
     producer.join().unwrap();
-    eventually("every ack confirmed", || consumer.stats().acked == N).await;
+    // `acked` counts before the places are given back: wait for both.
+    eventually("every ack confirmed", || {
+        let stats = consumer.stats();
+        stats.acked == N && stats.in_flight == 0
+    })
+    .await;
     let stats = consumer.stats();
     assert_eq!(stats.delivered, N);
     assert_eq!(stats.redelivered, 0);
@@ -428,20 +433,17 @@ async fn a_new_member_continues_after_one_closes_holding_deliveries() {
             !acked.contains(&value),
             "{value} was acked before the close"
         );
-        let expected = if held.contains(&value) || value == late_value {
-            "again"
-        } else {
-            "first"
-        };
-        match expected {
-            "again" => assert!(delivery.info().deliveries >= 2, "{:?}", delivery.info()),
-            _ => assert_eq!(delivery.info().deliveries, 1, "{:?}", delivery.info()),
+        // What `first` held comes again. (What its reader took after the acks
+        // made room, and never handed over before the shutdown, comes again
+        // too: delivery 1 or 2, either is right.)
+        if held.contains(&value) || value == late_value {
+            assert!(delivery.info().deliveries >= 2, "{:?}", delivery.info());
         }
         assert_eq!(handled.insert(value, delivery.info().deliveries), None);
         delivery.ack();
     }
     let stats = second.stats();
-    assert_eq!(stats.reclaimed, held.len() as u64 + 1, "{stats:?}");
+    assert!(stats.reclaimed > held.len() as u64, "{stats:?}");
     eventually("acks", || second.stats().acked == handled.len() as u64).await;
     assert_eq!(
         xpending_count(&server, &stream_key("job:handoff"), "handoff"),
@@ -811,22 +813,33 @@ async fn entries_trimmed_while_pending_are_cleared_and_counted() {
         xpending_count(&server, &key, "trimmed") == 0
     })
     .await;
-    // A nacked delivery trimmed while it waits to come back.
-    publish(&bus, "job:trim", 100..101);
-    let delivery = next(&mut same).await;
-    assert_eq!((*delivery, delivery.info().deliveries), (100, 1));
-    let nack_delay = Duration::from_millis(400);
-    let nacked = Instant::now();
-    delivery.nack(Some(nack_delay));
-    server.cli(&["XTRIM", &key, "MAXLEN", "0"]).unwrap();
-    eventually("the nacked one counted", || {
-        same.stats().trimmed_pending >= 16
-    })
-    .await;
-    assert_eq!(xpending_count(&server, &key, "trimmed"), 0);
-    // Once: not by the claim loop and again by the redelivery after the delay.
-    tokio::time::sleep((nacked + nack_delay * 2).saturating_duration_since(Instant::now())).await;
-    assert_eq!(same.stats().trimmed_pending, 16, "{:?}", same.stats());
+    // Nacked deliveries trimmed while they wait to come back: each counted
+    // once, not by the claim loop (which sees them gone, whatever their idle
+    // time) and again by the redelivery. A few rounds: the two race.
+    let mut counted = 15;
+    for round in 0..4 {
+        publish(&bus, "job:trim", 100 + round..101 + round);
+        let delivery = next(&mut same).await;
+        assert_eq!((*delivery, delivery.info().deliveries), (100 + round, 1));
+        let nack_delay = Duration::from_millis(300);
+        let nacked = Instant::now();
+        delivery.nack(Some(nack_delay));
+        server.cli(&["XTRIM", &key, "MAXLEN", "0"]).unwrap();
+        counted += 1;
+        eventually("the nacked one counted", || {
+            same.stats().trimmed_pending >= counted
+        })
+        .await;
+        assert_eq!(xpending_count(&server, &key, "trimmed"), 0);
+        let settled = nacked + nack_delay * 2;
+        tokio::time::sleep(settled.saturating_duration_since(Instant::now())).await;
+        assert_eq!(
+            same.stats().trimmed_pending,
+            counted,
+            "round {round}: {:?}",
+            same.stats()
+        );
+    }
     // New events flow; nothing before them was ever handed over.
     publish(&bus, "job:trim", 200..203);
     for i in 200..203 {
@@ -835,7 +848,7 @@ async fn entries_trimmed_while_pending_are_cleared_and_counted() {
         delivery.ack();
     }
     let stats = same.stats();
-    assert_eq!(stats.delivered, 4, "{stats:?}");
+    assert_eq!(stats.delivered, 7, "{stats:?}");
     assert_eq!(stats.dead_lettered, 0, "{stats:?}");
     assert!(bus.dead_letters("job:trim", 10).await.unwrap().is_empty());
     eventually("acks", || same.stats().in_flight == 0).await;
@@ -996,7 +1009,8 @@ async fn idle_members_are_removed_but_never_one_holding_entries() {
 async fn in_progress_keeps_a_slow_delivery_from_being_claimed() {
     let server = RedisServer::start().unwrap();
     let bus = live_bus(&server);
-    let ack_wait = Duration::from_millis(300);
+    // In progress every 100 ms: 300 ms of slack for a busy CI machine.
+    let ack_wait = Duration::from_millis(400);
     let config = |name: &str| GroupConfig {
         ack_wait,
         ..group_config(name)
@@ -1010,9 +1024,9 @@ async fn in_progress_keeps_a_slow_delivery_from_being_claimed() {
     let mut other = bus
         .group::<u64>("slowpokes", "job:slow", config("other"))
         .unwrap();
-    // Five ack waits of work, telling the group every 100 ms.
+    // Four ack waits of work, telling the group every 100 ms.
     let work = Instant::now();
-    while work.elapsed() < ack_wait * 5 {
+    while work.elapsed() < ack_wait * 4 {
         delivery.in_progress();
         tokio::select! {
             got = other.recv() => panic!(

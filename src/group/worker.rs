@@ -737,6 +737,13 @@ async fn redeliver(
 ) {
     let refresh = (core.config.ack_wait / 2).max(Duration::from_millis(5));
     let deadline = Instant::now() + delay;
+    // Until the final XCLAIM below has answered, a claim that finds the entry
+    // trimmed leaves the count to this task (which sees it gone either way).
+    let waiting = (Arc::clone(&stream.key), id);
+    lock(&core.nacked).insert(waiting.clone());
+    let done = || {
+        lock(&core.nacked).remove(&waiting);
+    };
     loop {
         let _ = connection
             .claim(&stream.key, &core.group, &core.consumer, &[id], true)
@@ -746,6 +753,7 @@ async fn redeliver(
             break;
         }
         if !pause(&core, (deadline - now).min(refresh)).await {
+            done();
             core.release(1); // left pending: claimed after the ack wait
             return;
         }
@@ -753,10 +761,11 @@ async fn redeliver(
             break;
         }
     }
-    match connection
+    let claimed = connection
         .claim(&stream.key, &core.group, &core.consumer, &[id], false)
-        .await
-    {
+        .await;
+    done();
+    match claimed {
         Ok(entries) => match entries.into_iter().find(|entry| entry.id == id) {
             Some(entry) => {
                 let _ = hand_over(&core, &incoming, &stream, entry, deliveries + 1);
@@ -771,6 +780,12 @@ async fn redeliver(
             core.release(1); // still pending: claimed after the ack wait
         }
     }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn now_ms() -> u64 {
@@ -916,6 +931,12 @@ async fn reclaim(
             if room == 0 {
                 return;
             }
+            // Taken before the claim is sent (see `redeliver`).
+            let nacked: HashSet<StreamId> = lock(&core.nacked)
+                .iter()
+                .filter(|(key, _)| *key == stream.key)
+                .map(|(_, id)| *id)
+                .collect();
             let claim = connection
                 .autoclaim(
                     &stream.key,
@@ -936,9 +957,14 @@ async fn reclaim(
                     break;
                 }
             };
-            if !claim.deleted.is_empty() {
-                Counters::add(&core.counters.trimmed_pending, claim.deleted.len() as u64);
-                tracing::warn!(group = %core.group, topic = %stream.topic, count = claim.deleted.len(), "tickbus: pending entries were trimmed or deleted; cleared");
+            let deleted = claim
+                .deleted
+                .iter()
+                .filter(|id| !nacked.contains(id))
+                .count();
+            if deleted > 0 {
+                Counters::add(&core.counters.trimmed_pending, deleted as u64);
+                tracing::warn!(group = %core.group, topic = %stream.topic, count = deleted, "tickbus: pending entries were trimmed or deleted; cleared");
             }
             let used = claim.entries.len().min(room);
             core.settle(room, used);
