@@ -116,15 +116,13 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// The group's pending count (`XPENDING key group`, first line of the reply).
 fn xpending_count(server: &RedisServer, key: &str, group: &str) -> u64 {
     let reply = server.cli(&["XPENDING", key, group]).unwrap();
-    reply
-        .lines()
-        .next()
-        .unwrap_or("0")
-        .trim()
+    let first = reply.lines().next().unwrap_or_default().trim();
+    first
         .parse()
-        .unwrap_or(0)
+        .unwrap_or_else(|_| panic!("unexpected XPENDING reply: {reply:?}"))
 }
 
 fn stream_key(topic: &str) -> String {
@@ -806,13 +804,14 @@ async fn entries_trimmed_while_pending_are_cleared_and_counted() {
         .group::<u64>("trimmed", "job:trim", config("same", 5))
         .unwrap();
     eventually("15 trimmed pending entries counted", || {
-        same.stats().trimmed_pending == 15
+        same.stats().trimmed_pending >= 15
     })
     .await;
     eventually("XPENDING 0", || {
         xpending_count(&server, &key, "trimmed") == 0
     })
     .await;
+    assert_eq!(same.stats().trimmed_pending, 15, "{:?}", same.stats());
     // Nacked deliveries trimmed while they wait to come back: each counted
     // once, not by the claim loop (which sees them gone, whatever their idle
     // time) and again by the redelivery. A few rounds: the two race.
@@ -1087,7 +1086,7 @@ async fn seen_before_and_seen_window_detect_duplicates() {
     let mut window = SeenWindow::new(3);
     let id = delivery.info().event_id;
     assert!(!window.seen_before(id));
-    let ttl = Duration::from_millis(400);
+    let ttl = Duration::from_secs(1);
     assert!(!first.seen_before(id, ttl).await.unwrap(), "first time");
     assert!(first.seen_before(id, ttl).await.unwrap(), "second time");
     assert!(
@@ -1102,7 +1101,7 @@ async fn seen_before_and_seen_window_detect_duplicates() {
         .trim()
         .parse()
         .unwrap();
-    assert!(pttl > 0 && pttl <= 400, "PTTL {pttl}");
+    assert!(pttl > 0 && pttl <= 1_000, "PTTL {pttl}");
     // A redelivery of the same event (after the two others): the window knows it.
     delivery.nack(Some(Duration::from_millis(10)));
     for _ in 0..2 {
@@ -1170,5 +1169,5 @@ async fn in_flight_never_counts_the_places_of_a_read_under_way() {
     })
     .join()
     .unwrap();
-    assert!(consumer.stats().errors == 0);
+    assert_eq!(consumer.stats().errors, 0);
 }
