@@ -560,3 +560,35 @@ async fn a_member_at_a_small_in_flight_limit_still_claims_a_dead_members_entries
     }
     assert_eq!(survivor.stats().reclaimed, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_never_redelivers_to_itself_what_is_still_queued_for_its_application() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    publish(&bus, "job:slow", 0..40);
+    // Everything is read ahead at once; handling takes 4 ack waits in all, each
+    // delivery well under one.
+    let mut consumer = bus
+        .group::<u64>(
+            "slow",
+            "job:slow",
+            GroupConfig {
+                ack_wait: Duration::from_millis(100),
+                ..group_config("c1")
+            },
+        )
+        .unwrap();
+    let mut seen = HashSet::new();
+    for i in 0..40 {
+        let delivery = next(&mut consumer).await;
+        assert_eq!(*delivery, i, "in order, and never the same event twice");
+        assert!(seen.insert(delivery.info().event_id));
+        tokio::time::sleep(Duration::from_millis(10)).await; // slow work, no in_progress
+        delivery.ack_confirmed().await.unwrap();
+    }
+    assert_eq!(consumer.stats().reclaimed, 0);
+    assert_eq!(
+        xpending_count(&server, "tickbus:stream:{job:slow}", "slow").await,
+        0
+    );
+}

@@ -151,9 +151,12 @@ pub(crate) enum Command {
         deliveries: u32,
         delay: Duration,
     },
+    /// Reset the idle time (`in_progress`); with `received`, also take the
+    /// entry off the queued set once done (it reached the application late).
     Progress {
         stream: Arc<GroupStream>,
         id: StreamId,
+        received: bool,
     },
     DeadLetter(DeadLetterOrder),
     Info(oneshot::Sender<Result<GroupInfo>>),
@@ -181,6 +184,7 @@ pub(crate) enum Incoming {
         id: StreamId,
         fields: Vec<(Bytes, Bytes)>,
         deliveries: u32,
+        read_at: std::time::Instant,
     },
     Failed(Error),
 }
@@ -207,6 +211,11 @@ pub(crate) struct GroupCore {
     /// Nacked entries this member keeps until their redelivery (stream key,
     /// entry): if trimmed meanwhile, the redelivery counts them, not a claim.
     pub(crate) nacked: Mutex<HashSet<(Arc<str>, StreamId)>>,
+    /// Entries read for this member's application and still queued (not yet
+    /// received by it): a claim of its own idle entries refreshes these
+    /// instead of delivering them a second time to the same process. Once
+    /// received, a delivery follows the ack wait like any other.
+    pub(crate) queued: Mutex<HashSet<(Arc<str>, StreamId)>>,
     pub(crate) limits: CodecLimits,
 }
 
@@ -380,6 +389,7 @@ impl Acker {
         self.core.send(Command::Progress {
             stream: Arc::clone(&self.stream),
             id: self.info.stream_id,
+            received: false,
         });
     }
 
@@ -599,6 +609,7 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
             stop: tokio::sync::watch::channel(false).0,
             streams: Mutex::new(Vec::new()),
             nacked: Mutex::new(HashSet::new()),
+            queued: Mutex::new(HashSet::new()),
         });
         let worker = worker::Worker::start(Arc::clone(&core), command_rx, incoming_tx)?;
         Ok(Consumer {
@@ -673,8 +684,34 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
                 id,
                 fields,
                 deliveries,
-            }) => Some(self.decode(stream, id, fields, deliveries)),
+                read_at,
+            }) => {
+                self.received(&stream, id, read_at);
+                Some(self.decode(stream, id, fields, deliveries))
+            }
         }
+    }
+
+    /// The application has an entry now: its ack wait starts. An entry that
+    /// waited in the queue for more than a quarter of the ack wait gets its
+    /// idle time reset first (and stays off the claims until then), so that the
+    /// handler has at least three quarters of the ack wait.
+    fn received(&self, stream: &Arc<GroupStream>, id: StreamId, read_at: std::time::Instant) {
+        if read_at.elapsed() > self.core.config.ack_wait / 4 {
+            let sent = self.core.send(Command::Progress {
+                stream: Arc::clone(stream),
+                id,
+                received: true,
+            });
+            if sent {
+                return;
+            }
+        }
+        self.core
+            .queued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(Arc::clone(&stream.key), id));
     }
 
     fn decode(

@@ -469,13 +469,17 @@ fn hand_over(
             true
         }
         Some(fields) => {
+            let held = (Arc::clone(&stream.key), entry.id);
+            lock(&core.queued).insert(held.clone());
             let sent = incoming.send(Incoming::Entry {
                 stream: Arc::clone(stream),
                 id: entry.id,
                 fields,
                 deliveries,
+                read_at: Instant::now(),
             });
             if sent.is_err() {
+                lock(&core.queued).remove(&held);
                 core.release(1);
                 return false;
             }
@@ -632,7 +636,11 @@ fn take(
                 delay,
             ));
         }
-        Command::Progress { stream, id } => {
+        Command::Progress {
+            stream,
+            id,
+            received,
+        } => {
             let core = Arc::clone(core);
             let connection = connection.clone();
             tokio::spawn(async move {
@@ -641,6 +649,9 @@ fn take(
                     .await
                 {
                     io_error(&core, "XCLAIM (in progress)", &error);
+                }
+                if received {
+                    lock(&core.queued).remove(&(Arc::clone(&stream.key), id));
                 }
             });
         }
@@ -937,6 +948,14 @@ async fn reclaim(
                 .filter(|(key, _)| *key == stream.key)
                 .map(|(_, id)| *id)
                 .collect();
+            // Likewise the queued entries: one the application receives while
+            // the claim is on its way leaves the set meanwhile, yet the claim
+            // may have taken it.
+            let queued_before: HashSet<StreamId> = lock(&core.queued)
+                .iter()
+                .filter(|(key, _)| *key == stream.key)
+                .map(|(_, id)| *id)
+                .collect();
             let claim = connection
                 .autoclaim(
                     &stream.key,
@@ -966,12 +985,29 @@ async fn reclaim(
                 Counters::add(&core.counters.trimmed_pending, deleted as u64);
                 tracing::warn!(group = %core.group, topic = %stream.topic, count = deleted, "tickbus: pending entries were trimmed or deleted; cleared");
             }
-            let used = claim.entries.len().min(room);
+            // Entries still queued for this member's application (read ahead,
+            // not received yet), or waiting for a nack's redelivery, went idle:
+            // the claim has refreshed them; delivering them again here would
+            // only duplicate them within this process.
+            let entries: Vec<RawEntry> = {
+                let held = lock(&core.queued);
+                claim
+                    .entries
+                    .into_iter()
+                    .filter(|entry| {
+                        let key = (Arc::clone(&stream.key), entry.id);
+                        !held.contains(&key)
+                            && !queued_before.contains(&entry.id)
+                            && !nacked.contains(&entry.id)
+                    })
+                    .collect()
+            };
+            let used = entries.len().min(room);
             core.settle(room, used);
             if used > 0 {
                 Counters::add(&core.counters.reclaimed, used as u64);
-                let counts = delivery_counts(core, connection, &stream, &claim.entries).await;
-                for entry in claim.entries.into_iter().take(used) {
+                let counts = delivery_counts(core, connection, &stream, &entries).await;
+                for entry in entries.into_iter().take(used) {
                     let deliveries = counts.get(&entry.id).copied().unwrap_or(2);
                     if !hand_over(core, incoming, &stream, entry, deliveries) {
                         return;
