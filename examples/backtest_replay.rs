@@ -11,8 +11,8 @@
 //! subscriber notes each one's event id and timestamp, and the receipts give
 //! the stream ids. Replay: every replayed event must have the recorded stream
 //! id, event id and timestamp, in the recorded order; inside the backtest the
-//! handler must see the recorded value at the recorded time (the backtest clock
-//! is set to each event's timestamp). The last line is
+//! handler must see the recorded value and event id at the recorded time (the
+//! backtest clock is set to each event's timestamp). The last line is
 //!
 //! ```text
 //! recorded=N replayed=N identical=true
@@ -273,8 +273,7 @@ fn record_and_replay(
         report.events, report.handler_calls, report.skipped, report.end_ns
     );
     println!(
-        "event ids: {}/{replayed} replayed as recorded; {}/{} as seen by the backtest handler \
-         (the backtest bus republishes each event with an id of its own)",
+        "event ids: {}/{replayed} replayed as recorded; {}/{} as recorded in the backtest handler",
         replayed - replay_mismatches,
         handled.same_id_in_handler,
         handled.count
@@ -295,6 +294,7 @@ fn record_and_replay(
         && replay_mismatches == 0
         && handled.count == n
         && handled.mismatches == 0
+        && handled.same_id_in_handler == n
         && report.events == n
         && report.skipped == 0
         && report.unrouted == 0;

@@ -10,6 +10,11 @@
 //! gives the same derived events, in the same order, with the same ids and
 //! timestamps.
 //!
+//! A recorded event reaches handlers as it was recorded: its event id, source,
+//! stream id and timestamp (`Meta::is_remote` is true). What handlers publish
+//! gets ids of the backtest bus, derived from its fixed instance id, the topic
+//! and the sequence, so they too are the same from run to run.
+//!
 //! The clock follows the recorded timestamps (never backwards): components that
 //! ask the bus for the time ([`Bus::now_ns`]) see the time of the event being
 //! handled. The bus has no Redis: what components publish stays in it.
@@ -25,6 +30,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use crate::builder::Bus;
+use crate::bus::topic::{Remote, Stored};
 use crate::bus::{Event, Subscriber, Topic, TryRecvError};
 use crate::clock::Clock;
 use crate::config::{SlowPolicy, SubscribeOptions, TopicOptions};
@@ -79,8 +85,20 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> Route for TypedRoute<T
                 format!("topic {}, entry {}: {error}", event.topic, event.stream_id),
             )
         })?;
+        // Delivered as recorded: its id, source, stream id and timestamp, as a
+        // remote event (so duplicates in a recording are seen by event id).
+        let stored = Stored {
+            value,
+            timestamp_ns: event.timestamp_ns,
+            remote: Some(Box::new(Remote {
+                id: event.event_id,
+                source: event.source,
+                stream_id: event.stream_id,
+            })),
+        };
         self.topic
-            .publish(value)
+            .shared
+            .publish_stored(stored)
             .map(|_| ())
             .map_err(|_| Error::new(ErrorKind::Closed, "the backtest bus is shut down"))
     }

@@ -752,15 +752,10 @@ fn a_recorded_live_chain_backtests_to_the_same_results_every_time() {
 /// A handler sees a recorded event as it was recorded: its id, source and
 /// stream id, and its timestamp.
 ///
-/// Fails today: `Backtest` publishes each recorded event on its bus as a new
-/// local event (`TypedRoute::publish` in src/backtest.rs calls
-/// `Topic::publish`), so `meta.id()` is derived from the backtest bus's
-/// instance and sequence, `meta.source()` is `Backtest::INSTANCE` and
-/// `meta.stream_id()` is `None`. Duplicates in a recording (a retried
-/// publish) are then not detectable by event id in a backtest, although they
-/// are live.
+/// (It failed before `Backtest` delivered recorded events with their recorded
+/// metadata: they came out as new local events, with ids of the backtest bus,
+/// so duplicates in a recording were not detectable by event id.)
 #[test]
-#[ignore = "bug: Backtest replaces the recorded event ids (src/backtest.rs, TypedRoute::publish)"]
 fn a_backtest_handler_sees_the_recorded_event_ids() {
     let recorded = synthetic_recording(3);
     let mut backtest = Backtest::new();
@@ -813,13 +808,10 @@ fn synthetic_recording(n: usize) -> Vec<ReplayedEvent> {
 /// the same bytes", src/recording.rs), so a backtest of it matches one of the
 /// MessagePack form.
 ///
-/// Fails today: `export` writes each f64 exactly (shortest round-trip text,
-/// e.g. `99.91499999999999`), but `import` parses it with serde_json's default
-/// float parser, which is not correctly rounded: about 38% of the marks of
-/// `feed` come back one ulp off (`99.915`). serde_json's `float_roundtrip`
-/// feature (not enabled in Cargo.toml) parses them exactly.
+/// (It failed with serde_json's default float parser, which is not correctly
+/// rounded: about 38% of the marks of `feed` came back one ulp off; the
+/// `float_roundtrip` feature parses them exactly.)
 #[test]
-#[ignore = "bug: JSON-lines import changes f64 values by one ulp (serde_json without float_roundtrip)"]
 fn a_json_lines_recording_backtests_like_the_messagepack_one() {
     let recording = synthetic_recording(UPDATES);
     let mut json = Vec::new();
