@@ -18,59 +18,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tickbus::test_util::{AppendFsync, RedisServer, RedisServerOptions};
-use tickbus::{
-    Bus, Consumer, Delivery, DurableOptions, ErrorKind, GroupConfig, GroupStart, RedisConfig,
-    RetryBackoff, SeenWindow,
-};
+use tickbus::{Consumer, ErrorKind, GroupConfig, SeenWindow};
 
-/// Upper bound on any single wait (a hang fails, never blocks CI).
-const PATIENCE: Duration = Duration::from_secs(30);
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
-fn config(server: &RedisServer) -> RedisConfig {
-    let mut config = RedisConfig::from_url(&server.url()).unwrap();
-    config.reconnect_min = Duration::from_millis(20);
-    config.reconnect_max = Duration::from_millis(200);
-    config.read_block = Duration::from_millis(200);
-    config.command_timeout = Duration::from_secs(2);
-    config
-}
-
-fn live_bus(server: &RedisServer) -> Bus {
-    init_tracing();
-    Bus::builder().redis(config(server)).build().unwrap()
-}
-
-/// Quick timing for tests: short blocks and ack waits.
-fn group_config(name: &str) -> GroupConfig {
-    GroupConfig {
-        start: GroupStart::Beginning,
-        consumer: Some(name.to_string()),
-        block: Duration::from_millis(100),
-        ack_wait: Duration::from_millis(500),
-        backoff: RetryBackoff::Exponential {
-            first: Duration::from_millis(10),
-            max: Duration::from_millis(50),
-        },
-        ..Default::default()
-    }
-}
-
-async fn next<T: serde::de::DeserializeOwned + Send + 'static>(
-    consumer: &mut Consumer<T>,
-) -> Delivery<T> {
-    match tokio::time::timeout(PATIENCE, consumer.recv()).await {
-        Ok(Some(Ok(delivery))) => delivery,
-        Ok(other) => panic!("consumer ended: {:?}", other.map(|r| r.map(|_| ()))),
-        Err(_) => panic!("no delivery within {PATIENCE:?}: {:?}", consumer.stats()),
-    }
-}
+mod support;
+use support::groups::*;
 
 /// Fails if `consumer` delivers anything within `quiet` (waiting for a
 /// non-event has no other end than a time limit).
@@ -85,48 +36,6 @@ async fn expect_nothing(consumer: &mut Consumer<u64>, quiet: Duration, why: &str
             other => panic!("{why}: consumer ended: {:?}", other.map(|r| r.map(|_| ()))),
         }
     }
-}
-
-/// Publishes `range` on `topic` and waits until Redis has them all.
-fn publish(bus: &Bus, topic: &str, range: std::ops::Range<u64>) {
-    let topic = bus
-        .durable_topic::<u64>(
-            topic,
-            DurableOptions {
-                receive_remote: false,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    let mut last = None;
-    for i in range {
-        last = Some(topic.publish_durable(i).unwrap());
-    }
-    if let Some(last) = last {
-        last.wait_timeout(PATIENCE).unwrap();
-    }
-}
-
-/// Polls `check` until it holds (up to `PATIENCE`).
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// The group's pending count (`XPENDING key group`, first line of the reply).
-fn xpending_count(server: &RedisServer, key: &str, group: &str) -> u64 {
-    let reply = server.cli(&["XPENDING", key, group]).unwrap();
-    let first = reply.lines().next().unwrap_or_default().trim();
-    first
-        .parse()
-        .unwrap_or_else(|_| panic!("unexpected XPENDING reply: {reply:?}"))
-}
-
-fn stream_key(topic: &str) -> String {
-    format!("tickbus:stream:{{{topic}}}")
 }
 
 /// Watermill `TestPublishSubscribe`: events published before and while the

@@ -9,91 +9,10 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tickbus::test_util::RedisServer;
-use tickbus::{
-    Bus, Consumer, Delivery, DurableOptions, ErrorKind, GroupConfig, GroupStart, OnMissingGroup,
-    RedisConfig, Redrive, RetryBackoff,
-};
+use tickbus::{DurableOptions, ErrorKind, GroupConfig, OnMissingGroup, Redrive};
 
-/// Upper bound on any single wait (a hang fails, never blocks CI).
-const PATIENCE: Duration = Duration::from_secs(30);
-
-fn config(server: &RedisServer) -> RedisConfig {
-    let mut config = RedisConfig::from_url(&server.url()).unwrap();
-    config.reconnect_min = Duration::from_millis(20);
-    config.reconnect_max = Duration::from_millis(200);
-    config.read_block = Duration::from_millis(200);
-    config.command_timeout = Duration::from_secs(2);
-    config
-}
-
-fn live_bus(server: &RedisServer) -> Bus {
-    Bus::builder().redis(config(server)).build().unwrap()
-}
-
-/// Quick timing for tests: short blocks and ack waits.
-fn group_config(name: &str) -> GroupConfig {
-    GroupConfig {
-        start: GroupStart::Beginning,
-        consumer: Some(name.to_string()),
-        block: Duration::from_millis(100),
-        ack_wait: Duration::from_millis(500),
-        backoff: RetryBackoff::Exponential {
-            first: Duration::from_millis(10),
-            max: Duration::from_millis(50),
-        },
-        ..Default::default()
-    }
-}
-
-async fn next<T: serde::de::DeserializeOwned + Send + 'static>(
-    consumer: &mut Consumer<T>,
-) -> Delivery<T> {
-    match tokio::time::timeout(PATIENCE, consumer.recv()).await {
-        Ok(Some(Ok(delivery))) => delivery,
-        Ok(other) => panic!("consumer ended: {:?}", other.map(|r| r.map(|_| ()))),
-        Err(_) => panic!("no delivery within {PATIENCE:?}: {:?}", consumer.stats()),
-    }
-}
-
-/// Publishes `0..n` on `topic` and waits until Redis has them all.
-fn publish(bus: &Bus, topic: &str, range: std::ops::Range<u64>) {
-    let topic = bus
-        .durable_topic::<u64>(
-            topic,
-            DurableOptions {
-                receive_remote: false,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    let mut last = None;
-    for i in range {
-        last = Some(topic.publish_durable(i).unwrap());
-    }
-    if let Some(last) = last {
-        last.wait_timeout(PATIENCE).unwrap();
-    }
-}
-
-/// Polls `check` until it holds (up to `PATIENCE`).
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-async fn xpending_count(server: &RedisServer, key: &str, group: &str) -> u64 {
-    let reply = server.cli(&["XPENDING", key, group]).unwrap();
-    reply
-        .lines()
-        .next()
-        .unwrap_or("0")
-        .trim()
-        .parse()
-        .unwrap_or(0)
-}
+mod support;
+use support::groups::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_event_is_delivered_once_and_acked() {
@@ -112,7 +31,7 @@ async fn each_event_is_delivered_once_and_acked() {
     }
     eventually("all acks confirmed", || consumer.stats().acked == 1_000).await;
     assert_eq!(
-        xpending_count(&server, "tickbus:stream:{order:exec}", "booking").await,
+        xpending_count(&server, "tickbus:stream:{order:exec}", "booking"),
         0
     );
     let info = consumer.info().await.unwrap();
@@ -196,7 +115,7 @@ async fn poison_entry_is_dead_lettered_with_reason_decode() {
         assert!(!letter.error.is_empty());
     }
     assert_eq!(
-        xpending_count(&server, "tickbus:stream:{job:label}", "labelers").await,
+        xpending_count(&server, "tickbus:stream:{job:label}", "labelers"),
         1,
         "only the unacked first event is pending"
     );
@@ -229,7 +148,7 @@ async fn always_nacked_event_is_dead_lettered_after_max_deliveries_then_redriven
     assert_eq!(letters[0].deliveries, 3);
     assert_eq!(letters[0].decode::<u64>().unwrap(), 0);
     assert_eq!(
-        xpending_count(&server, "tickbus:stream:{job:label}", "labelers").await,
+        xpending_count(&server, "tickbus:stream:{job:label}", "labelers"),
         0
     );
     // Re-drive: back into the topic, same event id, a fresh delivery count.
@@ -265,7 +184,7 @@ async fn slow_consumer_never_holds_more_than_max_in_flight() {
     let mut handled = 0;
     while handled < 300 {
         let delivery = next(&mut consumer).await;
-        let pending = xpending_count(&server, key, "risk").await;
+        let pending = xpending_count(&server, key, "risk");
         max_pending = max_pending.max(pending);
         assert!(consumer.stats().in_flight <= 10);
         tokio::time::sleep(Duration::from_millis(1)).await; // slow work
@@ -511,7 +430,7 @@ async fn shutdown_sends_given_acks_leaves_the_rest_pending_and_no_blocked_client
     let started = Instant::now();
     consumer.shutdown();
     assert!(started.elapsed() < PATIENCE);
-    assert_eq!(xpending_count(&server, key, "booking").await, 4);
+    assert_eq!(xpending_count(&server, key, "booking"), 4);
     let clients = server.cli(&["CLIENT", "LIST"]).unwrap();
     assert!(
         !clients.to_lowercase().contains("cmd=xreadgroup"),
@@ -588,7 +507,7 @@ async fn a_member_never_redelivers_to_itself_what_is_still_queued_for_its_applic
     }
     assert_eq!(consumer.stats().reclaimed, 0);
     assert_eq!(
-        xpending_count(&server, "tickbus:stream:{job:slow}", "slow").await,
+        xpending_count(&server, "tickbus:stream:{job:slow}", "slow"),
         0
     );
 }

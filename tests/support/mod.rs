@@ -1,0 +1,4 @@
+//! Helpers shared by integration test files (each test file is its own crate:
+//! `mod support;` includes these where needed).
+
+pub mod groups;
