@@ -145,9 +145,9 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod backtest;
 #[cfg(feature = "redis")]
 mod bridge;
-mod backtest;
 mod builder;
 mod bus;
 mod clock;
