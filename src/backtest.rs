@@ -152,7 +152,18 @@ where
 }
 
 /// An embedded bus driven by recorded events, synchronously and
-/// deterministically. See the [module documentation](self).
+/// deterministically.
+///
+/// Each recorded event ([`ReplayedEvent`], from [`Bus::replay`] or
+/// [`import`](crate::import)) of a [routed](Backtest::route) topic is decoded
+/// and published on the backtest bus, with its recorded id, source, stream id
+/// and timestamp, after the bus clock is set to that timestamp (never
+/// backwards). Then every [handler](Backtest::on) runs on the driving thread, in
+/// registration order, pass after pass until none has anything left; only then
+/// does the next recorded event go in. The same recording therefore gives the
+/// same derived events, in the same order, with the same ids and timestamps.
+/// The bus has no Redis: what handlers publish stays in it. See
+/// `docs/replay.md`.
 ///
 /// # Examples
 ///

@@ -286,7 +286,7 @@ impl Bus {
     /// Joins consumer group `group` on `topics` (a topic name, or a pattern with
     /// `*` / `>` to read every matching topic's stream) as one member, creating
     /// the group if needed (at [`GroupConfig::start`]). Each event goes to one
-    /// member of the group, at least once; see [`Consumer`] and [`Delivery`].
+    /// member of the group, at least once; see [`Consumer`] and [`Delivery`](crate::Delivery).
     ///
     /// The members need not be durable topics on this bus: a group reads the
     /// streams in Redis, whoever wrote them. Unlike a durable topic's
@@ -380,7 +380,7 @@ impl Bus {
     /// always yields the same sequence. Each item of `topics` is a topic name or
     /// a pattern (`*`, `>`), matched against the streams present now. Events
     /// come with their MessagePack payload; decode each with
-    /// [`ReplayedEvent::decode`] into its topic's type.
+    /// [`ReplayedEvent::decode`](crate::ReplayedEvent::decode) into its topic's type.
     ///
     /// # Errors
     ///
