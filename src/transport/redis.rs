@@ -515,22 +515,17 @@ impl Connection {
         count: usize,
         block: Option<Duration>,
     ) -> Result<Vec<(String, Vec<RawEntry>)>> {
-        let mut args: Vec<Value> = Vec::with_capacity(5 + streams.len() * 2);
-        if let Some(block) = block {
-            args.push(Value::from_static_str("BLOCK"));
-            args.push(Value::from(
-                i64::try_from(block.as_millis()).unwrap_or(i64::MAX),
-            ));
-        }
-        args.push(Value::from_static_str("COUNT"));
-        args.push(Value::from(count.to_string()));
-        args.push(Value::from_static_str("STREAMS"));
-        for (key, _) in streams {
-            args.push(Value::from(*key));
-        }
-        for (_, id) in streams {
-            args.push(Value::from(id.to_string()));
-        }
+        let ids: Vec<String> = streams.iter().map(|(_, id)| id.to_string()).collect();
+        let keys = streams
+            .iter()
+            .map(|(key, _)| *key)
+            .zip(ids.iter().map(String::as_str));
+        let args = read_args(
+            Vec::with_capacity(5 + streams.len() * 2),
+            keys,
+            count,
+            block,
+        );
         let command = CustomCommand::new_static(
             "XREAD",
             ClusterHash::Offset(usize::from(block.is_some()) * 2 + 3),
@@ -640,6 +635,28 @@ impl Connection {
             reconnects: self.client.reconnect_rx(),
         }
     }
+}
+
+/// The tail of an `XREAD` or `XREADGROUP` after `args`: `[BLOCK ms] COUNT n
+/// STREAMS key… id…`.
+fn read_args<'a>(
+    mut args: Vec<Value>,
+    streams: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+    count: usize,
+    block: Option<Duration>,
+) -> Vec<Value> {
+    if let Some(block) = block {
+        args.push(Value::from_static_str("BLOCK"));
+        args.push(Value::from(
+            i64::try_from(block.as_millis()).unwrap_or(i64::MAX),
+        ));
+    }
+    args.push(Value::from_static_str("COUNT"));
+    args.push(Value::from(count.to_string()));
+    args.push(Value::from_static_str("STREAMS"));
+    args.extend(streams.clone().map(|(key, _)| Value::from(key)));
+    args.extend(streams.map(|(_, id)| Value::from(id)));
+    args
 }
 
 fn millis(duration: Duration) -> u32 {
@@ -814,21 +831,8 @@ impl Connection {
         args.push(Value::from_static_str("GROUP"));
         args.push(Value::from(group));
         args.push(Value::from(consumer));
-        if let Some(block) = block {
-            args.push(Value::from_static_str("BLOCK"));
-            args.push(Value::from(
-                i64::try_from(block.as_millis()).unwrap_or(i64::MAX),
-            ));
-        }
-        args.push(Value::from_static_str("COUNT"));
-        args.push(Value::from(count.to_string()));
-        args.push(Value::from_static_str("STREAMS"));
-        for (key, _) in streams {
-            args.push(Value::from(*key));
-        }
-        for (_, id) in streams {
-            args.push(Value::from(id.as_str()));
-        }
+        let keys = streams.iter().map(|(key, id)| (*key, id.as_str()));
+        let args = read_args(args, keys, count, block);
         let command = CustomCommand::new_static(
             "XREADGROUP",
             ClusterHash::Offset(usize::from(block.is_some()) * 2 + 6),
