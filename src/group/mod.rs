@@ -68,6 +68,12 @@ pub(crate) struct GroupStream {
 }
 
 impl GroupStream {
+    /// This stream's identity within one consumer (the address of its key: a
+    /// consumer keeps one `GroupStream` per stream for its whole life).
+    pub(crate) fn tag(&self) -> usize {
+        self.key.as_ptr() as usize
+    }
+
     pub(crate) fn new(prefix: &str, topic: TopicName) -> Self {
         GroupStream {
             key: format!("{prefix}:stream:{{{topic}}}").into(),
@@ -215,7 +221,8 @@ pub(crate) struct GroupCore {
     /// received by it): a claim of its own idle entries refreshes these
     /// instead of delivering them a second time to the same process. Once
     /// received, a delivery follows the ack wait like any other.
-    pub(crate) queued: Mutex<HashSet<(Arc<str>, StreamId)>>,
+    /// Keyed by [`GroupStream::tag`] (no string hashing per delivery).
+    pub(crate) queued: Mutex<HashSet<(usize, StreamId)>>,
     pub(crate) limits: CodecLimits,
 }
 
@@ -711,7 +718,7 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
             .queued
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&(Arc::clone(&stream.key), id));
+            .remove(&(stream.tag(), id));
     }
 
     fn decode(

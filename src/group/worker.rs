@@ -469,8 +469,8 @@ fn hand_over(
             true
         }
         Some(fields) => {
-            let held = (Arc::clone(&stream.key), entry.id);
-            lock(&core.queued).insert(held.clone());
+            let held = (stream.tag(), entry.id);
+            lock(&core.queued).insert(held);
             let sent = incoming.send(Incoming::Entry {
                 stream: Arc::clone(stream),
                 id: entry.id,
@@ -651,7 +651,7 @@ fn take(
                     io_error(&core, "XCLAIM (in progress)", &error);
                 }
                 if received {
-                    lock(&core.queued).remove(&(Arc::clone(&stream.key), id));
+                    lock(&core.queued).remove(&(stream.tag(), id));
                 }
             });
         }
@@ -953,7 +953,7 @@ async fn reclaim(
             // may have taken it.
             let queued_before: HashSet<StreamId> = lock(&core.queued)
                 .iter()
-                .filter(|(key, _)| *key == stream.key)
+                .filter(|(tag, _)| *tag == stream.tag())
                 .map(|(_, id)| *id)
                 .collect();
             let claim = connection
@@ -995,8 +995,7 @@ async fn reclaim(
                     .entries
                     .into_iter()
                     .filter(|entry| {
-                        let key = (Arc::clone(&stream.key), entry.id);
-                        !held.contains(&key)
+                        !held.contains(&(stream.tag(), entry.id))
                             && !queued_before.contains(&entry.id)
                             && !nacked.contains(&entry.id)
                     })
