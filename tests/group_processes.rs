@@ -50,6 +50,11 @@ const KILL_EVERY: Duration = Duration::from_secs(2);
 const ACK_WAIT: Duration = Duration::from_secs(1);
 /// Most deliveries a worker handles (and acks together) at once.
 const WORKER_BATCH: usize = 128;
+/// The work a batch takes (the handler's time between receiving and acking):
+/// a worker holds unacked deliveries most of the time, as real workers do.
+const HANDLING: Duration = Duration::from_millis(4);
+/// How long a kill may wait for a worker to hold unacked deliveries.
+const KILL_AIM: Duration = Duration::from_millis(500);
 /// Upper bound on any single wait (a hang fails, never blocks CI).
 const PATIENCE: Duration = Duration::from_secs(30);
 /// The whole test, from the first publish to the last check.
@@ -145,6 +150,7 @@ async fn worker(url: &str, name: &str) {
         }
         out.write_all(lines.as_bytes()).unwrap();
         out.flush().unwrap();
+        tokio::time::sleep(HANDLING).await;
         let acks = batch.into_iter().map(|delivery| {
             let (seq, deliveries) = (*delivery, delivery.info().deliveries);
             let confirmed = delivery.ack_confirmed();
@@ -357,6 +363,9 @@ struct Ledger {
     /// Per restarted process (worker, generation): the redeliveries it handled
     /// before its first first-time delivery (the pending entries it drained).
     drained_first: HashMap<(usize, u32), Drained>,
+    /// Per process (worker, generation): deliveries it reported handled and
+    /// not yet acked (what a SIGKILL of it now would leave pending).
+    holding: HashMap<(usize, u32), i64>,
 }
 
 #[derive(Default)]
@@ -374,6 +383,7 @@ impl Ledger {
             ready: vec![0; WORKERS],
             published: false,
             drained_first: HashMap::new(),
+            holding: HashMap::new(),
         }
     }
 
@@ -401,6 +411,10 @@ impl Ledger {
                     .ok()
                     .filter(|&seq| seq < EVENTS as usize)
                     .unwrap_or_else(|| panic!("worker-{worker} reported unknown seq {seq}"));
+                *self.holding.entry((worker, generation)).or_default() += match kind {
+                    Kind::Handled => 1,
+                    Kind::Acked => -1,
+                };
                 match kind {
                     Kind::Handled => {
                         if self.handled[slot].is_empty() {
@@ -540,7 +554,37 @@ fn group_processes_survive_sigkill() {
             assert!(ledger.published, "the publisher stopped early");
         }
         if now >= next_kill {
-            let victim = kills % WORKERS;
+            // Aim at a worker in the middle of a batch (it reported handled
+            // deliveries it has not acked yet), the rotation's turn first; wait
+            // for the reports up to KILL_AIM for one.
+            let aim_until = now + KILL_AIM;
+            let victim = loop {
+                let holding = |worker: usize| {
+                    let generation = workers.started[worker] - 1;
+                    ledger
+                        .holding
+                        .get(&(worker, generation))
+                        .copied()
+                        .unwrap_or(0)
+                        > 0
+                };
+                let turn = kills % WORKERS;
+                let busy = (0..WORKERS)
+                    .map(|i| (turn + i) % WORKERS)
+                    .find(|&w| holding(w));
+                let wait = aim_until.saturating_duration_since(Instant::now());
+                match busy {
+                    Some(worker) => break worker,
+                    None if wait.is_zero() => break turn,
+                    None => match rx.recv_timeout(wait) {
+                        Ok(report) => ledger.apply(report),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            unreachable!("`tx` is held here")
+                        }
+                    },
+                }
+            };
             let pending = server
                 .cli(&["XPENDING", STREAM_KEY, GROUP])
                 .unwrap_or_default()
