@@ -415,6 +415,21 @@ where
     F: FnOnce(Connection) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,
 {
+    spawn_io_thread_with(name, config, role, false, body)
+}
+
+/// As [`spawn_io_thread`], with a RESP3 connection when `resp3`.
+pub(crate) fn spawn_io_thread_with<F, Fut>(
+    name: &str,
+    config: &RedisConfig,
+    role: &'static str,
+    resp3: bool,
+    body: F,
+) -> Result<IoThread>
+where
+    F: FnOnce(Connection) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
     let (ready_tx, ready_rx) = mpsc::channel();
     let config = config.clone();
     let thread = std::thread::Builder::new()
@@ -434,7 +449,7 @@ where
                 }
             };
             runtime.block_on(async move {
-                match Connection::open(&config, role).await {
+                match Connection::open_with(&config, role, resp3).await {
                     Ok((connection, version)) => {
                         let handle = tokio::runtime::Handle::current();
                         if ready_tx

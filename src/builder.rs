@@ -47,6 +47,9 @@ pub struct Bus {
     /// Live mode: the Redis side (outbox writer, cross-instance reader).
     #[cfg(feature = "redis")]
     live: Option<Arc<Live>>,
+    /// Live mode: the caches' connection, started by the first `cache` or `state`.
+    #[cfg(feature = "cache")]
+    cache_layer: Arc<std::sync::Mutex<Option<Arc<crate::cache::Layer>>>>,
 }
 
 impl Bus {
@@ -156,6 +159,115 @@ impl Bus {
         if let Some(live) = &self.live {
             live.shutdown();
         }
+        #[cfg(feature = "cache")]
+        if let Some(layer) = self
+            .cache_layer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            layer.shutdown();
+        }
+    }
+
+    /// The caches' Redis connection (live mode), started on first use.
+    #[cfg(feature = "cache")]
+    fn cache_layer(&self) -> Result<Option<Arc<crate::cache::Layer>>> {
+        let Some(live) = &self.live else {
+            return Ok(None);
+        };
+        if self.is_shut_down() {
+            return Err(crate::Error::new(
+                crate::ErrorKind::Closed,
+                "the bus has shut down",
+            ));
+        }
+        let mut slot = self
+            .cache_layer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(layer) = &*slot {
+            return Ok(Some(Arc::clone(layer)));
+        }
+        let layer = Arc::new(crate::cache::Layer::start(live.config())?);
+        *slot = Some(Arc::clone(&layer));
+        Ok(Some(layer))
+    }
+
+    /// The cache namespace `namespace` holding `V`: memory (moka) in front of
+    /// Redis keys `<prefix>:cache:<namespace>:<key>` in front of a loader. On an
+    /// embedded bus, memory and loader only. Each call makes a new cache handle
+    /// with its own memory layer; they and other instances' caches of the
+    /// namespace keep each other's memory coherent. Make one per namespace and
+    /// clone it.
+    ///
+    /// The first cache or state store of a live bus opens its connection (RESP3,
+    /// `CLIENT TRACKING`).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) for a bad
+    /// namespace or config; connection errors as for [`BusBuilder::build`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tickbus::{Bus, CacheConfig};
+    ///
+    /// let bus = Bus::builder().build()?;
+    /// let tickers = bus.cache::<f64>("ticker", CacheConfig::ticker())?;
+    /// assert_eq!(tickers.namespace(), "ticker");
+    /// # Ok::<(), tickbus::Error>(())
+    /// ```
+    #[cfg(feature = "cache")]
+    pub fn cache<V>(&self, namespace: &str, config: crate::CacheConfig) -> Result<crate::Cache<V>>
+    where
+        V: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        crate::cache::validate_namespace(namespace)?;
+        config.validate()?;
+        let layer = self.cache_layer()?;
+        crate::Cache::new(
+            namespace,
+            config,
+            self.clock().clone(),
+            layer,
+            &self.instance_id().to_string(),
+        )
+    }
+
+    /// The latest-state keys of this bus, with `policy` choosing each key's TTL:
+    /// Redis keys `<prefix>:state:<component>:<data_type>` in live mode, a map in
+    /// this process on an embedded bus (backtests).
+    ///
+    /// # Errors
+    ///
+    /// Connection errors as for [`BusBuilder::build`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tickbus::{Bus, StatePolicy};
+    ///
+    /// let bus = Bus::builder().build()?;
+    /// let state = bus.state(StatePolicy::seeds())?;
+    /// assert!(state.policy().ttl_for("config:strategy").is_none());
+    /// # Ok::<(), tickbus::Error>(())
+    /// ```
+    #[cfg(feature = "cache")]
+    pub fn state(&self, policy: crate::StatePolicy) -> Result<crate::StateStore> {
+        let layer = self.cache_layer()?;
+        let prefix = self.live.as_ref().map_or_else(
+            || "tickbus".to_string(),
+            |live| live.config().key_prefix.clone(),
+        );
+        Ok(crate::StateStore::new(
+            layer,
+            policy,
+            self.clock().clone(),
+            self.instance_id(),
+            &prefix,
+        ))
     }
 
     /// The durable topic `name` carrying `T` (live mode): every event published to
@@ -524,6 +636,8 @@ impl BusBuilder {
             shared: Arc::new(BusShared::new(instance, clock, options)),
             #[cfg(feature = "redis")]
             live,
+            #[cfg(feature = "cache")]
+            cache_layer: Arc::default(),
         })
     }
 }

@@ -59,6 +59,8 @@ pub enum ErrorKind {
     /// A replay range starts before the oldest entry its stream still holds:
     /// what came before was trimmed or deleted.
     Trimmed,
+    /// A cache loader failed (its error is in the message).
+    Loader,
 }
 
 impl ErrorKind {
@@ -82,6 +84,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timed out",
             ErrorKind::GroupMissing => "consumer group missing",
             ErrorKind::Trimmed => "range trimmed",
+            ErrorKind::Loader => "cache loader failed",
         }
     }
 }

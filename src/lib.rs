@@ -141,6 +141,8 @@
 //! * `redis` (default): live mode (fred, and two private tokio I/O threads per
 //!   live bus). Without it the crate is the embedded bus alone: no tokio, no
 //!   fred, no network.
+//! * `cache` (default): the tiered cache ([`Bus::cache`]) and the latest-state
+//!   keys ([`Bus::state`]); needs `redis`.
 //! * `test-util`: `test_util::RedisServer`, a private `redis-server` per test.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -150,6 +152,8 @@ mod backtest;
 mod bridge;
 mod builder;
 mod bus;
+#[cfg(feature = "cache")]
+mod cache;
 mod clock;
 pub mod codec;
 mod config;
@@ -183,6 +187,8 @@ pub use recording::{export, import, Import, RecordingFormat, ReplayedEvent};
 
 #[cfg(feature = "redis")]
 pub use bridge::{Health, RedisStats};
+#[cfg(feature = "cache")]
+pub use cache::{Cache, CacheConfig, CacheStats, PublishedWithState, StatePolicy, StateStore};
 #[cfg(feature = "redis")]
 pub use config::{Durability, DurableOptions, OutboxFull, RedisConfig, RemoteStart, Retention};
 #[cfg(feature = "redis")]

@@ -146,6 +146,16 @@ impl Connection {
         config: &RedisConfig,
         role: &'static str,
     ) -> Result<(Connection, (u32, u32, u32))> {
+        Self::open_with(config, role, false).await
+    }
+
+    /// As [`open`](Self::open), speaking RESP3 when `resp3` (server-assisted
+    /// client-side caching delivers its invalidations as RESP3 pushes).
+    pub(crate) async fn open_with(
+        config: &RedisConfig,
+        role: &'static str,
+        resp3: bool,
+    ) -> Result<(Connection, (u32, u32, u32))> {
         let redacted_url = config.redacted_url();
         let mut fred_config = Config::from_url(config.url()).map_err(|error| {
             // fred's message may quote the URL: do not pass it on.
@@ -155,6 +165,9 @@ impl Connection {
             )
         })?;
         fred_config.fail_fast = true;
+        if resp3 {
+            fred_config.version = fred::types::RespVersion::RESP3;
+        }
         let mut builder = Builder::from_config(fred_config);
         builder.with_connection_config(|connection| {
             connection.connection_timeout = config.connect_timeout;
@@ -1197,6 +1210,207 @@ impl Connection {
             .await
             .map_err(|error| map_error(error, &self.context("SET NX")))?;
         Ok(!matches!(value, Value::Null))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The tiered cache and the state keys (`src/cache/`): one RESP3 connection per
+// bus, tracking the cache prefix in broadcast mode.
+
+/// What the server said changed under the tracked prefix.
+#[derive(Debug)]
+pub(crate) enum Invalidation {
+    /// These keys changed (set, deleted, expired, evicted).
+    Keys(Vec<Bytes>),
+    /// Anything may have changed: the server flushed (`FLUSHALL`, `FLUSHDB`),
+    /// or invalidations were lost (the channel lagged).
+    All,
+}
+
+/// The invalidation pushes of one RESP3 connection, lag included.
+pub(crate) struct Invalidations {
+    rx: tokio::sync::broadcast::Receiver<fred::types::client::Invalidation>,
+}
+
+impl Invalidations {
+    /// The next invalidation; `None` once the client is closed.
+    pub(crate) async fn next(&mut self) -> Option<Invalidation> {
+        use tokio::sync::broadcast::error::RecvError;
+        match self.rx.recv().await {
+            Ok(invalidation) if invalidation.keys.is_empty() => Some(Invalidation::All),
+            Ok(invalidation) => Some(Invalidation::Keys(
+                invalidation
+                    .keys
+                    .into_iter()
+                    .map(|key| key.into_bytes())
+                    .collect(),
+            )),
+            Err(RecvError::Lagged(_)) => Some(Invalidation::All),
+            Err(RecvError::Closed) => None,
+        }
+    }
+}
+
+/// Releases a lock only if it still holds our token (`KEYS[1]`, `ARGV[1]`).
+pub(crate) const RELEASE_LOCK_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+fn ttl_millis(ttl: Duration) -> String {
+    u64::try_from(ttl.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+        .to_string()
+}
+
+impl Connection {
+    /// Subscribes to the invalidation pushes of this (RESP3) connection.
+    pub(crate) fn invalidations(&self) -> Invalidations {
+        use fred::interfaces::TrackingInterface as _;
+        Invalidations {
+            rx: self.client.invalidation_rx(),
+        }
+    }
+
+    /// `CLIENT TRACKING on BCAST PREFIX prefix NOLOOP`: the server pushes the
+    /// name of every key under `prefix` that another connection changes.
+    pub(crate) async fn track_prefix(&self, prefix: &str) -> Result<()> {
+        use fred::interfaces::TrackingInterface as _;
+        self.client
+            .start_tracking(prefix, true, false, false, true)
+            .await
+            .map_err(|error| map_error(error, &self.context("CLIENT TRACKING")))
+    }
+
+    /// `GET key`.
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let value: Value = self
+            .client
+            .custom(cmd("GET"), vec![key])
+            .await
+            .map_err(|error| map_error(error, &self.context("GET")))?;
+        Ok(match value {
+            Value::Null => None,
+            other => Some(value_bytes(other)),
+        })
+    }
+
+    /// `SET key value [PX ttl]` (`None`: no expiry).
+    pub(crate) async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
+        let mut args: Vec<Value> = vec![key.into(), Value::Bytes(value)];
+        if let Some(ttl) = ttl {
+            args.push("PX".into());
+            args.push(ttl_millis(ttl).into());
+        }
+        let _: Value = self
+            .client
+            .custom(cmd("SET"), args)
+            .await
+            .map_err(|error| map_error(error, &self.context("SET")))?;
+        Ok(())
+    }
+
+    /// `SET key token NX PX ttl`: `true` when this call took the lock.
+    pub(crate) async fn lock(&self, key: &str, token: &str, ttl: Duration) -> Result<bool> {
+        let ttl = ttl_millis(ttl);
+        let value: Value = self
+            .client
+            .custom(cmd("SET"), vec![key, token, "NX", "PX", &ttl])
+            .await
+            .map_err(|error| map_error(error, &self.context("SET NX (lock)")))?;
+        Ok(!matches!(value, Value::Null))
+    }
+
+    /// Releases `key` if it still holds `token`: `true` when it did.
+    pub(crate) async fn unlock(&self, key: &str, token: &str) -> Result<bool> {
+        let value: Value = self
+            .client
+            .custom(cmd("EVAL"), vec![RELEASE_LOCK_SCRIPT, "1", key, token])
+            .await
+            .map_err(|error| map_error(error, &self.context("EVAL (unlock)")))?;
+        Ok(value.as_u64() == Some(1))
+    }
+
+    /// `SCAN 0 MATCH pattern COUNT 1000` to the end: every key matching.
+    pub(crate) async fn scan_keys(&self, pattern: &str) -> Result<Vec<String>> {
+        let mut cursor = "0".to_string();
+        let mut keys = Vec::new();
+        loop {
+            let value: Value = self
+                .client
+                .custom(
+                    cmd("SCAN"),
+                    vec![cursor.as_str(), "MATCH", pattern, "COUNT", "1000"],
+                )
+                .await
+                .map_err(|error| map_error(error, &self.context("SCAN")))?;
+            let Value::Array(mut parts) = value else {
+                return Err(Error::new(ErrorKind::Redis, "SCAN: not an array"));
+            };
+            if parts.len() != 2 {
+                return Err(Error::new(ErrorKind::Redis, "SCAN: not a pair"));
+            }
+            if let Value::Array(found) = parts.pop().unwrap_or(Value::Null) {
+                keys.extend(found.into_iter().filter_map(|key| key.into_string()));
+            }
+            cursor = parts
+                .pop()
+                .and_then(|c| c.into_string())
+                .unwrap_or_default();
+            if cursor == "0" || cursor.is_empty() {
+                return Ok(keys);
+            }
+        }
+    }
+
+    /// `UNLINK key…`: how many keys existed.
+    pub(crate) async fn unlink(&self, keys: &[String]) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let value: Value = self
+            .client
+            .custom(cmd("UNLINK"), keys.to_vec())
+            .await
+            .map_err(|error| map_error(error, &self.context("UNLINK")))?;
+        Ok(value.as_u64().unwrap_or(0))
+    }
+
+    /// `MULTI; XADD entry; SET key value [PX ttl]; EXEC`: the event and the
+    /// state are written together or not at all. Returns the entry's id.
+    pub(crate) async fn append_with_state(
+        &self,
+        entry: &WireEntry,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<StreamId> {
+        use fred::interfaces::TransactionInterface as _;
+        let transaction = self.client.multi();
+        let _: Value = transaction
+            .custom(cmd("XADD"), xadd_args(entry))
+            .await
+            .map_err(|error| map_error(error, &self.context("MULTI XADD")))?;
+        let mut args: Vec<Value> = vec![key.into(), Value::Bytes(value)];
+        if let Some(ttl) = ttl {
+            args.push("PX".into());
+            args.push(ttl_millis(ttl).into());
+        }
+        let _: Value = transaction
+            .custom(cmd("SET"), args)
+            .await
+            .map_err(|error| map_error(error, &self.context("MULTI SET")))?;
+        let replies: Vec<Value> = transaction
+            .exec(true)
+            .await
+            .map_err(|error| map_error(error, &self.context("EXEC")))?;
+        replies
+            .first()
+            .and_then(parse_stream_id)
+            .ok_or_else(|| Error::new(ErrorKind::Redis, "EXEC: no stream id for the XADD"))
     }
 }
 

@@ -1,0 +1,321 @@
+//! The Redis side of the caches of one bus: a RESP3 connection on its own I/O
+//! thread, tracking `<prefix>:cache:` in broadcast mode, and the namespaces it
+//! tells about changes. Also the process-wide timer of loader timeouts.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::time::Duration;
+
+use crate::bridge::{spawn_io_thread_with, IoThread};
+use crate::config::RedisConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::transport::redis::{Connection, ConnectionEvent, Invalidation};
+
+/// What a namespace's memory layer must do when Redis says a key changed.
+pub(crate) trait Invalidate: Send + Sync {
+    /// `key` (without the namespace prefix) changed in Redis.
+    fn invalidate_key(&self, key: &str);
+    /// Anything may have changed: drop every memory entry.
+    fn flush(&self);
+}
+
+type Registry = HashMap<String, Vec<Weak<dyn Invalidate>>>;
+
+/// The caches' connection of one live bus.
+pub(crate) struct Layer {
+    io: IoThread,
+    /// What the invalidation loop shares with the caches.
+    pub(crate) hub: Arc<Hub>,
+    /// `<prefix>:lock:cache:`, where the stampede locks live (outside the tracked
+    /// prefix: taking a lock must not invalidate anyone's memory).
+    pub(crate) lock_prefix: String,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// The state the invalidation loop and the caches share.
+pub(crate) struct Hub {
+    /// `<prefix>:cache:`, the tracked prefix.
+    pub(crate) prefix: String,
+    /// Raised on every event after which memory entries filled from an earlier
+    /// read can no longer be trusted (connection lost or re-established,
+    /// invalidations lost, a flush). See `Cache::fill`.
+    pub(crate) epoch: AtomicU64,
+    /// Whether the server is tracking the prefix for us right now.
+    pub(crate) tracking: AtomicBool,
+    namespaces: Mutex<Registry>,
+}
+
+impl Layer {
+    /// Connects (RESP3), starts tracking, and starts the invalidation loop.
+    pub(crate) fn start(config: &RedisConfig) -> Result<Layer> {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let hub = Arc::new(Hub {
+            prefix: format!("{}:cache:", config.key_prefix),
+            epoch: AtomicU64::new(0),
+            tracking: AtomicBool::new(false),
+            namespaces: Mutex::new(HashMap::new()),
+        });
+        let loop_hub = Arc::clone(&hub);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+        let io = spawn_io_thread_with(
+            "tickbus-cache",
+            config,
+            "cache",
+            true,
+            move |connection: Connection| async move {
+                let hub = loop_hub;
+                let mut invalidations = connection.invalidations();
+                let mut events = connection.events();
+                // Tracking before anything is read through this connection; a
+                // server that refuses it (an ACL without CLIENT) fails the start.
+                let tracked = connection.track_prefix(&hub.prefix).await;
+                let failed = tracked.is_err();
+                if tracked.is_ok() {
+                    hub.tracking.store(true, Ordering::SeqCst);
+                }
+                let _ = ready_tx.send(tracked);
+                if failed {
+                    return;
+                }
+                loop {
+                    tokio::select! {
+                        _ = stopped.changed() => return,
+                        invalidation = invalidations.next() => match invalidation {
+                            Some(Invalidation::Keys(keys)) => {
+                                for key in keys {
+                                    hub.invalidated(&key);
+                                }
+                            }
+                            Some(Invalidation::All) => hub.flush_all(),
+                            None => return,
+                        },
+                        event = events.next() => match event {
+                            Some(ConnectionEvent::Lost(error)) => {
+                                // Once per outage (fred reports every failed
+                                // reconnect): what loaders fill meanwhile stays.
+                                if hub.tracking.swap(false, Ordering::SeqCst) {
+                                    tracing::warn!(%error, "cache connection lost: memory layers flushed");
+                                    hub.flush_all();
+                                }
+                            }
+                            Some(ConnectionEvent::Reconnected) => {
+                                // A new connection tracks nothing: what was read
+                                // on the old one, or on this one before tracking
+                                // is back, may be stale.
+                                hub.tracking.store(false, Ordering::SeqCst);
+                                hub.flush_all();
+                                track(&connection, &hub, &mut stopped).await;
+                            }
+                            None => return,
+                        },
+                    }
+                }
+            },
+        )?;
+        let started = ready_rx
+            .recv_timeout(config.connect_timeout * 2)
+            .unwrap_or_else(|_| {
+                Err(Error::new(
+                    ErrorKind::Unavailable,
+                    "the cache connection did not start tracking in time",
+                ))
+            });
+        if let Err(error) = started {
+            let _ = stop.send(true);
+            let _ = io.thread.join();
+            return Err(Error::new(
+                error.kind(),
+                format!(
+                    "cannot start the cache's CLIENT TRACKING: {}",
+                    error.message()
+                ),
+            ));
+        }
+        Ok(Layer {
+            io,
+            lock_prefix: format!("{}:lock:cache:", config.key_prefix),
+            hub,
+            stop,
+        })
+    }
+    /// Runs `job` with the connection on the cache I/O thread; the returned future
+    /// is runtime-agnostic.
+    pub(crate) fn run<R, F, Fut>(&self, job: F) -> impl Future<Output = Result<R>> + Send + 'static
+    where
+        R: Send + 'static,
+        F: FnOnce(Connection) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let connection = self.io.connection.clone();
+        self.io.runtime.spawn(async move {
+            let _ = tx.send(job(connection).await);
+        });
+        async move {
+            rx.await
+                .unwrap_or_else(|_| Err(Error::new(ErrorKind::Closed, "the bus has shut down")))
+        }
+    }
+
+    /// Stops the I/O thread (the caches then serve memory and loaders only).
+    pub(crate) fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Hub {
+    /// Registers a namespace's memory layer for invalidations.
+    pub(crate) fn register(&self, namespace: &str, memory: Weak<dyn Invalidate>) {
+        let mut namespaces = self
+            .namespaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let list = namespaces.entry(namespace.to_string()).or_default();
+        list.retain(|weak| weak.strong_count() > 0);
+        list.push(memory);
+    }
+
+    fn members(&self, namespace: &str) -> Vec<Arc<dyn Invalidate>> {
+        let namespaces = self
+            .namespaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        namespaces
+            .get(namespace)
+            .map(|list| list.iter().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default()
+    }
+
+    /// This process changed `key` of `namespace` in Redis: the server does not
+    /// tell this connection (NOLOOP), so the other caches of the namespace in this
+    /// process are told here. `except` is the one that made the change.
+    pub(crate) fn changed_locally(&self, namespace: &str, key: &str, except: *const ()) {
+        for member in self.members(namespace) {
+            if !std::ptr::addr_eq(Arc::as_ptr(&member), except) {
+                member.invalidate_key(key);
+            }
+        }
+    }
+
+    /// As `changed_locally`, for a whole namespace.
+    pub(crate) fn flushed_locally(&self, namespace: &str, except: *const ()) {
+        for member in self.members(namespace) {
+            if !std::ptr::addr_eq(Arc::as_ptr(&member), except) {
+                member.flush();
+            }
+        }
+    }
+
+    /// The server says `key` (full Redis key) changed.
+    fn invalidated(&self, key: &[u8]) {
+        let Some(rest) = key.strip_prefix(self.prefix.as_bytes()) else {
+            return;
+        };
+        let Ok(rest) = std::str::from_utf8(rest) else {
+            return;
+        };
+        let Some((namespace, key)) = rest.split_once(':') else {
+            return;
+        };
+        for member in self.members(namespace) {
+            member.invalidate_key(key);
+        }
+    }
+
+    /// Every memory layer of every namespace forgets everything.
+    pub(crate) fn flush_all(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let all: Vec<Arc<dyn Invalidate>> = {
+            let namespaces = self
+                .namespaces
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            namespaces
+                .values()
+                .flatten()
+                .filter_map(Weak::upgrade)
+                .collect()
+        };
+        for member in all {
+            member.flush();
+        }
+    }
+}
+
+impl std::fmt::Debug for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Layer")
+            .field("prefix", &self.hub.prefix)
+            .field("tracking", &self.hub.tracking.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Drop for Layer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// (Re-)enables tracking, retrying with a back-off until it holds or the layer
+/// stops; flushes once it holds (reads made before were not tracked).
+async fn track(
+    connection: &Connection,
+    hub: &Hub,
+    stopped: &mut tokio::sync::watch::Receiver<bool>,
+) {
+    let mut delay = Duration::from_millis(20);
+    loop {
+        match connection.track_prefix(&hub.prefix).await {
+            Ok(()) => {
+                hub.flush_all();
+                hub.tracking.store(true, Ordering::SeqCst);
+                hub.epoch.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot enable CLIENT TRACKING; retrying");
+                tokio::select! {
+                    _ = stopped.changed() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// The process-wide timer of loader timeouts and lock waits: one small runtime
+/// thread, started on first use, so that caches need no runtime of the caller's.
+pub(crate) fn sleep(duration: Duration) -> impl Future<Output = ()> + Send + 'static {
+    static TIMER: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    let timer = TIMER.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tickbus-timer")
+            .enable_time()
+            .build()
+            .ok()
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    match timer {
+        Some(runtime) => {
+            runtime.spawn(async move {
+                tokio::time::sleep(duration).await;
+                let _ = tx.send(());
+            });
+        }
+        None => {
+            // No timer thread could start: fall back to a thread per sleep.
+            std::thread::spawn(move || {
+                std::thread::sleep(duration);
+                let _ = tx.send(());
+            });
+        }
+    }
+    async move {
+        let _ = rx.await;
+    }
+}
