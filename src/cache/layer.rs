@@ -140,22 +140,37 @@ impl Layer {
             stop,
         })
     }
-    /// Runs `job` with the connection on the cache I/O thread; the returned future
-    /// is runtime-agnostic.
+    /// Runs `job` with the connection; the returned future is runtime-agnostic.
+    ///
+    /// Called from a tokio runtime, the job runs right there (fred's commands
+    /// need a tokio context for their timeouts, and nothing else of the caller's
+    /// runtime): the command goes straight to the connection's task, as with a
+    /// bare fred client. Called from anywhere else, it is spawned on the cache
+    /// I/O thread, one hop more each way.
     pub(crate) fn run<R, F, Fut>(&self, job: F) -> impl Future<Output = Result<R>> + Send + 'static
     where
         R: Send + 'static,
         F: FnOnce(Connection) -> Fut + Send + 'static,
         Fut: Future<Output = Result<R>> + Send + 'static,
     {
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let connection = self.io.connection.clone();
-        self.io.runtime.spawn(async move {
-            let _ = tx.send(job(connection).await);
-        });
+        let spawned = if tokio::runtime::Handle::try_current().is_ok() {
+            Err(job)
+        } else {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let connection = connection.clone();
+            self.io.runtime.spawn(async move {
+                let _ = tx.send(job(connection).await);
+            });
+            Ok(rx)
+        };
         async move {
-            rx.await
-                .unwrap_or_else(|_| Err(Error::new(ErrorKind::Closed, "the bus has shut down")))
+            match spawned {
+                Err(job) => job(connection).await,
+                Ok(rx) => rx.await.unwrap_or_else(|_| {
+                    Err(Error::new(ErrorKind::Closed, "the bus has shut down"))
+                }),
+            }
         }
     }
 
