@@ -59,6 +59,9 @@ pub enum ErrorKind {
     /// A replay range starts before the oldest entry its stream still holds:
     /// what came before was trimmed or deleted.
     Trimmed,
+    /// Something asked for by name does not exist in Redis: a topic's stream, a
+    /// consumer group, a dead letter (the admin queries of [`crate::admin`]).
+    NotFound,
 }
 
 impl ErrorKind {
@@ -82,6 +85,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timed out",
             ErrorKind::GroupMissing => "consumer group missing",
             ErrorKind::Trimmed => "range trimmed",
+            ErrorKind::NotFound => "not found",
         }
     }
 }
