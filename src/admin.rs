@@ -120,6 +120,31 @@ pub struct CacheNamespace {
 /// A read-only connection for looking at tickbus's keys in Redis: see the
 /// [module documentation](self). Dropping it closes the connection and stops
 /// its thread.
+///
+/// Its methods block the calling thread (from async code, call them in
+/// `spawn_blocking`).
+///
+/// # Examples
+///
+/// Which member holds the oldest unacknowledged entries of a group:
+///
+/// ```no_run
+/// use tickbus::{Admin, ErrorKind, RedisConfig};
+///
+/// let config = RedisConfig::from_env()?.expect("set REDIS_URL");
+/// let admin = Admin::connect(config)?;
+/// match admin.pending("labelers", "job:label", 5) {
+///     Ok(pending) => {
+///         for entry in &pending.oldest {
+///             println!("{} held by {} for {:?}, {} deliveries",
+///                 entry.id, entry.consumer, entry.idle, entry.deliveries);
+///         }
+///     }
+///     Err(error) if error.kind() == ErrorKind::NotFound => println!("no such group"),
+///     Err(error) => return Err(error.into()),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Admin {
     connection: Connection,
     runtime: tokio::runtime::Handle,

@@ -56,13 +56,28 @@ impl std::fmt::Debug for Connection {
 /// why). Everything else (connection lost, no route, `LOADING`, `OOM`,
 /// `READONLY` during a failover, ...) is `Unavailable` or `Timeout`: retried.
 pub(crate) fn map_error(error: FredError, context: &str) -> Error {
-    let details = error.details().to_string();
+    let details = readable_io_error(error.details());
     let kind = reply_kind(&details).unwrap_or(match error.kind() {
         FredErrorKind::Auth => ErrorKind::Auth,
         FredErrorKind::Timeout => ErrorKind::Timeout,
         _ => ErrorKind::Unavailable,
     });
     Error::new(kind, format!("{context}: {details}")).with_source(error)
+}
+
+/// fred shows an I/O error in its `Debug` form (`Os { code: 111, kind:
+/// ConnectionRefused, message: "Connection refused" }`): keep the message.
+fn readable_io_error(details: &str) -> String {
+    if details.starts_with("Os {") {
+        if let Some(message) = details
+            .split_once("message: \"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(message, _)| message)
+        {
+            return message.to_string();
+        }
+    }
+    details.to_string()
 }
 
 /// The kind of a server error reply, by its code (`WRONGTYPE …`, `NOAUTH …`);
