@@ -508,6 +508,10 @@ fn an_unreachable_server_fails_with_a_clear_message() {
             err.contains(&format!("cannot connect to Redis at {url}")),
             "{args:?}: {err}"
         );
+        assert!(
+            err.contains("Connection refused") && !err.contains("Os {"),
+            "the OS error in words: {err}"
+        );
         assert!(stdout(&output).is_empty());
     }
     let output = run("http://127.0.0.1:6379", &["stats"]);

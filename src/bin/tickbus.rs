@@ -505,6 +505,9 @@ fn replay(config: RedisConfig, args: ReplayArgs) -> Outcome {
 
 /// A progress bar on stderr for long replays, by stream-id time.
 struct Progress {
+    /// The whole of each stream: done is the count over the streams' lengths;
+    /// otherwise the position in the range by stream-id time.
+    by_count: bool,
     from_ms: u64,
     to_ms: u64,
     total: u64,
@@ -538,6 +541,7 @@ impl Progress {
         let from_ms = from.ms().unwrap_or(first).max(first);
         let to_ms = to.ms().unwrap_or(last).min(last);
         Ok(Some(Progress {
+            by_count: from.ms().is_none() && to.ms().is_none(),
             from_ms,
             to_ms: to_ms.max(from_ms + 1),
             total,
@@ -550,12 +554,16 @@ impl Progress {
             return;
         }
         self.last_draw = std::time::Instant::now();
-        let done = at.ms.saturating_sub(self.from_ms) as f64 / (self.to_ms - self.from_ms) as f64;
+        let done = if self.by_count {
+            count as f64 / self.total as f64
+        } else {
+            at.ms.saturating_sub(self.from_ms) as f64 / (self.to_ms - self.from_ms) as f64
+        };
         let done = done.clamp(0.0, 1.0);
         let width = 30;
         let filled = (done * width as f64) as usize;
         eprint!(
-            "\r[{}{}] {:>3}%  {count} events (streams hold {})",
+            "\r\x1b[K[{}{}] {:>3}%  {count} events (streams hold {})",
             "#".repeat(filled),
             " ".repeat(width - filled),
             (done * 100.0) as u32,
@@ -564,7 +572,7 @@ impl Progress {
     }
 
     fn finish(&self, count: u64) {
-        eprintln!("\r[{}] 100%  {count} events", "#".repeat(30));
+        eprintln!("\r\x1b[K[{}] 100%  {count} events", "#".repeat(30));
     }
 }
 
@@ -764,8 +772,10 @@ fn dlq_list(config: RedisConfig, args: DlqListArgs) -> Outcome {
     }
     let bus = live_bus(config)?;
     let mut out = std::io::BufWriter::new(std::io::stdout());
+    let mut listed = 0;
     for topic in &topics {
         let letters = block_on(bus.dead_letters(topic.as_str(), args.count))?;
+        listed += letters.len();
         for letter in &letters {
             if args.json {
                 output_result(writeln!(out, "{}", dead_letter_json(letter)))?;
@@ -793,6 +803,9 @@ fn dlq_list(config: RedisConfig, args: DlqListArgs) -> Outcome {
                 letter.error,
             ))?;
         }
+    }
+    if listed == 0 {
+        eprintln!("tickbus: no dead letters");
     }
     output_result(out.flush())
 }
@@ -875,7 +888,13 @@ fn stats(config: RedisConfig, args: StatsArgs) -> Outcome {
     }
     output_result(writeln!(out, "cache namespaces: {}", caches.len()))?;
     for cache in &caches {
-        output_result(writeln!(out, "  {}  {} keys", cache.namespace, cache.keys))?;
+        output_result(writeln!(
+            out,
+            "  {}  {} key{}",
+            cache.namespace,
+            cache.keys,
+            if cache.keys == 1 { "" } else { "s" }
+        ))?;
     }
     output_result(out.flush())
 }
