@@ -623,3 +623,56 @@ fn every_command_has_help() {
         assert!(text.contains("--redis <URL>"), "{args:?}: {text}");
     }
 }
+
+#[test]
+fn admin_answers_with_plain_structs_and_not_found_kinds() {
+    use tickbus::{Admin, ErrorKind};
+    let server = RedisServer::start().unwrap();
+    let url = server.url();
+    publish(&url, "md:tick", "1");
+    let last = publish(&url, "md:tick", "2");
+    publish(&url, "risk:calculated", "3");
+    let admin = Admin::connect(RedisConfig::from_url(&url).unwrap()).unwrap();
+    assert!(admin.server_version() >= (6, 2, 0));
+    let names = |filter: Option<&str>| -> Vec<String> {
+        admin
+            .topics(filter)
+            .unwrap()
+            .iter()
+            .map(|t| t.to_string())
+            .collect()
+    };
+    assert_eq!(names(None), ["md:tick", "risk:calculated"]);
+    assert_eq!(names(Some("md:*")), ["md:tick"]);
+    assert_eq!(names(Some("risk:calculated")), ["risk:calculated"]);
+    assert!(names(Some("md:nope")).is_empty());
+    assert_eq!(
+        admin.topics(Some("md:**")).unwrap_err().kind(),
+        ErrorKind::InvalidPattern
+    );
+    let stats = admin.stream_stats("md:tick").unwrap();
+    assert_eq!((stats.length, stats.last_id), (2, Some(last)));
+    assert!(stats.groups.is_empty());
+    assert_eq!(
+        admin.stream_stats("md:nope").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        admin.groups("md:nope").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        admin.pending("g", "md:tick", 5).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    server
+        .cli(&["XGROUP", "CREATE", "tickbus:stream:{md:tick}", "g", "$"])
+        .unwrap();
+    let pending = admin.pending("g", "md:tick", 5).unwrap();
+    assert_eq!((pending.count, pending.oldest.len()), (0, 0));
+    let groups = admin.groups("md:tick").unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!((groups[0].name.as_str(), groups[0].lag), ("g", Some(0)));
+    assert!(admin.dead_letter_topics(None).unwrap().is_empty());
+    assert!(admin.cache_namespaces().unwrap().is_empty());
+}
