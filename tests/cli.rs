@@ -676,3 +676,35 @@ fn admin_answers_with_plain_structs_and_not_found_kinds() {
     assert!(admin.dead_letter_topics(None).unwrap().is_empty());
     assert!(admin.cache_namespaces().unwrap().is_empty());
 }
+
+#[test]
+fn bin_payloads_and_integer_keys_are_shown_as_json() {
+    let server = RedisServer::start().unwrap();
+    let url = server.url();
+    for data in [&b"\xc4\x03abc"[..], b"\x81\x01\x02"] {
+        server
+            .command(&[
+                b"XADD",
+                b"tickbus:stream:{md:raw}",
+                b"*",
+                b"id",
+                b"0190b2a4-0000-7000-8000-000000000001",
+                b"src",
+                b"0190b2a4-0000-7000-8000-0000000000ff",
+                b"ts",
+                b"1",
+                b"data",
+                data,
+            ])
+            .unwrap();
+    }
+    let events = json_lines(&ok(&url, &["replay", "md:raw", "--json"]));
+    let payloads: Vec<&Value> = events.iter().map(|e| &e["payload"]).collect();
+    assert_eq!(
+        payloads,
+        [
+            &serde_json::json!([97, 98, 99]),
+            &serde_json::json!({"1": 2})
+        ]
+    );
+}

@@ -10,6 +10,8 @@
 //! entries, or payloads that are not MessagePack: each one is reported on
 //! stderr).
 
+#[path = "tickbus/json.rs"]
+mod json;
 #[path = "tickbus/parse.rs"]
 mod parse;
 
@@ -23,12 +25,12 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 use tickbus::admin::{Admin, GroupSummary};
-use tickbus::codec::{self, CodecLimits};
 use tickbus::{
     Bus, DeadLetter, DurableOptions, Error, ErrorKind, OnTrimmed, Position, RedisConfig, Redrive,
     ReplayOptions, ReplayedEvent, StreamId,
 };
 
+use crate::json::payload_json;
 use crate::parse::{human_bytes, human_duration, Spot};
 
 /// Look at and operate tickbus streams, consumer groups and dead letters in Redis.
@@ -358,10 +360,6 @@ impl Printer {
         }
         Ok(())
     }
-}
-
-fn payload_json(data: &[u8]) -> tickbus::Result<Value> {
-    codec::decode_payload::<Value>(data, &CodecLimits::default())
 }
 
 /// A closed pipe (`tickbus replay … | head`) ends the command quietly.
