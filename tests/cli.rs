@@ -632,7 +632,9 @@ fn admin_answers_with_plain_structs_and_not_found_kinds() {
     publish(&url, "md:tick", "1");
     let last = publish(&url, "md:tick", "2");
     publish(&url, "risk:calculated", "3");
+    fn send_sync<T: Send + Sync>(_: &T) {}
     let admin = Admin::connect(RedisConfig::from_url(&url).unwrap()).unwrap();
+    send_sync(&admin); // shared by an operator's threads, or moved into spawn_blocking
     assert!(admin.server_version() >= (6, 2, 0));
     let names = |filter: Option<&str>| -> Vec<String> {
         admin
