@@ -399,7 +399,7 @@ impl fmt::Debug for Live {
 pub(crate) struct IoThread {
     pub(crate) connection: Connection,
     pub(crate) runtime: tokio::runtime::Handle,
-    version: (u32, u32, u32),
+    pub(crate) version: (u32, u32, u32),
     pub(crate) thread: JoinHandle<()>,
 }
 

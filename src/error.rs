@@ -61,6 +61,9 @@ pub enum ErrorKind {
     Trimmed,
     /// A cache loader failed (its error is in the message).
     Loader,
+    /// Something asked for by name does not exist in Redis: a topic's stream, a
+    /// consumer group, a dead letter (the admin queries of [`crate::admin`]).
+    NotFound,
 }
 
 impl ErrorKind {
@@ -85,6 +88,7 @@ impl ErrorKind {
             ErrorKind::GroupMissing => "consumer group missing",
             ErrorKind::Trimmed => "range trimmed",
             ErrorKind::Loader => "cache loader failed",
+            ErrorKind::NotFound => "not found",
         }
     }
 }

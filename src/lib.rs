@@ -144,9 +144,14 @@
 //! * `cache` (default): the tiered cache ([`Bus::cache`]) and the latest-state
 //!   keys ([`Bus::state`]); needs `redis`.
 //! * `test-util`: `test_util::RedisServer`, a private `redis-server` per test.
+//! * `cli`: the `tickbus` command-line tool (tail, replay, publish, groups,
+//!   pending, dead letters, stats); see `docs/cli.md`. Its read-only queries
+//!   are [`admin::Admin`], available with `redis` alone.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[cfg(feature = "redis")]
+pub mod admin;
 mod backtest;
 #[cfg(feature = "redis")]
 mod bridge;
@@ -185,6 +190,8 @@ pub use event::{EventId, InstanceId, Meta, Pattern, StreamId, TopicName};
 pub use receipt::Receipt;
 pub use recording::{export, import, Import, RecordingFormat, ReplayedEvent};
 
+#[cfg(feature = "redis")]
+pub use admin::Admin;
 #[cfg(feature = "redis")]
 pub use bridge::{Health, RedisStats};
 #[cfg(feature = "cache")]

@@ -972,7 +972,7 @@ where
         let pattern = format!("{}*", escape_glob(&self.inner.key_prefix));
         let result = layer
             .run(move |c| async move {
-                let keys = c.scan_keys(&pattern).await?;
+                let keys = c.scan_keys(&pattern, None).await?;
                 let mut removed = 0;
                 for chunk in keys.chunks(1000) {
                     removed += c.unlink(chunk).await?;

@@ -56,13 +56,28 @@ impl std::fmt::Debug for Connection {
 /// why). Everything else (connection lost, no route, `LOADING`, `OOM`,
 /// `READONLY` during a failover, ...) is `Unavailable` or `Timeout`: retried.
 pub(crate) fn map_error(error: FredError, context: &str) -> Error {
-    let details = error.details().to_string();
+    let details = readable_io_error(error.details());
     let kind = reply_kind(&details).unwrap_or(match error.kind() {
         FredErrorKind::Auth => ErrorKind::Auth,
         FredErrorKind::Timeout => ErrorKind::Timeout,
         _ => ErrorKind::Unavailable,
     });
     Error::new(kind, format!("{context}: {details}")).with_source(error)
+}
+
+/// fred shows an I/O error in its `Debug` form (`Os { code: 111, kind:
+/// ConnectionRefused, message: "Connection refused" }`): keep the message.
+fn readable_io_error(details: &str) -> String {
+    if details.starts_with("Os {") {
+        if let Some(message) = details
+            .split_once("message: \"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(message, _)| message)
+        {
+            return message.to_string();
+        }
+    }
+    details.to_string()
 }
 
 /// The kind of a server error reply, by its code (`WRONGTYPE …`, `NOAUTH …`);
@@ -781,6 +796,15 @@ pub(crate) struct PendingEntry {
     pub(crate) deliveries: u32,
 }
 
+/// The summary form of `XPENDING key group`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PendingCounts {
+    pub(crate) count: u64,
+    pub(crate) first: Option<StreamId>,
+    pub(crate) last: Option<StreamId>,
+    pub(crate) consumers: Vec<(String, u64)>,
+}
+
 /// What `XAUTOCLAIM` returned: the next cursor (`0-0` once the scan is complete),
 /// the entries claimed, and the ids that were pending but no longer exist (Redis
 /// removed them from the PEL).
@@ -1126,22 +1150,30 @@ impl Connection {
 
     /// Every stream key matching the glob `pattern` (`SCAN … MATCH … TYPE stream`).
     pub(crate) async fn scan_streams(&self, pattern: &str) -> Result<Vec<String>> {
+        self.scan_keys(pattern, Some("stream")).await
+    }
+
+    /// Every key matching the glob `pattern`, of type `key_type` if given
+    /// (`SCAN 0 MATCH pattern COUNT 1000 [TYPE t]`, looped to cursor 0), sorted,
+    /// without repeats.
+    pub(crate) async fn scan_keys(
+        &self,
+        pattern: &str,
+        key_type: Option<&str>,
+    ) -> Result<Vec<String>> {
         let mut keys = Vec::new();
         let mut cursor = "0".to_string();
         loop {
+            let mut args = vec![cursor.as_str(), "MATCH", pattern, "COUNT", "1000"];
+            if let Some(key_type) = key_type {
+                args.push("TYPE");
+                args.push(key_type);
+            }
             let value: Value = self
                 .client
                 .custom(
                     CustomCommand::new_static("SCAN", ClusterHash::Random, false),
-                    vec![
-                        cursor.as_str(),
-                        "MATCH",
-                        pattern,
-                        "COUNT",
-                        "1000",
-                        "TYPE",
-                        "stream",
-                    ],
+                    args,
                 )
                 .await
                 .map_err(|error| map_error(error, &self.context("SCAN")))?;
@@ -1169,6 +1201,58 @@ impl Connection {
         keys.sort();
         keys.dedup();
         Ok(keys)
+    }
+
+    /// `MEMORY USAGE key`: bytes the key and its value take (`None` when the
+    /// key does not exist).
+    pub(crate) async fn memory_usage(&self, key: &str) -> Result<Option<u64>> {
+        let value: Value = self
+            .client
+            .custom(cmd_offset("MEMORY", 1), vec!["USAGE", key])
+            .await
+            .map_err(|error| map_error(error, &self.context("MEMORY USAGE")))?;
+        Ok(value.as_u64())
+    }
+
+    /// `XPENDING key group` (summary form): the count, the lowest and highest
+    /// pending ids, and per consumer its count.
+    pub(crate) async fn pending_summary(&self, key: &str, group: &str) -> Result<PendingCounts> {
+        let value: Value = self
+            .client
+            .custom(cmd("XPENDING"), vec![key, group])
+            .await
+            .map_err(|error| map_error(error, &self.context("XPENDING")))?;
+        let malformed = || Error::new(ErrorKind::Redis, "unexpected XPENDING summary reply");
+        let Value::Array(parts) = value else {
+            return Err(malformed());
+        };
+        let mut parts = parts.into_iter();
+        let count = parts
+            .next()
+            .and_then(|v| v.as_u64())
+            .ok_or_else(malformed)?;
+        let first = parts.next().as_ref().and_then(parse_stream_id);
+        let last = parts.next().as_ref().and_then(parse_stream_id);
+        let consumers = match parts.next() {
+            Some(Value::Array(rows)) => rows
+                .into_iter()
+                .filter_map(|row| match row {
+                    Value::Array(pair) if pair.len() == 2 => Some((
+                        String::from_utf8_lossy(pair[0].as_bytes().unwrap_or_default())
+                            .into_owned(),
+                        pair[1].as_u64().unwrap_or(0),
+                    )),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(PendingCounts {
+            count,
+            first,
+            last,
+            consumers,
+        })
     }
 
     /// The oldest entry some consumer group of `key` still needs: over all
@@ -1332,38 +1416,6 @@ impl Connection {
             .await
             .map_err(|error| map_error(error, &self.context("EVAL (unlock)")))?;
         Ok(value.as_u64() == Some(1))
-    }
-
-    /// `SCAN 0 MATCH pattern COUNT 1000` to the end: every key matching.
-    pub(crate) async fn scan_keys(&self, pattern: &str) -> Result<Vec<String>> {
-        let mut cursor = "0".to_string();
-        let mut keys = Vec::new();
-        loop {
-            let value: Value = self
-                .client
-                .custom(
-                    cmd("SCAN"),
-                    vec![cursor.as_str(), "MATCH", pattern, "COUNT", "1000"],
-                )
-                .await
-                .map_err(|error| map_error(error, &self.context("SCAN")))?;
-            let Value::Array(mut parts) = value else {
-                return Err(Error::new(ErrorKind::Redis, "SCAN: not an array"));
-            };
-            if parts.len() != 2 {
-                return Err(Error::new(ErrorKind::Redis, "SCAN: not a pair"));
-            }
-            if let Value::Array(found) = parts.pop().unwrap_or(Value::Null) {
-                keys.extend(found.into_iter().filter_map(|key| key.into_string()));
-            }
-            cursor = parts
-                .pop()
-                .and_then(|c| c.into_string())
-                .unwrap_or_default();
-            if cursor == "0" || cursor.is_empty() {
-                return Ok(keys);
-            }
-        }
     }
 
     /// `UNLINK key…`: how many keys existed.
