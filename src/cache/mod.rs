@@ -697,7 +697,25 @@ where
                 .run(move |c| async move { c.lock(&lock_key2, &token2, lock_ttl).await })
                 .await
             {
-                Ok(true) => return Waited::Locked(token),
+                Ok(true) => {
+                    // The previous holder may have stored the value and released
+                    // the lock between our miss and our lock: look once more.
+                    if let Ok(Some(found)) = self.redis_get(key).await {
+                        if found.is_some() || optional {
+                            bump(if found.is_some() {
+                                &counters.redis_hits
+                            } else {
+                                &counters.negative_hits
+                            });
+                            let lock_key = lock_key.clone();
+                            let _ = layer
+                                .run(move |c| async move { c.unlock(&lock_key, &token).await })
+                                .await;
+                            return Waited::Found(found);
+                        }
+                    }
+                    return Waited::Locked(token);
+                }
                 Ok(false) => {}
                 Err(_) => {
                     bump(&counters.redis_errors);
