@@ -215,6 +215,11 @@ pub use codec::fuzz;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+/// The examples of `docs/cache.md` run as doctests.
+#[cfg(all(doctest, feature = "cache"))]
+#[doc = include_str!("../docs/cache.md")]
+struct CacheDocDoctests;
+
 /// The examples of `docs/replay.md` compile as doctests.
 #[cfg(all(doctest, feature = "redis"))]
 #[doc = include_str!("../docs/replay.md")]

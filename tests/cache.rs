@@ -36,7 +36,12 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) -> Duration
             started.elapsed() < PATIENCE,
             "not within {PATIENCE:?}: {what}"
         );
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        // Precise first (the figure is printed), then gentle.
+        if started.elapsed() < Duration::from_millis(50) {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
     started.elapsed()
 }
