@@ -253,11 +253,40 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// A memory entry: a value, or a remembered "nothing", and when it expires on
-/// the bus clock (so that a manual clock drives expiry in tests and backtests).
+/// A memory entry: a value, or a remembered "nothing", its TTL, and when it
+/// expires on the bus clock. moka expires it in real time (`SlotExpiry`); the bus
+/// time is checked only with a manual clock (tests, backtests), so that a hit on
+/// the system clock costs no clock read.
+#[derive(Clone)]
 struct Slot<V> {
     value: Option<V>,
+    ttl: Duration,
     expires_ns: u64,
+}
+
+/// Per-entry expiry for moka: each slot's own TTL (values and negative results
+/// differ).
+struct SlotExpiry;
+
+impl<V> moka::Expiry<String, Slot<V>> for SlotExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        slot: &Slot<V>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(slot.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        slot: &Slot<V>,
+        _updated_at: std::time::Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(slot.ttl)
+    }
 }
 
 type Outcome<V> = std::result::Result<Option<V>, Error>;
@@ -271,8 +300,8 @@ struct Memory<V> {
     lock_prefix: String,
     config: CacheConfig,
     clock: Clock,
-    memory: moka::sync::Cache<String, Arc<Slot<V>>>,
-    stale: Option<moka::sync::Cache<String, Arc<Slot<V>>>>,
+    memory: moka::sync::Cache<String, Slot<V>>,
+    stale: Option<moka::sync::Cache<String, Slot<V>>>,
     layer: Option<Arc<Layer>>,
     flights: Mutex<HashMap<String, Flight<V>>>,
     stripes: [AtomicU64; STRIPES],
@@ -284,7 +313,7 @@ struct Memory<V> {
     tokens: AtomicU64,
 }
 
-impl<V: Send + Sync + 'static> Invalidate for Memory<V> {
+impl<V: Clone + Send + Sync + 'static> Invalidate for Memory<V> {
     fn invalidate_key(&self, key: &str) {
         // Bump first: a fill that read before this change and inserts after it
         // sees the bump and removes its entry (see `fill`).
@@ -382,12 +411,13 @@ where
         config.validate()?;
         let memory = moka::sync::Cache::builder()
             .max_capacity(config.memory_capacity)
-            .time_to_live(config.memory_ttl)
+            .expire_after(SlotExpiry)
             .build();
         let stale = config.stale_if_error.map(|ttl| {
+            let _ = ttl;
             moka::sync::Cache::builder()
                 .max_capacity(config.memory_capacity)
-                .time_to_live(ttl)
+                .expire_after(SlotExpiry)
                 .build()
         });
         let (key_prefix, lock_prefix) = match &layer {
@@ -469,11 +499,11 @@ where
     #[inline]
     fn memory_get(&self, key: &str) -> Option<Option<V>> {
         let slot = self.inner.memory.get(key)?;
-        if self.inner.clock.now_ns() >= slot.expires_ns {
+        if self.inner.clock.is_manual() && self.inner.clock.now_ns() >= slot.expires_ns {
             self.inner.memory.invalidate(key);
             return None;
         }
-        Some(slot.value.clone())
+        Some(slot.value)
     }
 
     /// The value of `key`: from memory, else from Redis (kept in memory then);
@@ -796,7 +826,7 @@ where
 
     fn stale_value(&self, key: &str) -> Option<V> {
         let stale = self.inner.stale.as_ref()?;
-        stale.get(key).and_then(|slot| slot.value.clone())
+        stale.get(key).and_then(|slot| slot.value)
     }
 
     /// What this process knows about `key`'s changes now: compared after a fill.
@@ -831,9 +861,23 @@ where
             .clock
             .now_ns()
             .saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX));
-        let slot = Arc::new(Slot { value, expires_ns });
-        if let (Some(stale), Some(_)) = (&self.inner.stale, &slot.value) {
-            stale.insert(key.to_string(), Arc::clone(&slot));
+        let slot = Slot {
+            value,
+            ttl,
+            expires_ns,
+        };
+        if let (Some(stale), Some(_), Some(stale_ttl)) = (
+            &self.inner.stale,
+            &slot.value,
+            self.inner.config.stale_if_error,
+        ) {
+            stale.insert(
+                key.to_string(),
+                Slot {
+                    ttl: stale_ttl,
+                    ..slot.clone()
+                },
+            );
         }
         self.inner.memory.insert(key.to_string(), slot);
         let trusted = match &self.inner.layer {
