@@ -157,6 +157,10 @@ mod error;
 mod event;
 #[cfg(feature = "redis")]
 mod group;
+#[cfg(feature = "redis")]
+mod health;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod receipt;
 mod recording;
 #[cfg(feature = "redis")]
@@ -190,6 +194,8 @@ pub use group::{
     Acker, Consumer, ConsumerInfo, DeadLetter, Delivery, DeliveryInfo, GroupConfig, GroupInfo,
     GroupStart, GroupStats, GroupStreamInfo, OnMissingGroup, Redrive, RetryBackoff, SeenWindow,
 };
+#[cfg(feature = "redis")]
+pub use health::{ConnectionState, DeadLetterCount, GroupHealth, HealthReport, HealthThresholds};
 #[cfg(feature = "redis")]
 pub use replay::{OnTrimmed, Position, Replay, ReplayOptions, TrimmedRange};
 
