@@ -13,8 +13,23 @@ use crate::bridge::{Health, Live};
 /// chosen so that a blip does not fail a health check (a failing check often
 /// restarts the process, which helps none of these): tune them to what your
 /// service tolerates.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use tickbus::HealthThresholds;
+///
+/// // A service whose groups must keep up, and where any dead letter needs a look.
+/// let limits = HealthThresholds {
+///     max_group_lag: 1_000,
+///     max_dead_letters: Some(0),
+///     max_degraded: Duration::from_secs(5),
+///     ..Default::default()
+/// };
+/// # let _ = limits;
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
-#[non_exhaustive]
 pub struct HealthThresholds {
     /// Outbox depth over capacity (0.0 to 1.0) above which the bus is
     /// unhealthy: publishers are about to wait or get `Backpressure`.
