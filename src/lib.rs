@@ -129,18 +129,25 @@
 //! * [`codec`]: the MessagePack wire format, with limits for untrusted bytes.
 //! * Live mode: [`BusBuilder::redis`] with a [`RedisConfig`],
 //!   [`Bus::durable_topic`] with [`DurableOptions`], [`Receipt`], [`Health`],
-//!   [`RedisStats`].
+//!   [`RedisStats`], [`Bus::health_report`] ([`HealthReport`]).
 //!
 //! The guarantees (ordering, lag, bounds, shutdown, durability) are written
 //! down in `docs/guarantees.md`; the design in `docs/architecture.md`; the keys
 //! and fields in Redis in `docs/redis-layout.md`; measured speed in
-//! `docs/benchmarks.md`.
+//! `docs/benchmarks.md`; running it (Redis settings, metrics, runbooks) in
+//! `docs/operations.md`.
 //!
 //! ## Cargo features
 //!
 //! * `redis` (default): live mode (fred, and two private tokio I/O threads per
 //!   live bus). Without it the crate is the embedded bus alone: no tokio, no
 //!   fred, no network.
+//! * `tracing` (on with `redis`): spans and events through `tracing` (publish,
+//!   write batches, group deliveries, the I/O threads' warnings). Disabled, a
+//!   local publish pays one level check.
+//! * `metrics`: counters, gauges and histograms through the `metrics` facade,
+//!   sampled from tickbus's own counters (never per event); see
+//!   `Bus::record_metrics` and `docs/operations.md`.
 //! * `test-util`: `test_util::RedisServer`, a private `redis-server` per test.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![deny(unsafe_op_in_unsafe_fn)]
