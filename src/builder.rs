@@ -266,7 +266,9 @@ impl Bus {
 
     /// The state of the connection to Redis: [`Health::Embedded`] without Redis,
     /// else connected, degraded (with the outbox depth, the last error and since
-    /// when) or closed. Cheap: serve it as a health check.
+    /// when) or closed. Cheap: serve it as a health check, or serve
+    /// [`health_report`](Bus::health_report) for the outbox, the groups and
+    /// the dead letters too.
     #[cfg(feature = "redis")]
     pub fn health(&self) -> Health {
         match &self.live {
