@@ -10,6 +10,10 @@
 //!   threads, spinning and async, with a bare cache-line ping-pong as the floor.
 //! * `single_thread`: publish + receive on one thread, to show the per-event cost
 //!   of tickbus's metadata against tokio's broadcast.
+//! * `tracing`: the same publish + receive with no `tracing` subscriber and with
+//!   one at WARN (the publish path's TRACE event disabled by the level check);
+//!   build with `--no-default-features` for tracing compiled out. Also as
+//!   interleaved rounds (`rounds/tracing`).
 //!
 //! Then, printed at the end: **interleaved rounds** (`rounds/...`). On the 2-vCPU
 //! development VM the cost of a cache-line transfer flips within seconds between
@@ -23,7 +27,8 @@
 //! Every ring has 4 096 slots (the tickbus default). Run with
 //! `cargo bench --bench local_bus -- --warm-up-time 1 --measurement-time 5`.
 //! A filter also selects the rounds, as a substring of `rounds/fanout_1x1`,
-//! `rounds/fanout_1x4` or `rounds/latency` (`-- rounds` runs only them).
+//! `rounds/fanout_1x4`, `rounds/latency` or `rounds/tracing` (`-- rounds` runs
+//! only them).
 
 #[path = "support/args.rs"]
 mod args;
@@ -57,6 +62,8 @@ const ROUND_EVENTS_1X4: u64 = 250_000;
 const LATENCY_ROUNDS: usize = 30;
 const ROUND_SPIN_TRIPS: u64 = 10_000;
 const ROUND_ASYNC_TRIPS: u64 = 1_500;
+const TRACING_ROUNDS: usize = 20;
+const ROUND_TRACING_EVENTS: u64 = 2_000_000;
 
 /// The 64-byte event of every benchmark.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -1544,6 +1551,97 @@ fn single_thread(c: &mut Criterion) {
 }
 
 // ---------------------------------------------------------------------------
+// Tracing overhead (feature `tracing`, on by default through `redis`)
+// ---------------------------------------------------------------------------
+
+/// A `tracing` subscriber at WARN for this thread (output discarded): the
+/// publish path's TRACE event is then disabled by the level check, as in a
+/// service that logs warnings.
+fn warn_subscriber() -> impl Sized {
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_writer(std::io::sink)
+        .finish()
+        .set_default()
+}
+
+/// Publish + receive on one thread, `iters` times: the time taken.
+fn publish_recv(
+    topic: &Topic<Event64>,
+    sub: &mut Subscriber<Event64>,
+    seq: &mut u64,
+    iters: u64,
+) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        topic.publish(Event64::new(*seq)).expect("open bus");
+        black_box(sub.try_recv().expect("just published"));
+        *seq += 1;
+    }
+    start.elapsed()
+}
+
+/// `tracing/publish_try_recv_{no,warn}_subscriber`: the local publish with no
+/// tracing subscriber installed and with one at WARN. Build with
+/// `--no-default-features` for the figure with tracing compiled out.
+fn tracing_criterion(c: &mut Criterion) {
+    let mut group = c.benchmark_group("tracing");
+    group.throughput(Throughput::Elements(1));
+    for (name, with_subscriber) in [
+        ("publish_try_recv_no_subscriber", false),
+        ("publish_try_recv_warn_subscriber", true),
+    ] {
+        let bus = Bus::builder().build().expect("bus");
+        let topic = tickbus_topic(&bus, "bench:tracing");
+        let mut sub = topic.subscribe();
+        let mut seq = 0;
+        group.bench_function(name, |b| {
+            let _subscriber = with_subscriber.then(warn_subscriber);
+            b.iter_custom(|iters| publish_recv(&topic, &mut sub, &mut seq, iters))
+        });
+    }
+    group.finish();
+}
+
+/// The same pair in interleaved rounds (the VM's speed drifts between two
+/// criterion figures): ns per publish + receive, median over the rounds.
+fn tracing_rounds(rounds: usize, events: u64) -> Vec<String> {
+    let bus = Bus::builder().build().expect("bus");
+    let topic = tickbus_topic(&bus, "bench:tracing:rounds");
+    let mut sub = topic.subscribe();
+    let mut seq = 0;
+    let mut none = Vec::with_capacity(rounds);
+    let mut warn = Vec::with_capacity(rounds);
+    publish_recv(&topic, &mut sub, &mut seq, events); // warm-up
+    for _ in 0..rounds {
+        none.push(
+            publish_recv(&topic, &mut sub, &mut seq, events).as_nanos() as f64 / events as f64,
+        );
+        let subscriber = warn_subscriber();
+        warn.push(
+            publish_recv(&topic, &mut sub, &mut seq, events).as_nanos() as f64 / events as f64,
+        );
+        drop(subscriber);
+    }
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let (none, warn) = (median(&mut none), median(&mut warn));
+    vec![format!(
+        "rounds/tracing: publish+try_recv, {rounds} rounds x {events} events, median ns/event: \
+             no subscriber {none:.2}, WARN subscriber {warn:.2} (ratio {:.3}); tracing feature {}",
+        warn / none,
+        if cfg!(feature = "tracing") {
+            "on"
+        } else {
+            "off"
+        }
+    )]
+}
+
+// ---------------------------------------------------------------------------
 // main
 // ---------------------------------------------------------------------------
 
@@ -1577,6 +1675,10 @@ fn main() {
         ));
     }
     single_thread(&mut criterion);
+    tracing_criterion(&mut criterion);
+    if args.wants("rounds/tracing") {
+        summary.extend(tracing_rounds(TRACING_ROUNDS, ROUND_TRACING_EVENTS));
+    }
     criterion.final_summary();
 
     if !summary.is_empty() {

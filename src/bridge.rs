@@ -48,6 +48,7 @@ use crate::codec::{self, CodecLimits};
 use crate::config::{Durability, DurableOptions, OutboxFull, RedisConfig, RemoteStart};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{EventId, InstanceId, StreamId, TopicName};
+use crate::group::GroupCore;
 use crate::receipt::{Receipt, ReceiptSender};
 use crate::transport::redis::{Connection, ConnectionEvent, WAITAOF_VERSION};
 use crate::transport::{RawEntry, WireEntry};
@@ -105,6 +106,8 @@ pub struct RedisStats {
     pub undecodable: u64,
     /// Failed writes and reads (each retried after a back-off).
     pub redis_errors: u64,
+    /// Connections (writer or reader) re-established after a loss.
+    pub reconnects: u64,
 }
 
 #[derive(Default)]
@@ -120,6 +123,7 @@ struct Counters {
     skipped: AtomicU64,
     undecodable: AtomicU64,
     redis_errors: AtomicU64,
+    reconnects: AtomicU64,
 }
 
 impl Counters {
@@ -165,6 +169,9 @@ struct Pending {
     receipt: Option<ReceiptSender>,
     /// Sent at least once without a clear answer.
     unknown: bool,
+    /// When it was published, for the publish → durable latency.
+    #[cfg(feature = "metrics")]
+    queued_at: quanta::Instant,
 }
 
 /// Durable events waiting for Redis: bounded by `depth` (places taken from
@@ -380,6 +387,9 @@ pub(crate) struct Live {
     reader_runtime: tokio::runtime::Handle,
     version: (u32, u32, u32),
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The consumer groups joined through this bus (weak: a dropped consumer
+    /// leaves), for metrics and the health report.
+    groups: Mutex<Vec<std::sync::Weak<GroupCore>>>,
 }
 
 impl fmt::Debug for Live {
@@ -557,6 +567,7 @@ impl Live {
             reader_runtime: reader.runtime,
             version,
             threads: Mutex::new(vec![writer.thread, reader.thread]),
+            groups: Mutex::new(Vec::new()),
         })
     }
 
@@ -759,7 +770,77 @@ impl Live {
             skipped: get(&c.skipped),
             undecodable: get(&c.undecodable),
             redis_errors: get(&c.redis_errors),
+            reconnects: get(&c.reconnects),
         }
+    }
+
+    /// Remembers a consumer group joined through this bus.
+    pub(crate) fn add_group(&self, core: &Arc<GroupCore>) {
+        let mut groups = lock(&self.groups);
+        groups.retain(|group| group.strong_count() > 0);
+        groups.push(Arc::downgrade(core));
+    }
+
+    /// The consumer groups joined through this bus that still run.
+    pub(crate) fn groups(&self) -> Vec<Arc<GroupCore>> {
+        lock(&self.groups)
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .filter(|group| !group.is_stopping())
+            .collect()
+    }
+
+    /// `XLEN` of each topic's dead-letter stream on the writer's connection, each
+    /// `None` if it failed or the whole took more than `command_timeout`. Not
+    /// asked (all `None`) while Redis is away.
+    pub(crate) fn dead_letter_counts(
+        &self,
+        topics: Vec<TopicName>,
+    ) -> tokio::sync::oneshot::Receiver<Vec<Option<u64>>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let degraded = !matches!(self.health(), Health::Connected);
+        if topics.is_empty() || degraded {
+            let _ = tx.send(vec![None; topics.len()]);
+            return rx;
+        }
+        let writer = self.writer.clone();
+        let prefix = self.core.config.key_prefix.clone();
+        let timeout = self.core.config.command_timeout;
+        self.writer_runtime.spawn(async move {
+            let mut counts = vec![None; topics.len()];
+            let _ = tokio::time::timeout(timeout, async {
+                for (topic, count) in topics.iter().zip(counts.iter_mut()) {
+                    let key = crate::group::dlq_key(&prefix, topic);
+                    *count = writer.stream_len(&key).await.ok();
+                }
+            })
+            .await;
+            let _ = tx.send(counts);
+        });
+        rx
+    }
+
+    /// The outbox's capacity.
+    pub(crate) fn outbox_capacity(&self) -> usize {
+        self.core.outbox.capacity
+    }
+
+    /// Runs `tick` on the writer's runtime every `every` until it returns
+    /// `false` or the bus shuts down.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn every(&self, every: Duration, mut tick: impl FnMut() -> bool + Send + 'static) {
+        let core = Arc::clone(&self.core);
+        self.writer_runtime.spawn(async move {
+            let mut interval = tokio::time::interval(every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Ends with the runtime when the writer stops (at shutdown), or here.
+            loop {
+                interval.tick().await;
+                if core.closed.load(Ordering::Acquire) || !tick() {
+                    break;
+                }
+            }
+        });
     }
 
     pub(crate) fn server_version(&self) -> (u32, u32, u32) {
@@ -863,6 +944,15 @@ impl<T: Serialize + Clone + Send + Sync + 'static> Persist<T> for DurablePersist
         value: T,
         mode: PersistMode,
     ) -> std::result::Result<(u64, Option<Receipt>), PublishError<T>> {
+        let span = tracing::trace_span!(
+            target: "tickbus::publish",
+            "tickbus.publish",
+            topic = %topic.name,
+            durable = true,
+            seq = tracing::field::Empty,
+            event_id = tracing::field::Empty,
+        );
+        let _entered = span.enter();
         // Encode first: an event that cannot be persisted is refused before any
         // subscriber sees it.
         let data = match codec::encode_payload(&value, &self.limits) {
@@ -905,6 +995,10 @@ impl<T: Serialize + Clone + Send + Sync + 'static> Persist<T> for DurablePersist
             }
         };
         let id = EventId::derive(timestamp_ns, topic.salt, seq);
+        if !span.is_disabled() {
+            span.record("seq", seq);
+            span.record("event_id", tracing::field::display(id));
+        }
         let (receipt, sender) = match mode {
             PersistMode::Receipt => {
                 let (receipt, sender) = Receipt::pair();
@@ -924,6 +1018,8 @@ impl<T: Serialize + Clone + Send + Sync + 'static> Persist<T> for DurablePersist
             fsync: self.fsync,
             receipt: sender,
             unknown: false,
+            #[cfg(feature = "metrics")]
+            queued_at: quanta::Instant::now(),
         });
         drop(order);
         Ok((seq, receipt))
@@ -946,7 +1042,10 @@ async fn watch_connection(core: Arc<Core>, connection: Connection, reader: bool)
     while let Some(event) = events.next().await {
         match event {
             ConnectionEvent::Lost(error) => core.set_trouble(reader, &error),
-            ConnectionEvent::Reconnected => core.clear_trouble(reader),
+            ConnectionEvent::Reconnected => {
+                Counters::add(&core.counters.reconnects, 1);
+                core.clear_trouble(reader);
+            }
         }
     }
 }
@@ -1127,9 +1226,15 @@ async fn write_once(
         .any(|pending| pending.fsync)
         .then_some(WAITAOF_TIMEOUT);
     Counters::add(&counters.write_batches, 1);
-    let (results, fsynced) = connection
-        .append(&entries, waitaof, core.config.append_script)
-        .await;
+    let batch_size = entries.len();
+    #[cfg(feature = "metrics")]
+    let oldest = batch.front().map(|pending| pending.queued_at);
+    let span = tracing::debug_span!("tickbus.write_batch", batch_size, fsync = waitaof.is_some());
+    let (results, fsynced) = tracing::Instrument::instrument(
+        connection.append(&entries, waitaof, core.config.append_script),
+        span,
+    )
+    .await;
     drop(entries);
     let fsync_ok = matches!(fsynced, Some(Ok(n)) if n >= 1);
     let mut released = 0;
@@ -1174,6 +1279,13 @@ async fn write_once(
         }
     }
     Counters::add(&counters.written, written);
+    #[cfg(feature = "metrics")]
+    crate::metrics::record_write(
+        batch_size,
+        oldest.filter(|_| written > 0).map(|at| at.elapsed()),
+    );
+    #[cfg(not(feature = "metrics"))]
+    let _ = batch_size;
     outbox.release(released);
     *batch = kept;
     match (first_unknown, fsynced) {
@@ -1296,6 +1408,8 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> RemoteSink for TypedSi
         match codec::decode_payload::<T>(data, &self.limits) {
             Ok(value) => {
                 Counters::add(&counters.received, 1);
+                // Counted before the ring has it (see `TopicShared::counts`).
+                topic.counts.remote.fetch_add(1, Ordering::Relaxed);
                 let stored = Stored {
                     value,
                     timestamp_ns,
@@ -1304,7 +1418,9 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> RemoteSink for TypedSi
                 topic
                     .publish_stored(stored)
                     .map(|_| Delivered::Event)
-                    .map_err(|_| ())
+                    .map_err(|_| {
+                        topic.counts.remote.fetch_sub(1, Ordering::Relaxed);
+                    })
             }
             Err(error)
                 if matches!(

@@ -16,6 +16,30 @@ use crate::error::{Error, ErrorKind};
 use crate::event::{InstanceId, TopicName};
 #[cfg(feature = "redis")]
 use crate::group::{Consumer, DeadLetter, GroupConfig, Redrive};
+#[cfg(feature = "redis")]
+use crate::health::{DeadLetterCount, HealthReport, HealthThresholds, Snapshot};
+
+/// How often a live bus samples its metrics (feature `metrics`).
+#[cfg(all(feature = "metrics", feature = "redis"))]
+const METRICS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[cfg(feature = "redis")]
+fn finish_report(
+    snapshot: Snapshot,
+    counts: Vec<Option<u64>>,
+    thresholds: &HealthThresholds,
+) -> HealthReport {
+    let dead_letters = snapshot
+        .topics
+        .iter()
+        .enumerate()
+        .map(|(at, topic)| DeadLetterCount {
+            topic: topic.to_string(),
+            count: counts.get(at).copied().flatten(),
+        })
+        .collect();
+    snapshot.report(dead_letters, thresholds)
+}
 
 /// The event bus: a set of typed topics in one process, with an instance id.
 ///
@@ -354,7 +378,9 @@ impl Bus {
 
     /// The state of the connection to Redis: [`Health::Embedded`] without Redis,
     /// else connected, degraded (with the outbox depth, the last error and since
-    /// when) or closed. Cheap: serve it as a health check.
+    /// when) or closed. Cheap: serve it as a health check, or serve
+    /// [`health_report`](Bus::health_report) for the outbox, the groups and
+    /// the dead letters too.
     #[cfg(feature = "redis")]
     pub fn health(&self) -> Health {
         match &self.live {
@@ -433,12 +459,117 @@ impl Bus {
         T: serde::de::DeserializeOwned + Send + 'static,
     {
         let live = self.live_or("a consumer group")?;
-        Consumer::start(
+        let consumer = Consumer::start(
             live.config().clone(),
             group,
             crate::group::Subject::parse(topics)?,
             config,
-        )
+        )?;
+        live.add_group(consumer.core());
+        Ok(consumer)
+    }
+
+    /// A health report to serve as the service's health check, judged against
+    /// the default [`HealthThresholds`]: the Redis connection, the outbox depth
+    /// and capacity, each running consumer group joined through this bus (its
+    /// pending and lag, as Redis reported them at most about a second ago) and
+    /// the dead letters of the topics those groups read.
+    ///
+    /// The dead-letter counts are the only part that asks Redis now (`XLEN`,
+    /// on the writer's connection): the report is complete within
+    /// [`RedisConfig::command_timeout`] whatever Redis does (counts it could not
+    /// get are `None`; while Redis is away it is not asked). Runtime-agnostic:
+    /// await it from any executor; [`health_report_blocking`](Bus::health_report_blocking)
+    /// from a thread.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use tickbus::{Bus, RedisConfig};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let bus = Bus::builder().redis(RedisConfig::from_url("redis://127.0.0.1:6379")?).build()?;
+    /// let report = bus.health_report().await;
+    /// let status = if report.is_healthy() { 200 } else { 503 };
+    /// let body = serde_json::to_string(&report)?; // serve `body` with `status`
+    /// # let _ = (status, body);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn health_report(
+        &self,
+    ) -> impl std::future::Future<Output = HealthReport> + Send + 'static {
+        self.health_report_with(HealthThresholds::default())
+    }
+
+    /// As [`health_report`](Bus::health_report), with other thresholds.
+    #[cfg(feature = "redis")]
+    pub fn health_report_with(
+        &self,
+        thresholds: HealthThresholds,
+    ) -> impl std::future::Future<Output = HealthReport> + Send + 'static {
+        let (snapshot, counts) = self.health_parts();
+        async move {
+            let counts = match counts {
+                Some(counts) => counts.await.unwrap_or_default(),
+                None => Vec::new(),
+            };
+            finish_report(snapshot, counts, &thresholds)
+        }
+    }
+
+    /// As [`health_report_with`](Bus::health_report_with), blocking this
+    /// thread (at most about [`RedisConfig::command_timeout`]). Do not call it
+    /// from async code.
+    #[cfg(feature = "redis")]
+    pub fn health_report_blocking(&self, thresholds: HealthThresholds) -> HealthReport {
+        let (snapshot, counts) = self.health_parts();
+        let counts = match counts {
+            Some(counts) => counts.blocking_recv().unwrap_or_default(),
+            None => Vec::new(),
+        };
+        finish_report(snapshot, counts, &thresholds)
+    }
+
+    #[cfg(feature = "redis")]
+    fn health_parts(
+        &self,
+    ) -> (
+        Snapshot,
+        Option<tokio::sync::oneshot::Receiver<Vec<Option<u64>>>>,
+    ) {
+        match &self.live {
+            None => (Snapshot::embedded(self.health()), None),
+            Some(live) => {
+                let snapshot = Snapshot::live(live);
+                let counts = live.dead_letter_counts(snapshot.topics.clone());
+                (snapshot, Some(counts))
+            }
+        }
+    }
+
+    /// Samples every metric of this bus into the installed `metrics` recorder
+    /// (feature `metrics`; names in `docs/operations.md`). A live bus does it
+    /// by itself once a second on its writer thread; call it on an embedded
+    /// bus (from a timer of yours), or before a scrape that must be exact.
+    /// Costs a look at each topic's counters (the registry lock, once), no I/O.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let bus = tickbus::Bus::builder().build()?;
+    /// let ticks = bus.topic::<u64>("md:tick")?;
+    /// ticks.publish(1)?;
+    /// bus.record_metrics(); // tickbus_published_total{topic="md:tick"} 1
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn record_metrics(&self) {
+        crate::metrics::record(
+            &self.shared,
+            #[cfg(feature = "redis")]
+            self.live.as_deref(),
+        );
     }
 
     /// The oldest `count` dead letters of `topic` (its dead-letter stream
@@ -632,12 +763,26 @@ impl BusBuilder {
             Some(config) => Some(Arc::new(Live::start(config, instance)?)),
             None => None,
         };
-        Ok(Bus {
+        let bus = Bus {
             shared: Arc::new(BusShared::new(instance, clock, options)),
             #[cfg(feature = "redis")]
             live,
             #[cfg(feature = "cache")]
             cache_layer: Arc::default(),
-        })
+        };
+        #[cfg(all(feature = "metrics", feature = "redis"))]
+        if let Some(live) = &bus.live {
+            // Weak: the sampler must not keep the bus alive.
+            let shared = Arc::downgrade(&bus.shared);
+            let weak_live = Arc::downgrade(live);
+            live.every(METRICS_EVERY, move || {
+                let (Some(shared), Some(live)) = (shared.upgrade(), weak_live.upgrade()) else {
+                    return false;
+                };
+                crate::metrics::record(&shared, Some(&live));
+                true
+            });
+        }
+        Ok(bus)
     }
 }

@@ -129,12 +129,13 @@
 //! * [`codec`]: the MessagePack wire format, with limits for untrusted bytes.
 //! * Live mode: [`BusBuilder::redis`] with a [`RedisConfig`],
 //!   [`Bus::durable_topic`] with [`DurableOptions`], [`Receipt`], [`Health`],
-//!   [`RedisStats`].
+//!   [`RedisStats`], [`Bus::health_report`] ([`HealthReport`]).
 //!
 //! The guarantees (ordering, lag, bounds, shutdown, durability) are written
 //! down in `docs/guarantees.md`; the design in `docs/architecture.md`; the keys
 //! and fields in Redis in `docs/redis-layout.md`; measured speed in
-//! `docs/benchmarks.md`.
+//! `docs/benchmarks.md`; running it (Redis settings, metrics, runbooks) in
+//! `docs/operations.md`.
 //!
 //! ## Cargo features
 //!
@@ -143,6 +144,12 @@
 //!   fred, no network.
 //! * `cache` (default): the tiered cache ([`Bus::cache`]) and the latest-state
 //!   keys ([`Bus::state`]); needs `redis`.
+//! * `tracing` (on with `redis`): spans and events through `tracing` (publish,
+//!   write batches, group deliveries, the I/O threads' warnings). Disabled, a
+//!   local publish pays one level check.
+//! * `metrics`: counters, gauges and histograms through the `metrics` facade,
+//!   sampled from tickbus's own counters (never per event); see
+//!   `Bus::record_metrics` and `docs/operations.md`.
 //! * `test-util`: `test_util::RedisServer`, a private `redis-server` per test.
 //! * `cli`: the `tickbus` command-line tool (tail, replay, publish, groups,
 //!   pending, dead letters, stats); see `docs/cli.md`. Its read-only queries
@@ -166,6 +173,10 @@ mod error;
 mod event;
 #[cfg(feature = "redis")]
 mod group;
+#[cfg(feature = "redis")]
+mod health;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod receipt;
 mod recording;
 #[cfg(feature = "redis")]
@@ -203,6 +214,8 @@ pub use group::{
     Acker, Consumer, ConsumerInfo, DeadLetter, Delivery, DeliveryInfo, GroupConfig, GroupInfo,
     GroupStart, GroupStats, GroupStreamInfo, OnMissingGroup, Redrive, RetryBackoff, SeenWindow,
 };
+#[cfg(feature = "redis")]
+pub use health::{ConnectionState, DeadLetterCount, GroupHealth, HealthReport, HealthThresholds};
 #[cfg(feature = "redis")]
 pub use replay::{OnTrimmed, Position, Replay, ReplayOptions, TrimmedRange};
 

@@ -19,6 +19,7 @@ trait ErasedTopic: Send + Sync {
     fn type_name_of_payload(&self) -> &'static str;
     fn close(&self);
     fn is_durable(&self) -> bool;
+    fn counts(&self) -> (u64, u64, u64);
     fn subscribe_pattern(&self, pattern: &Arc<PatternShared>) -> Result<()>;
 }
 
@@ -40,6 +41,9 @@ impl<T: Clone + Send + Sync + 'static> ErasedTopic for Entry<T> {
     }
     fn is_durable(&self) -> bool {
         self.0.persist.is_some()
+    }
+    fn counts(&self) -> (u64, u64, u64) {
+        self.0.counts()
     }
     fn subscribe_pattern(&self, pattern: &Arc<PatternShared>) -> Result<()> {
         pattern.add(subscribe_erased(&self.0, pattern.options)?);
@@ -201,6 +205,17 @@ impl BusShared {
         let mut names: Vec<_> = self.registry().topics.keys().cloned().collect();
         names.sort();
         names
+    }
+
+    /// Each topic's `(published here, received from other instances, missed by
+    /// lagging subscribers)`, for metrics (takes the registry lock once).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn topic_counts(&self) -> Vec<(TopicName, (u64, u64, u64))> {
+        self.registry()
+            .topics
+            .iter()
+            .map(|(name, topic)| (name.clone(), topic.counts()))
+            .collect()
     }
 
     /// Closes every topic: publishing fails from now on; subscribers drain what was

@@ -129,10 +129,13 @@ impl<T> Drop for Subscriber<T> {
     }
 }
 
-fn miss_to_try(miss: Miss) -> TryRecvError {
+fn miss_to_try<T>(shared: &TopicShared<T>, miss: Miss) -> TryRecvError {
     match miss {
         Miss::Empty => TryRecvError::Empty,
-        Miss::Lagged(n) => TryRecvError::Lagged(n),
+        Miss::Lagged(n) => {
+            shared.count_lagged(n);
+            TryRecvError::Lagged(n)
+        }
         Miss::Closed => TryRecvError::Closed,
     }
 }
@@ -258,7 +261,7 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
                     // The subscriber ran dry and published its gate.
                     shared.wake_publishers();
                 }
-                Err(miss_to_try(miss))
+                Err(miss_to_try(shared, miss))
             }
         }
     }
@@ -282,7 +285,7 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
             meta: shared.meta(seq, stored),
         });
         self.release_publishers();
-        result.map_err(miss_to_try)
+        result.map_err(|miss| miss_to_try(&self.shared, miss))
     }
 
     /// Receives the next event, waiting with the default [`SpinYieldPark`] strategy.

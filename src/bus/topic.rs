@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crossbeam_utils::CachePadded;
 use event_listener::{Event as Notify, Listener as _};
 
 use super::error::{PublishError, TryPublishError, UndecodableEvent};
@@ -107,6 +108,21 @@ pub(crate) struct TopicShared<T> {
     /// with what they have seen (one read-mostly load per receive).
     pub(crate) undecodable_count: AtomicU64,
     undecodable: Mutex<UndecodableReports>,
+    /// Counts for metrics, never touched by a plain publish or receive: on a line
+    /// of their own, so that a lagging subscriber's count does not share one with
+    /// what every receive reads.
+    pub(crate) counts: CachePadded<TopicCounts>,
+}
+
+/// Per-topic counts that the publish path does not keep itself (the ring's tail
+/// is the number of events published). Read by `Bus::record_metrics`.
+#[derive(Default)]
+pub(crate) struct TopicCounts {
+    /// Events of other instances published into this topic's ring (by the bridge).
+    pub(crate) remote: AtomicU64,
+    /// Events overwritten before a lagging subscriber read them, summed over the
+    /// subscribers (each `Lagged(n)` adds `n`).
+    pub(crate) lagged: AtomicU64,
 }
 
 impl<T> TopicShared<T> {
@@ -138,7 +154,57 @@ impl<T> TopicShared<T> {
             persist,
             undecodable_count: AtomicU64::new(0),
             undecodable: Mutex::new(UndecodableReports::default()),
+            counts: CachePadded::new(TopicCounts::default()),
         })
+    }
+
+    /// The `tickbus.publish` TRACE event of a local publish (topic, seq, event
+    /// id). Disabled, it costs tracing's level check, inlined: one relaxed load
+    /// and a branch (none at all when tracing's `max_level_*` features put TRACE
+    /// above the static maximum); the event itself is out of line.
+    #[cfg(feature = "tracing")]
+    #[inline(always)]
+    pub(crate) fn trace_publish(&self, seq: u64, timestamp_ns: u64) {
+        use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
+        if tracing::Level::TRACE <= STATIC_MAX_LEVEL
+            && tracing::Level::TRACE <= LevelFilter::current()
+        {
+            self.trace_publish_event(seq, timestamp_ns);
+        }
+    }
+
+    #[cfg(feature = "tracing")]
+    #[cold]
+    #[inline(never)]
+    fn trace_publish_event(&self, seq: u64, timestamp_ns: u64) {
+        tracing::trace!(
+            target: "tickbus::publish",
+            topic = %self.name,
+            seq,
+            event_id = %EventId::derive(timestamp_ns, self.salt, seq),
+            "tickbus.publish"
+        );
+    }
+
+    /// Counts `n` events a subscriber missed (the lag path only).
+    #[cold]
+    pub(crate) fn count_lagged(&self, n: u64) {
+        self.counts.lagged.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `(published here, received from other instances, missed by lagging
+    /// subscribers)`, for metrics.
+    pub(crate) fn counts(&self) -> (u64, u64, u64) {
+        // The tail first: the bridge counts a remote event before publishing it,
+        // so this order can only under-count `published` for a moment, never
+        // over-count it (counters must not go down).
+        let total = self.ring.tail().0;
+        let remote = self.counts.remote.load(Ordering::Relaxed);
+        (
+            total.saturating_sub(remote),
+            remote,
+            self.counts.lagged.load(Ordering::Relaxed),
+        )
     }
 
     /// The metadata of the event at `seq`.
@@ -379,9 +445,17 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
                 .map(|(seq, _)| seq);
         }
         let stored = self.shared.stored(value);
-        self.shared
+        #[cfg(feature = "tracing")]
+        let timestamp_ns = stored.timestamp_ns;
+        let published = self
+            .shared
             .publish_stored(stored)
-            .map_err(|stored| PublishError::Closed(stored.into_value()))
+            .map_err(|stored| PublishError::Closed(stored.into_value()));
+        #[cfg(feature = "tracing")]
+        if let Ok(seq) = published {
+            self.shared.trace_publish(seq, timestamp_ns);
+        }
+        published
     }
 
     /// Publishes `value` as [`publish`](Topic::publish) does, and returns a
@@ -470,12 +544,20 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
                 });
         }
         let stored = self.shared.stored(value);
-        self.shared
-            .try_publish_stored(stored)
-            .map_err(|(error, stored)| match error {
-                ClaimError::Full => TryPublishError::Full(stored.into_value()),
-                ClaimError::Closed => TryPublishError::Closed(stored.into_value()),
-            })
+        #[cfg(feature = "tracing")]
+        let timestamp_ns = stored.timestamp_ns;
+        let published =
+            self.shared
+                .try_publish_stored(stored)
+                .map_err(|(error, stored)| match error {
+                    ClaimError::Full => TryPublishError::Full(stored.into_value()),
+                    ClaimError::Closed => TryPublishError::Closed(stored.into_value()),
+                });
+        #[cfg(feature = "tracing")]
+        if let Ok(seq) = published {
+            self.shared.trace_publish(seq, timestamp_ns);
+        }
+        published
     }
 
     /// Closes this topic: publishing to it fails from now on, and its subscribers

@@ -333,7 +333,76 @@ impl<V: Clone + Send + Sync + 'static> Invalidate for Memory<V> {
     }
 }
 
+/// What the metrics sampler reads of every cache in the process.
+trait StatsSource: Send + Sync {
+    fn namespace(&self) -> &str;
+    fn stats(&self) -> CacheStats;
+}
+
+impl<V: Send + Sync> StatsSource for Memory<V> {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn stats(&self) -> CacheStats {
+        Memory::stats(self)
+    }
+}
+
+/// Every cache of the process, for the metrics sampler.
+static CACHES: Mutex<Vec<Weak<dyn StatsSource>>> = Mutex::new(Vec::new());
+
+/// The counters of every live cache of the process, summed per namespace.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) fn stats_by_namespace() -> Vec<(String, CacheStats)> {
+    let mut caches = CACHES.lock().unwrap_or_else(PoisonError::into_inner);
+    caches.retain(|cache| cache.strong_count() > 0);
+    let mut sums: std::collections::BTreeMap<String, CacheStats> = Default::default();
+    for cache in caches.iter().filter_map(Weak::upgrade) {
+        let stats = cache.stats();
+        let sum = sums.entry(cache.namespace().to_string()).or_default();
+        sum.memory_hits += stats.memory_hits;
+        sum.redis_hits += stats.redis_hits;
+        sum.negative_hits += stats.negative_hits;
+        sum.misses += stats.misses;
+        sum.loads += stats.loads;
+        sum.load_errors += stats.load_errors;
+        sum.load_timeouts += stats.load_timeouts;
+        sum.load_ns_total += stats.load_ns_total;
+        sum.load_ns_max = sum.load_ns_max.max(stats.load_ns_max);
+        sum.lock_waits += stats.lock_waits;
+        sum.lock_wait_timeouts += stats.lock_wait_timeouts;
+        sum.stale_served += stats.stale_served;
+        sum.redis_errors += stats.redis_errors;
+        sum.invalidations += stats.invalidations;
+        sum.flushes += stats.flushes;
+    }
+    sums.into_iter().collect()
+}
+
 impl<V> Memory<V> {
+    fn stats(&self) -> CacheStats {
+        let c = &self.counters;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        CacheStats {
+            memory_hits: get(&c.memory_hits),
+            redis_hits: get(&c.redis_hits),
+            negative_hits: get(&c.negative_hits),
+            misses: get(&c.misses),
+            loads: get(&c.loads),
+            load_errors: get(&c.load_errors),
+            load_timeouts: get(&c.load_timeouts),
+            load_ns_total: get(&c.load_ns_total),
+            load_ns_max: get(&c.load_ns_max),
+            lock_waits: get(&c.lock_waits),
+            lock_wait_timeouts: get(&c.lock_wait_timeouts),
+            stale_served: get(&c.stale_served),
+            redis_errors: get(&c.redis_errors),
+            invalidations: get(&c.invalidations),
+            flushes: get(&c.flushes),
+        }
+    }
+
     fn stripe(&self, key: &str) -> &AtomicU64 {
         &self.stripes[(self.hasher.hash_one(key) as usize) % STRIPES]
     }
@@ -444,6 +513,12 @@ where
             token_base: instance.to_string(),
             tokens: AtomicU64::new(0),
         });
+        {
+            let weak: Weak<dyn StatsSource> = Arc::downgrade(&inner) as Weak<dyn StatsSource>;
+            let mut caches = CACHES.lock().unwrap_or_else(PoisonError::into_inner);
+            caches.retain(|cache| cache.strong_count() > 0);
+            caches.push(weak);
+        }
         if let Some(layer) = &inner.layer {
             let weak: Weak<dyn Invalidate> = Arc::downgrade(&inner) as Weak<dyn Invalidate>;
             layer.hub.register(namespace, weak);
@@ -468,25 +543,7 @@ where
 
     /// The counters of this namespace in this process.
     pub fn stats(&self) -> CacheStats {
-        let c = &self.inner.counters;
-        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        CacheStats {
-            memory_hits: get(&c.memory_hits),
-            redis_hits: get(&c.redis_hits),
-            negative_hits: get(&c.negative_hits),
-            misses: get(&c.misses),
-            loads: get(&c.loads),
-            load_errors: get(&c.load_errors),
-            load_timeouts: get(&c.load_timeouts),
-            load_ns_total: get(&c.load_ns_total),
-            load_ns_max: get(&c.load_ns_max),
-            lock_waits: get(&c.lock_waits),
-            lock_wait_timeouts: get(&c.lock_wait_timeouts),
-            stale_served: get(&c.stale_served),
-            redis_errors: get(&c.redis_errors),
-            invalidations: get(&c.invalidations),
-            flushes: get(&c.flushes),
-        }
+        self.inner.stats()
     }
 
     /// The value of `key` in memory, without asking Redis (no I/O, no counters).

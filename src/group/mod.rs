@@ -59,6 +59,25 @@ impl Subject {
     }
 }
 
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Topic(topic) => topic.fmt(f),
+            Subject::Pattern(pattern) => pattern.fmt(f),
+        }
+    }
+}
+
+/// What the upkeep loop last read of the group in Redis (`XINFO GROUPS`, once a
+/// second), summed over the group's streams: for metrics and the health report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GroupObserved {
+    /// Entries delivered to the group and not acked (every member).
+    pub(crate) pending: u64,
+    /// Entries not yet delivered to the group (`None` when Redis cannot tell).
+    pub(crate) lag: Option<u64>,
+}
+
 /// One stream a group reads, with its keys.
 #[derive(Debug)]
 pub(crate) struct GroupStream {
@@ -224,6 +243,8 @@ pub(crate) struct GroupCore {
     /// Keyed by [`GroupStream::tag`] (no string hashing per delivery).
     pub(crate) queued: Mutex<HashSet<(usize, StreamId)>>,
     pub(crate) limits: CodecLimits,
+    /// The group's pending and lag as last read (see [`GroupObserved`]).
+    pub(crate) observed: Mutex<Option<GroupObserved>>,
 }
 
 impl GroupCore {
@@ -284,6 +305,45 @@ impl GroupCore {
     fn send(&self, command: Command) -> bool {
         self.commands.send(command).is_ok()
     }
+
+    /// Counters since this consumer started.
+    pub(crate) fn stats(&self) -> GroupStats {
+        let c = &self.counters;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        GroupStats {
+            delivered: get(&c.delivered),
+            redelivered: get(&c.redelivered),
+            acked: get(&c.acked),
+            nacked: get(&c.nacked),
+            dead_lettered: get(&c.dead_lettered),
+            trimmed_pending: get(&c.trimmed_pending),
+            trimmed_unread: get(&c.trimmed_unread),
+            reclaimed: get(&c.reclaimed),
+            recreated: get(&c.recreated),
+            dropped: get(&c.dropped),
+            consumers_removed: get(&c.consumers_removed),
+            errors: get(&c.errors),
+            // Places taken by a read under way hold no delivery yet.
+            in_flight: self.in_flight.load(Ordering::Acquire) & HELD_MASK,
+        }
+    }
+
+    /// The group's pending and lag as last read from Redis (`None` before the
+    /// first read, about a second after the start).
+    pub(crate) fn observed(&self) -> Option<GroupObserved> {
+        *self
+            .observed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The topics of the streams this consumer reads now.
+    pub(crate) fn topics(&self) -> Vec<TopicName> {
+        self.streams()
+            .iter()
+            .map(|stream| stream.topic.clone())
+            .collect()
+    }
 }
 
 /// The two parts of [`GroupCore::in_flight`].
@@ -318,6 +378,8 @@ pub struct Acker {
     info: DeliveryInfo,
     fields: Vec<(Bytes, Bytes)>,
     done: bool,
+    /// `tickbus.delivery` (DEBUG): from the hand-over to the ack, nack or term.
+    span: tracing::Span,
 }
 
 impl fmt::Debug for Acker {
@@ -333,6 +395,16 @@ impl Acker {
     /// Where the delivery came from.
     pub fn info(&self) -> &DeliveryInfo {
         &self.info
+    }
+
+    /// The `tickbus.delivery` span of this delivery (level DEBUG, target
+    /// `tickbus::group`; fields `group`, `consumer`, `topic`, `event_id`,
+    /// `stream_id`, `deliveries`). It closes when the delivery is acked, nacked,
+    /// termed or dropped; enter it (or `instrument` the handler's future with it)
+    /// to put the handler's own logs under it. Disabled when no subscriber wants
+    /// DEBUG for `tickbus::group`.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     /// Acknowledges the event: it is handled and never delivered again. Returns at
@@ -462,6 +534,21 @@ impl<T> Delivery<T> {
     /// Where the delivery came from: event id, topic, stream id, delivery count.
     pub fn info(&self) -> &DeliveryInfo {
         &self.acker.info
+    }
+
+    /// See [`Acker::span`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn handle(delivery: tickbus::Delivery<String>) {
+    /// let _in_delivery = delivery.span().clone().entered(); // logs below carry the event id
+    /// tracing::info!(len = delivery.len(), "labelling");
+    /// delivery.ack();
+    /// # }
+    /// ```
+    pub fn span(&self) -> &tracing::Span {
+        self.acker.span()
     }
 
     /// The payload.
@@ -617,6 +704,7 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
             streams: Mutex::new(Vec::new()),
             nacked: Mutex::new(HashSet::new()),
             queued: Mutex::new(HashSet::new()),
+            observed: Mutex::new(None),
         });
         let worker = worker::Worker::start(Arc::clone(&core), command_rx, incoming_tx)?;
         Ok(Consumer {
@@ -753,6 +841,7 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
             stream,
             fields: Vec::new(),
             done: true,
+            span: tracing::Span::none(),
         };
         let outcome = match parsed {
             _ if deliveries > max => Err((
@@ -770,6 +859,16 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
                 }
                 acker.fields = fields;
                 acker.done = false;
+                acker.span = tracing::debug_span!(
+                    target: "tickbus::group",
+                    "tickbus.delivery",
+                    group = %self.core.group,
+                    consumer = %self.core.consumer,
+                    topic = %acker.info.topic,
+                    event_id = %acker.info.event_id,
+                    stream_id = %id,
+                    deliveries,
+                );
                 Some(Ok(Delivery { value, acker }))
             }
             Err((reason, error)) => {
@@ -790,24 +889,13 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
 
     /// Counters since this consumer started.
     pub fn stats(&self) -> GroupStats {
-        let c = &self.core.counters;
-        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        GroupStats {
-            delivered: get(&c.delivered),
-            redelivered: get(&c.redelivered),
-            acked: get(&c.acked),
-            nacked: get(&c.nacked),
-            dead_lettered: get(&c.dead_lettered),
-            trimmed_pending: get(&c.trimmed_pending),
-            trimmed_unread: get(&c.trimmed_unread),
-            reclaimed: get(&c.reclaimed),
-            recreated: get(&c.recreated),
-            dropped: get(&c.dropped),
-            consumers_removed: get(&c.consumers_removed),
-            errors: get(&c.errors),
-            // Places taken by a read under way hold no delivery yet.
-            in_flight: self.core.in_flight.load(Ordering::Acquire) & HELD_MASK,
-        }
+        self.core.stats()
+    }
+
+    /// The state this consumer shares with its I/O thread (the bus keeps a weak
+    /// reference, for metrics and the health report).
+    pub(crate) fn core(&self) -> &Arc<GroupCore> {
+        &self.core
     }
 
     /// The group's state in Redis: pending and lag per stream, the members.

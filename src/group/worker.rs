@@ -891,7 +891,7 @@ async fn upkeep_loop(core: Arc<GroupCore>, connection: Connection) {
     let start = Instant::now();
     let mut next_discover = start + core.config.discover_interval;
     let mut next_idle = start + idle_every.unwrap_or_default();
-    let mut next_trim = start + trim_every;
+    let mut next_trim = start; // pending and lag known from the start
     let mut unread_seen: HashMap<Arc<str>, u64> = HashMap::new();
     loop {
         let mut due = next_trim;
@@ -1066,12 +1066,20 @@ async fn check_unread_trim(
     connection: &Connection,
     seen: &mut HashMap<Arc<str>, u64>,
 ) {
+    // The group's pending and lag, summed over its streams, as a by-product.
+    let mut observed = super::GroupObserved {
+        pending: 0,
+        lag: Some(0),
+    };
+    let mut complete = true;
     for stream in core.streams() {
         let Ok(info) = connection.info("STREAM", &stream.key, None).await else {
+            complete = false;
             continue;
         };
         let Some(info) = info.first() else { continue };
         let Ok(groups) = connection.info("GROUPS", &stream.key, None).await else {
+            complete = false;
             continue;
         };
         let Some(group) = groups
@@ -1079,6 +1087,11 @@ async fn check_unread_trim(
             .find(|row| info_text(row, "name").as_deref() == Some(&core.group))
         else {
             continue;
+        };
+        observed.pending += info_u64(group, "pending").unwrap_or(0);
+        observed.lag = match (observed.lag, info_u64(group, "lag")) {
+            (Some(total), Some(lag)) => Some(total + lag),
+            _ => None,
         };
         let first = info_stream_id(info, "recorded-first-entry-id")
             .or_else(|| info_stream_id(info, "first-entry"));
@@ -1104,6 +1117,9 @@ async fn check_unread_trim(
             seen.insert(Arc::clone(&stream.key), lost);
             tracing::error!(group = %core.group, topic = %stream.topic, lost, "tickbus: retention trimmed entries this group had not read");
         }
+    }
+    if complete {
+        *lock(&core.observed) = Some(observed);
     }
 }
 

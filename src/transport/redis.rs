@@ -585,6 +585,16 @@ impl Connection {
         Ok(value.as_u64().unwrap_or(0))
     }
 
+    /// `XLEN key`: entries in a stream (0 when the key does not exist).
+    pub(crate) async fn stream_len(&self, key: &str) -> Result<u64> {
+        let value: Value = self
+            .client
+            .custom(cmd("XLEN"), vec![key])
+            .await
+            .map_err(|error| map_error(error, &self.context("XLEN")))?;
+        Ok(value.as_u64().unwrap_or(0))
+    }
+
     /// `HGET key field`.
     pub(crate) async fn hget(&self, key: &str, field: &str) -> Result<Option<Bytes>> {
         let value: Value = self
