@@ -520,6 +520,17 @@ where
         self.inner.stats()
     }
 
+    /// Counts a hit of memory (`in_memory`) or Redis, or of a remembered "nothing".
+    #[inline]
+    fn count_hit(&self, found: &Option<V>, in_memory: bool) {
+        let counters = &self.inner.counters;
+        bump(match (found, in_memory) {
+            (None, _) => &counters.negative_hits,
+            (Some(_), true) => &counters.memory_hits,
+            (Some(_), false) => &counters.redis_hits,
+        });
+    }
+
     /// The value of `key` in memory, without asking Redis (no I/O, no counters).
     pub fn peek(&self, key: &str) -> Option<V> {
         self.memory_get(key).flatten()
@@ -549,18 +560,12 @@ where
     /// value does not decode as `V`.
     pub async fn get(&self, key: &str) -> Result<Option<V>> {
         if let Some(found) = self.memory_get(key) {
-            bump(match found {
-                Some(_) => &self.inner.counters.memory_hits,
-                None => &self.inner.counters.negative_hits,
-            });
+            self.count_hit(&found, true);
             return Ok(found);
         }
         match self.redis_get(key).await {
             Ok(Some(found)) => {
-                bump(match found {
-                    Some(_) => &self.inner.counters.redis_hits,
-                    None => &self.inner.counters.negative_hits,
-                });
+                self.count_hit(&found, false);
                 Ok(found)
             }
             Ok(None) => {
@@ -634,10 +639,7 @@ where
     {
         if let Some(found) = self.memory_get(key) {
             if found.is_some() || optional {
-                bump(match found {
-                    Some(_) => &self.inner.counters.memory_hits,
-                    None => &self.inner.counters.negative_hits,
-                });
+                self.count_hit(&found, true);
                 return Ok(found);
             }
         }
@@ -680,11 +682,7 @@ where
         if redis_up {
             match self.redis_get(key).await {
                 Ok(Some(found)) if found.is_some() || optional => {
-                    bump(if found.is_some() {
-                        &counters.redis_hits
-                    } else {
-                        &counters.negative_hits
-                    });
+                    self.count_hit(&found, false);
                     return Ok(found);
                 }
                 Ok(_) => {}
@@ -765,11 +763,7 @@ where
                     // the lock between our miss and our lock: look once more.
                     if let Ok(Some(found)) = self.redis_get(key).await {
                         if found.is_some() || optional {
-                            bump(if found.is_some() {
-                                &counters.redis_hits
-                            } else {
-                                &counters.negative_hits
-                            });
+                            self.count_hit(&found, false);
                             let lock_key = lock_key.clone();
                             let _ = layer
                                 .run(move |c| async move { c.unlock(&lock_key, &token).await })
@@ -798,11 +792,7 @@ where
             poll = (poll * 2).min(Duration::from_millis(50));
             match self.redis_get(key).await {
                 Ok(Some(found)) if found.is_some() || optional => {
-                    bump(if found.is_some() {
-                        &counters.redis_hits
-                    } else {
-                        &counters.negative_hits
-                    });
+                    self.count_hit(&found, false);
                     return Waited::Found(found);
                 }
                 Ok(_) => {}
