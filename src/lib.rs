@@ -175,6 +175,7 @@ mod event;
 mod group;
 #[cfg(feature = "redis")]
 mod health;
+mod json;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod receipt;
@@ -198,6 +199,7 @@ pub use clock::Clock;
 pub use config::{SlowPolicy, SubscribeOptions, TopicOptions};
 pub use error::{Error, ErrorKind, Result};
 pub use event::{EventId, InstanceId, Meta, Pattern, StreamId, TopicName};
+pub use json::payload_json;
 pub use receipt::Receipt;
 pub use recording::{export, import, Import, RecordingFormat, ReplayedEvent};
 

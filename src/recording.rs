@@ -187,17 +187,15 @@ where
             }
             RecordingFormat::JsonLines => {
                 let payload: serde_json::Value =
-                    codec::decode_payload(&event.data, &CodecLimits::default()).map_err(
-                        |error| {
-                            Error::new(
-                                error.kind(),
-                                format!(
+                    crate::json::payload_json(&event.data).map_err(|error| {
+                        Error::new(
+                            error.kind(),
+                            format!(
                                 "topic {}, entry {}: the payload cannot be shown as JSON: {error}",
                                 event.topic, event.stream_id
                             ),
-                            )
-                        },
-                    )?;
+                        )
+                    })?;
                 let record = JsonRecord {
                     v: VERSION,
                     topic: event.topic.to_string(),
@@ -415,5 +413,43 @@ impl<R: Read> Import<R> {
             timestamp_ns: ts,
             data: Bytes::from(payload),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A payload holding MessagePack `bin` (a `serde_bytes` field) exports as
+    /// JSON lines (as an array of byte values) and imports back decodable.
+    #[test]
+    fn json_lines_show_bin_payloads() {
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct Frame {
+            #[serde(with = "serde_bytes")]
+            raw: Vec<u8>,
+            n: u32,
+        }
+        let frame = Frame {
+            raw: vec![1, 2, 255],
+            n: 7,
+        };
+        let payload = codec::encode_payload(&frame, &CodecLimits::default()).unwrap();
+        let event = ReplayedEvent::new(
+            TopicName::new("md:frame").unwrap(),
+            StreamId::new(1, 0),
+            EventId::from_uuid(uuid::Uuid::from_u128(1)),
+            InstanceId::from_uuid(uuid::Uuid::from_u128(2)),
+            42,
+            payload,
+        );
+        let mut out = Vec::new();
+        export(&mut out, RecordingFormat::JsonLines, [Ok(event)]).unwrap();
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(text.contains(r#""raw":[1,2,255]"#), "{text}");
+        let back: Vec<ReplayedEvent> = import(&out[..], RecordingFormat::JsonLines)
+            .collect::<crate::Result<_>>()
+            .unwrap();
+        assert_eq!(back[0].decode::<Frame>().unwrap(), frame);
     }
 }

@@ -10,8 +10,6 @@
 //! entries, or payloads that are not MessagePack: each one is reported on
 //! stderr).
 
-#[path = "tickbus/json.rs"]
-mod json;
 #[path = "tickbus/parse.rs"]
 mod parse;
 
@@ -30,8 +28,8 @@ use tickbus::{
     ReplayOptions, ReplayedEvent, StreamId,
 };
 
-use crate::json::payload_json;
 use crate::parse::{human_bytes, human_duration, Spot};
+use tickbus::payload_json;
 
 /// Look at and operate tickbus streams, consumer groups and dead letters in Redis.
 #[derive(Debug, Parser)]

@@ -1,4 +1,5 @@
-//! MessagePack payloads shown as JSON, whatever they hold.
+//! MessagePack payloads shown as JSON, whatever they hold (the JSON-lines
+//! recordings, the `tickbus` tool).
 //!
 //! Decoding straight into `serde_json::Value` (as the JSON-lines recordings
 //! do) refuses two things MessagePack has and JSON lacks: `bin` values (a
@@ -7,12 +8,30 @@
 //! becomes its JSON text (`{"1": …}`), so that every well-formed payload can
 //! be shown.
 
+use crate::codec::{self, CodecLimits};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
-use tickbus::codec::{self, CodecLimits};
 
-/// `data` (one MessagePack value, within the codec's default limits) as JSON.
-pub(crate) fn payload_json(data: &[u8]) -> tickbus::Result<Value> {
+/// A MessagePack payload (one value, within the codec's default limits) as
+/// JSON, for people: `bin` values become arrays of byte values, map keys that
+/// are not strings become their JSON text, NaN and infinities become `null`.
+///
+/// # Errors
+///
+/// The codec's: [`ErrorKind::Malformed`](crate::ErrorKind::Malformed) for bytes
+/// that are not one well-formed MessagePack value.
+///
+/// # Examples
+///
+/// ```
+/// // {"px": 101.5, "raw": bin [1, 2]}
+/// let data = [0x82, 0xa2, b'p', b'x', 0xcb, 0x40, 0x59, 0x60, 0, 0, 0, 0, 0,
+///             0xa3, b'r', b'a', b'w', 0xc4, 0x02, 0x01, 0x02];
+/// let json = tickbus::payload_json(&data)?;
+/// assert_eq!(json.to_string(), r#"{"px":101.5,"raw":[1,2]}"#);
+/// # Ok::<(), tickbus::Error>(())
+/// ```
+pub fn payload_json(data: &[u8]) -> crate::Result<Value> {
     codec::decode_payload::<Shown>(data, &CodecLimits::default()).map(|shown| shown.0)
 }
 
