@@ -263,10 +263,9 @@ fn a_cold_key_is_loaded_once_by_two_instances_of_a_hundred_callers_each() {
             "the wait (5 s) cannot run out on a 200 ms load"
         );
         assert_eq!(calls.load(Ordering::SeqCst), 1, "one loader call in total");
-        assert_eq!(
-            waits, 1,
-            "the other instance waited once (one flight per process)"
-        );
+        // The other instance waited once (one flight per process), or not at all
+        // if it came after the load (it found the value on its second look).
+        assert!(waits <= 1, "{waits} waits: one flight per process");
         let loads: u64 = caches.iter().map(|c| c.stats().loads).sum();
         assert_eq!(loads, 1);
     });
