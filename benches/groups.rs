@@ -64,6 +64,8 @@
 
 #[path = "support/args.rs"]
 mod args;
+#[path = "support/measure.rs"]
+mod measure;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -79,6 +81,7 @@ use fred::bytes_utils::Str;
 use fred::prelude::*;
 use fred::types::streams::XID;
 use fred::types::{ClusterHash, CustomCommand};
+use measure::{min_max, process_cpu, threads_cpu};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteArray;
 use tickbus::test_util::RedisServer;
@@ -722,45 +725,6 @@ fn consume_criterion(c: &mut Criterion, rigs: &mut [Box<dyn GroupRig>], stream: 
 // ---------------------------------------------------------------------------
 // Interleaved rounds
 // ---------------------------------------------------------------------------
-
-fn min_max(values: &[f64]) -> (f64, f64) {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    (min, max)
-}
-
-/// Seconds of CPU (user + system) in a `/proc/…/stat` line: fields 14 and 15,
-/// in clock ticks (`USER_HZ`, 100 on Linux).
-fn stat_cpu(stat: &str) -> Option<f64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) as f64 / 100.0)
-}
-
-/// CPU seconds of a process (all its threads, dead ones included).
-fn process_cpu(pid: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| stat_cpu(&stat))
-        .unwrap_or(0.0)
-}
-
-/// CPU seconds of this process's live threads named `name`.
-fn threads_cpu(name: &str) -> f64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
-    };
-    tasks
-        .flatten()
-        .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
-        })
-        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
-        .filter_map(|stat| stat_cpu(&stat))
-        .sum()
-}
 
 /// CPU seconds so far: this process, its runtime workers, the redis-server.
 #[derive(Clone, Copy, Default)]

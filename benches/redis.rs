@@ -73,7 +73,10 @@
 
 #[path = "support/args.rs"]
 mod args;
+#[path = "support/measure.rs"]
+mod measure;
 use args::Args;
+use measure::fmt_range;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -482,15 +485,6 @@ fn fmt_ratio(numerator: Option<f64>, denominator: Option<f64>) -> String {
 }
 
 /// `min–max` of per-round ratios.
-fn fmt_range(ratios: &[f64]) -> String {
-    if ratios.is_empty() {
-        return "n/a".to_string();
-    }
-    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{min:.2}–{max:.2}")
-}
-
 /// Per-round ratios of `values[a] / values[b]` (rounds where both ran).
 fn round_ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
     a.iter()
@@ -550,7 +544,7 @@ fn publish_rounds(rigs: &mut [Box<dyn ThroughputRig>], rounds: usize, events: u6
     let ratio_to = |index: usize, anchor: Option<usize>| match anchor {
         Some(anchor) => (
             fmt_ratio(Some(pooled(index)), Some(pooled(anchor))),
-            fmt_range(&round_ratios(&rates[index], &rates[anchor])),
+            fmt_range(&round_ratios(&rates[index], &rates[anchor]), 2),
         ),
         None => ("n/a".to_string(), "n/a".to_string()),
     };
@@ -675,9 +669,9 @@ fn latency_rounds(
         let (p50, p50_range, p99, p99_range) = match anchor {
             Some(anchor) => (
                 fmt_ratio(quantile(index, 0.5), quantile(anchor, 0.5)),
-                fmt_range(&round_ratios(&p50s[index], &p50s[anchor])),
+                fmt_range(&round_ratios(&p50s[index], &p50s[anchor]), 2),
                 fmt_ratio(quantile(index, 0.99), quantile(anchor, 0.99)),
-                fmt_range(&round_ratios(&p99s[index], &p99s[anchor])),
+                fmt_range(&round_ratios(&p99s[index], &p99s[anchor]), 2),
             ),
             None => Default::default(),
         };

@@ -52,6 +52,8 @@
 
 #[path = "support/args.rs"]
 mod args;
+#[path = "support/measure.rs"]
+mod measure;
 
 use std::hint::black_box;
 use std::thread;
@@ -60,6 +62,7 @@ use std::time::{Duration, Instant};
 use args::Args;
 use criterion::{Criterion, SamplingMode, Throughput};
 use fred::prelude::*;
+use measure::{fmt_range, process_cpu};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteArray;
 use tickbus::test_util::RedisServer;
@@ -411,31 +414,6 @@ fn scan_criterion(c: &mut Criterion, rigs: &mut [Box<dyn ScanRig>], range: Range
 }
 
 /// `min–max` of `values`, with `decimals` decimals.
-fn fmt_range(values: &[f64], decimals: usize) -> String {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if values.is_empty() {
-        "n/a".to_string()
-    } else {
-        format!("{min:.decimals$}–{max:.decimals$}")
-    }
-}
-
-/// CPU time of process `pid` so far (all its threads, those that ended
-/// included), from `/proc/<pid>/stat` (`utime + stime`, in USER_HZ = 100 ticks).
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (in parentheses, which may hold spaces).
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let ticks: u64 = rest
-        .split_whitespace()
-        .skip(11) // state … cmajflt; then utime, stime
-        .take(2)
-        .filter_map(|field| field.parse::<u64>().ok())
-        .sum();
-    ticks as f64 / 100.0
-}
-
 /// Every contender in turn over `range`, `rounds` times. `server` is the
 /// redis-server's pid (for its CPU time).
 fn scan_rounds(
@@ -456,10 +434,10 @@ fn scan_rounds(
     for round in 0..rounds {
         for offset in 0..count {
             let index = (round + offset) % count;
-            let (client_before, server_before) = (cpu_seconds("self"), cpu_seconds(&server));
+            let (client_before, server_before) = (process_cpu("self"), process_cpu(&server));
             let elapsed = rigs[index].run(range).as_secs_f64();
-            client_cpu[index] += cpu_seconds("self") - client_before;
-            server_cpu[index] += cpu_seconds(&server) - server_before;
+            client_cpu[index] += process_cpu("self") - client_before;
+            server_cpu[index] += process_cpu(&server) - server_before;
             seconds[index] += elapsed;
             rates[index].push(events / elapsed);
         }

@@ -195,7 +195,7 @@ impl Admin {
 
     /// The stream key of `topic` (`<prefix>:stream:{<topic>}`).
     fn stream_key(&self, topic: &TopicName) -> String {
-        format!("{}:stream:{{{topic}}}", self.prefix)
+        crate::transport::stream_key(&self.prefix, topic)
     }
 
     /// Runs `job` on the I/O thread and waits for its result.

@@ -51,7 +51,7 @@ use crate::event::{EventId, InstanceId, StreamId, TopicName};
 use crate::group::GroupCore;
 use crate::receipt::{Receipt, ReceiptSender};
 use crate::transport::redis::{Connection, ConnectionEvent, WAITAOF_VERSION};
-use crate::transport::{RawEntry, WireEntry};
+use crate::transport::{uuid_text, RawEntry, WireEntry};
 
 /// How long `WAITAOF` may wait for the fsync.
 const WAITAOF_TIMEOUT: Duration = Duration::from_secs(2);
@@ -61,12 +61,6 @@ const RECONCILE_SLACK: usize = 1_000;
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn uuid_text(uuid: &uuid::Uuid) -> [u8; 36] {
-    let mut text = [0_u8; 36];
-    uuid.hyphenated().encode_lower(&mut text);
-    text
 }
 
 fn now_ms() -> u64 {
@@ -590,7 +584,7 @@ impl Live {
     }
 
     fn stream_key(&self, topic: &TopicName) -> String {
-        format!("{}:stream:{{{topic}}}", self.core.config.key_prefix)
+        crate::transport::stream_key(&self.core.config.key_prefix, topic)
     }
 
     fn cursor_key(&self, topic: &TopicName) -> String {

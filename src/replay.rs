@@ -470,7 +470,7 @@ async fn plan(
     let mut plans = Vec::new();
     let mut gaps = Vec::new();
     for topic in names {
-        let key = format!("{prefix}:stream:{{{topic}}}");
+        let key = crate::transport::stream_key(prefix, &topic);
         let info = match connection.info("STREAM", &key, None).await {
             Ok(info) => info.into_iter().next().unwrap_or_default(),
             Err(error) if error.message().contains("no such key") => Vec::new(),

@@ -18,7 +18,7 @@ use crate::clock::Clock;
 use crate::codec::{self, CodecLimits};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{EventId, InstanceId, StreamId, TopicName};
-use crate::transport::WireEntry;
+use crate::transport::{stream_key, uuid_text, WireEntry};
 
 /// TTLs of state keys by key pattern: the first rule whose pattern matches
 /// `component:data_type` wins, else the default. Patterns are globs where `*`
@@ -347,9 +347,9 @@ impl StateStore {
             self.seq.fetch_add(1, Ordering::Relaxed),
         );
         let entry = WireEntry {
-            key: format!("{}:stream:{{{}}}", self.key_prefix, topic.name()).into(),
-            id: uuid_bytes(event_id.as_uuid()),
-            src: Bytes::copy_from_slice(&uuid_bytes(self.instance.as_uuid())),
+            key: stream_key(&self.key_prefix, topic.name()).into(),
+            id: uuid_text(event_id.as_uuid()),
+            src: Bytes::copy_from_slice(&uuid_text(self.instance.as_uuid())),
             ts: timestamp_ns,
             data,
             max_len: None,
@@ -378,12 +378,6 @@ impl StateStore {
             stream_id: Some(stream_id),
         })
     }
-}
-
-fn uuid_bytes(id: &uuid::Uuid) -> [u8; 36] {
-    let mut text = [0u8; 36];
-    id.hyphenated().encode_lower(&mut text);
-    text
 }
 
 #[cfg(test)]

@@ -95,7 +95,7 @@ impl GroupStream {
 
     pub(crate) fn new(prefix: &str, topic: TopicName) -> Self {
         GroupStream {
-            key: format!("{prefix}:stream:{{{topic}}}").into(),
+            key: crate::transport::stream_key(prefix, &topic).into(),
             dlq_key: dlq_key(prefix, &topic).into(),
             topic,
         }

@@ -11,6 +11,19 @@ use crate::codec::{self, CodecLimits};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{EventId, InstanceId, StreamId};
 
+/// The stream key of `topic`: `<prefix>:stream:{<topic>}` (the braces are a
+/// Cluster hash tag, `docs/redis-layout.md`).
+pub(crate) fn stream_key(prefix: &str, topic: impl std::fmt::Display) -> String {
+    format!("{prefix}:stream:{{{topic}}}")
+}
+
+/// A UUID as the hyphenated lower-case text of the `id` and `src` fields.
+pub(crate) fn uuid_text(uuid: &uuid::Uuid) -> [u8; 36] {
+    let mut text = [0_u8; 36];
+    uuid.hyphenated().encode_lower(&mut text);
+    text
+}
+
 /// One entry to append: the tickbus wire layout (`docs/redis-layout.md`).
 #[derive(Clone, Debug)]
 pub(crate) struct WireEntry {

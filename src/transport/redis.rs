@@ -1294,16 +1294,7 @@ impl Connection {
 
     /// `SET key 1 NX PX ttl`: `true` when the key was set (it did not exist).
     pub(crate) async fn set_nx(&self, key: &str, ttl: Duration) -> Result<bool> {
-        let ttl = u64::try_from(ttl.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1)
-            .to_string();
-        let value: Value = self
-            .client
-            .custom(cmd("SET"), vec![key, "1", "NX", "PX", &ttl])
-            .await
-            .map_err(|error| map_error(error, &self.context("SET NX")))?;
-        Ok(!matches!(value, Value::Null))
+        self.lock(key, "1", ttl).await
     }
 }
 
@@ -1407,14 +1398,15 @@ impl Connection {
         Ok(())
     }
 
-    /// `SET key token NX PX ttl`: `true` when this call took the lock.
+    /// `SET key token NX PX ttl`: `true` when the key was set (this call took
+    /// the lock).
     pub(crate) async fn lock(&self, key: &str, token: &str, ttl: Duration) -> Result<bool> {
         let ttl = ttl_millis(ttl);
         let value: Value = self
             .client
             .custom(cmd("SET"), vec![key, token, "NX", "PX", &ttl])
             .await
-            .map_err(|error| map_error(error, &self.context("SET NX (lock)")))?;
+            .map_err(|error| map_error(error, &self.context("SET NX")))?;
         Ok(!matches!(value, Value::Null))
     }
 
