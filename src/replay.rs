@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::bridge::spawn_io_thread;
@@ -22,7 +23,9 @@ use crate::config::RedisConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{EventId, InstanceId, Pattern, StreamId, TopicName};
 use crate::recording::ReplayedEvent;
-use crate::transport::redis::{info_stream_id, info_u64, Connection};
+use crate::transport::redis::{
+    info_stream_id, info_u64, Connection, PageEntries, PageEntry, RangePage,
+};
 use crate::transport::RawEntry;
 
 /// One end of a replay range.
@@ -111,12 +114,15 @@ pub struct TrimmedRange {
 }
 
 /// What one stream's reading task sends: a page, or why it stopped.
-type Page = Result<Vec<RawEntry>>;
+type Page = Result<RangePage>;
 
+/// One stream being read: the page being walked (as the reply arrived: nothing
+/// is converted or copied on the I/O thread) and its next entry.
 struct Cursor {
     topic: TopicName,
     pages: mpsc::Receiver<Page>,
-    buffer: VecDeque<RawEntry>,
+    entries: PageEntries,
+    head: Option<(StreamId, PageEntry)>,
     done: bool,
 }
 
@@ -135,6 +141,9 @@ pub struct Replay {
     cursors: Vec<Cursor>,
     live: Option<Live>,
     gaps: Vec<TrimmedRange>,
+    /// [`recv_blocking`](Replay::recv_blocking)'s waker, for the thread that
+    /// last called it (made once, not per event).
+    thread_waker: Option<(std::thread::ThreadId, std::task::Waker)>,
     _thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -215,6 +224,7 @@ impl Replay {
             cursors,
             live,
             gaps,
+            thread_waker: None,
             _thread: Some(thread.thread),
         })
     }
@@ -232,7 +242,16 @@ impl Replay {
 
     /// As [`recv`](Replay::recv), blocking this thread (not from async code).
     pub fn recv_blocking(&mut self) -> Option<Result<ReplayedEvent>> {
-        let waker = std::task::Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+        let thread = std::thread::current();
+        let waker = match &self.thread_waker {
+            Some((id, waker)) if *id == thread.id() => waker.clone(),
+            _ => {
+                let id = thread.id();
+                let waker = std::task::Waker::from(Arc::new(ThreadWaker(thread)));
+                self.thread_waker = Some((id, waker.clone()));
+                waker
+            }
+        };
         let mut cx = Context::from_waker(&waker);
         loop {
             match self.poll_event(&mut cx) {
@@ -245,43 +264,61 @@ impl Replay {
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<ReplayedEvent>>> {
         let mut waiting = false;
         for cursor in &mut self.cursors {
-            while cursor.buffer.is_empty() && !cursor.done {
-                match cursor.pages.poll_recv(cx) {
-                    Poll::Ready(Some(Ok(page))) => cursor.buffer.extend(page),
-                    Poll::Ready(Some(Err(error))) => {
-                        cursor.done = true;
-                        return Poll::Ready(Some(Err(error)));
-                    }
-                    Poll::Ready(None) => cursor.done = true,
-                    Poll::Pending => {
-                        waiting = true;
-                        break;
-                    }
-                }
+            match cursor.fill(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(error)) => return Poll::Ready(Some(Err(error))),
+                Poll::Pending => waiting = true,
             }
         }
         if waiting {
             return Poll::Pending; // every stream's head is needed to merge
         }
-        let next = self
-            .cursors
-            .iter()
-            .enumerate()
-            .filter_map(|(i, cursor)| cursor.buffer.front().map(|entry| (entry.id, i)))
-            .min_by(|a, b| {
-                a.0.cmp(&b.0).then_with(|| {
-                    self.cursors[a.1]
-                        .topic
-                        .as_str()
-                        .cmp(self.cursors[b.1].topic.as_str())
-                })
-            });
+        // The smallest (stream id, topic); topics are distinct and sorted.
+        let mut next: Option<(StreamId, usize)> = None;
+        for (i, cursor) in self.cursors.iter().enumerate() {
+            if let Some((id, _)) = &cursor.head {
+                if next.map_or(true, |(min, _)| *id < min) {
+                    next = Some((*id, i));
+                }
+            }
+        }
         let Some((_, i)) = next else {
             return self.poll_live(cx);
         };
         let cursor = &mut self.cursors[i];
-        let entry = cursor.buffer.pop_front().expect("a head was found");
-        Poll::Ready(Some(to_event(&cursor.topic, entry)))
+        let (id, entry) = cursor.head.take().expect("a head was found");
+        Poll::Ready(Some(to_event(&cursor.topic, id, |name| entry.field(name))))
+    }
+}
+
+impl Cursor {
+    /// Makes sure the cursor has its next entry at its head, or is done. An
+    /// entry without a readable id is an error item (and skipped).
+    fn fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        while self.head.is_none() && !self.done {
+            if let Some(entry) = self.entries.next() {
+                match entry.id() {
+                    Some(id) => self.head = Some((id, entry)),
+                    None => {
+                        return Poll::Ready(Err(Error::new(
+                            ErrorKind::Malformed,
+                            format!("topic {}: an entry without a readable id", self.topic),
+                        )))
+                    }
+                }
+                continue;
+            }
+            match self.pages.poll_recv(cx) {
+                Poll::Ready(Some(Ok(page))) => self.entries = page.into_entries(),
+                Poll::Ready(Some(Err(error))) => {
+                    self.done = true;
+                    return Poll::Ready(Err(error));
+                }
+                Poll::Ready(None) => self.done = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -293,7 +330,8 @@ impl Replay {
         };
         loop {
             if let Some((i, entry)) = live.buffer.pop_front() {
-                return Poll::Ready(Some(to_event(&self.cursors[i].topic, entry)));
+                let topic = &self.cursors[i].topic;
+                return Poll::Ready(Some(to_event(topic, entry.id, |name| entry.field(name))));
             }
             match live.batches.poll_recv(cx) {
                 Poll::Ready(Some(Ok(batch))) => live.buffer.extend(batch),
@@ -330,37 +368,36 @@ impl futures_core::Stream for Replay {
     }
 }
 
-/// The event of one entry, without decoding its payload.
-fn to_event(topic: &TopicName, entry: RawEntry) -> Result<ReplayedEvent> {
+/// The event of one entry (its id, and its fields by name), without decoding
+/// its payload.
+fn to_event<'a>(
+    topic: &TopicName,
+    id: StreamId,
+    field: impl Fn(&[u8]) -> Option<&'a Bytes>,
+) -> Result<ReplayedEvent> {
     let not_ours = |what: &str| {
         Error::new(
             ErrorKind::Malformed,
-            format!(
-                "topic {topic}, entry {}: not a tickbus entry: {what}",
-                entry.id
-            ),
+            format!("topic {topic}, entry {id}: not a tickbus entry: {what}"),
         )
     };
     let uuid = |name: &[u8]| {
-        entry
-            .field(name)
+        field(name)
             .and_then(|value| std::str::from_utf8(value).ok())
             .and_then(|text| uuid::Uuid::try_parse(text).ok())
     };
     let event_id = uuid(b"id").ok_or_else(|| not_ours("field `id`"))?;
     let source = uuid(b"src").ok_or_else(|| not_ours("field `src`"))?;
-    let timestamp_ns = entry
-        .field(b"ts")
+    let timestamp_ns = field(b"ts")
         .and_then(|ts| std::str::from_utf8(ts).ok())
         .and_then(|ts| ts.parse().ok())
         .ok_or_else(|| not_ours("field `ts`"))?;
-    let data = entry
-        .field(b"data")
+    let data = field(b"data")
         .cloned()
         .ok_or_else(|| not_ours("field `data`"))?;
     Ok(ReplayedEvent {
         topic: topic.clone(),
-        stream_id: entry.id,
+        stream_id: id,
         event_id: EventId::from_uuid(event_id),
         source: InstanceId::from_uuid(source),
         timestamp_ns,
@@ -420,7 +457,8 @@ async fn run(
         cursors.push(Cursor {
             topic: plan.topic.clone(),
             pages: rx,
-            buffer: VecDeque::new(),
+            entries: PageEntries::default(),
+            head: None,
             done: false,
         });
         tasks.push(tokio::spawn(read_stream(
@@ -571,12 +609,17 @@ async fn read_stream(
     };
     let mut failures = 0_u32;
     loop {
-        match connection.range(&plan.key, &start, &end, page).await {
+        match connection.range_page(&plan.key, &start, &end, page).await {
             Ok(entries) => {
                 failures = 0;
                 let full = entries.len() == page;
-                let Some(last) = entries.last().map(|entry| entry.id) else {
-                    return;
+                let last = match entries.last_id() {
+                    Ok(Some(last)) => last,
+                    Ok(None) => return,
+                    Err(error) => {
+                        let _ = pages.send(Err(error)).await;
+                        return;
+                    }
                 };
                 if pages.send(Ok(entries)).await.is_err() || !full {
                     return; // the replay was dropped, or this was the last page

@@ -16,7 +16,7 @@ mod config;
 mod dead_letter;
 mod worker;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -203,16 +203,26 @@ pub(crate) struct DeadLetterOrder {
 }
 
 /// An entry read for the application, before decoding.
+pub(crate) struct ReadEntry {
+    pub(crate) stream: Arc<GroupStream>,
+    pub(crate) id: StreamId,
+    pub(crate) fields: Vec<(Bytes, Bytes)>,
+    pub(crate) deliveries: u32,
+}
+
+/// What the I/O thread hands to the consumer: the entries of one read (one
+/// channel operation and at most one wake-up per read, not per entry).
 pub(crate) enum Incoming {
-    Entry {
-        stream: Arc<GroupStream>,
-        id: StreamId,
-        fields: Vec<(Bytes, Bytes)>,
-        deliveries: u32,
+    Entries {
+        entries: Vec<ReadEntry>,
         read_at: std::time::Instant,
     },
     Failed(Error),
 }
+
+/// Received entries taken off [`GroupCore::queued`] in one go, every this many
+/// (and whenever the consumer's local queue runs dry).
+const RECEIVED_BATCH: usize = 64;
 
 /// What a consumer's handle and its I/O thread share.
 pub(crate) struct GroupCore {
@@ -230,6 +240,11 @@ pub(crate) struct GroupCore {
     /// Wakes the reader when acks make room.
     pub(crate) room: tokio::sync::Notify,
     pub(crate) commands: mpsc::UnboundedSender<Command>,
+    /// Plain acks waiting for the control loop's next `XACK` (stream, entry):
+    /// an ack is a push here, and wakes the loop only when the buffer was empty.
+    pub(crate) acks: Mutex<Vec<(Arc<GroupStream>, StreamId)>>,
+    /// Wakes the control loop when [`acks`](GroupCore::acks) stops being empty.
+    pub(crate) acks_ready: tokio::sync::Notify,
     /// `true` once the consumer is stopping (a `watch`, so no task misses it).
     pub(crate) stop: tokio::sync::watch::Sender<bool>,
     pub(crate) streams: Mutex<Vec<Arc<GroupStream>>>,
@@ -304,6 +319,21 @@ impl GroupCore {
 
     fn send(&self, command: Command) -> bool {
         self.commands.send(command).is_ok()
+    }
+
+    /// Queues a plain ack for the next `XACK`.
+    pub(crate) fn push_ack(&self, stream: Arc<GroupStream>, id: StreamId) {
+        let mut acks = self
+            .acks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let first = acks.is_empty();
+        acks.push((stream, id));
+        drop(acks);
+        if first {
+            // Keeps a permit if the loop is not waiting yet: no lost wake-up.
+            self.acks_ready.notify_one();
+        }
     }
 
     /// Counters since this consumer started.
@@ -413,11 +443,8 @@ impl Acker {
     /// delivered again: handlers must tolerate duplicates (see [`Consumer::seen_before`]).
     pub fn ack(mut self) {
         self.done = true;
-        self.core.send(Command::Ack {
-            stream: Arc::clone(&self.stream),
-            id: self.info.stream_id,
-            done: None,
-        });
+        self.core
+            .push_ack(Arc::clone(&self.stream), self.info.stream_id);
     }
 
     /// As [`ack`](Acker::ack), and resolves once Redis confirmed the `XACK`:
@@ -659,6 +686,11 @@ impl GroupInfo {
 pub struct Consumer<T> {
     core: Arc<GroupCore>,
     incoming: mpsc::UnboundedReceiver<Incoming>,
+    /// The entries of the last read not yet received, and when it was read.
+    queue: VecDeque<ReadEntry>,
+    read_at: std::time::Instant,
+    /// Received entries still in [`GroupCore::queued`] (taken off in batches).
+    received: Vec<(usize, StreamId)>,
     worker: Option<worker::Worker>,
     ended: bool,
     _type: PhantomData<fn() -> T>,
@@ -700,6 +732,8 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
             in_flight: AtomicU64::new(0),
             room: tokio::sync::Notify::new(),
             commands,
+            acks: Mutex::new(Vec::new()),
+            acks_ready: tokio::sync::Notify::new(),
             stop: tokio::sync::watch::channel(false).0,
             streams: Mutex::new(Vec::new()),
             nacked: Mutex::new(HashSet::new()),
@@ -710,6 +744,9 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
         Ok(Consumer {
             core,
             incoming,
+            queue: VecDeque::new(),
+            read_at: std::time::Instant::now(),
+            received: Vec::with_capacity(RECEIVED_BATCH),
             worker: Some(worker),
             ended: false,
             _type: PhantomData,
@@ -730,21 +767,33 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
     /// async code.
     pub fn recv_blocking(&mut self) -> Option<Result<Delivery<T>>> {
         loop {
+            if let Some(entry) = self.queue.pop_front() {
+                match self.accept(entry) {
+                    Some(delivery) => return Some(delivery),
+                    None => continue,
+                }
+            }
+            self.forget_received();
             let incoming = if self.ended {
                 None
             } else {
                 self.incoming.blocking_recv()
             };
-            match self.accept(incoming) {
-                Some(None) => continue,
-                Some(Some(result)) => return Some(result),
-                None => return None,
+            if let Some(end) = self.take(incoming) {
+                return end;
             }
         }
     }
 
     fn poll_delivery(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Delivery<T>>>> {
         loop {
+            if let Some(entry) = self.queue.pop_front() {
+                match self.accept(entry) {
+                    Some(delivery) => return Poll::Ready(Some(delivery)),
+                    None => continue,
+                }
+            }
+            self.forget_received();
             if self.ended {
                 return Poll::Ready(None);
             }
@@ -752,21 +801,19 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
                 Poll::Ready(incoming) => incoming,
                 Poll::Pending => return Poll::Pending,
             };
-            match self.accept(incoming) {
-                Some(None) => continue,
-                Some(Some(result)) => return Poll::Ready(Some(result)),
-                None => return Poll::Ready(None),
+            if let Some(end) = self.take(incoming) {
+                return Poll::Ready(end);
             }
         }
     }
 
-    /// Turns what the I/O thread read into a delivery: `Some(None)` when it was
-    /// dead-lettered instead (too many deliveries, undecodable), `None` at the end.
-    fn accept(&mut self, incoming: Option<Incoming>) -> Option<Option<Result<Delivery<T>>>> {
+    /// Takes what the I/O thread sent: a read's entries join the local queue
+    /// (`None` returned); an error or the end is returned.
+    fn take(&mut self, incoming: Option<Incoming>) -> Option<Option<Result<Delivery<T>>>> {
         match incoming {
             None => {
                 self.ended = true;
-                None
+                Some(None)
             }
             Some(Incoming::Failed(error)) => {
                 if error.kind() == ErrorKind::GroupMissing {
@@ -774,25 +821,27 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
                 }
                 Some(Some(Err(error)))
             }
-            Some(Incoming::Entry {
-                stream,
-                id,
-                fields,
-                deliveries,
-                read_at,
-            }) => {
-                self.received(&stream, id, read_at);
-                Some(self.decode(stream, id, fields, deliveries))
+            Some(Incoming::Entries { entries, read_at }) => {
+                self.queue.extend(entries);
+                self.read_at = read_at;
+                None
             }
         }
+    }
+
+    /// Turns a queued entry into a delivery: `None` when it was dead-lettered
+    /// instead (too many deliveries, undecodable).
+    fn accept(&mut self, entry: ReadEntry) -> Option<Result<Delivery<T>>> {
+        self.received(&entry.stream, entry.id);
+        self.decode(entry.stream, entry.id, entry.fields, entry.deliveries)
     }
 
     /// The application has an entry now: its ack wait starts. An entry that
     /// waited in the queue for more than a quarter of the ack wait gets its
     /// idle time reset first (and stays off the claims until then), so that the
     /// handler has at least three quarters of the ack wait.
-    fn received(&self, stream: &Arc<GroupStream>, id: StreamId, read_at: std::time::Instant) {
-        if read_at.elapsed() > self.core.config.ack_wait / 4 {
+    fn received(&mut self, stream: &Arc<GroupStream>, id: StreamId) {
+        if self.read_at.elapsed() > self.core.config.ack_wait / 4 {
             let sent = self.core.send(Command::Progress {
                 stream: Arc::clone(stream),
                 id,
@@ -802,11 +851,28 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
                 return;
             }
         }
-        self.core
+        self.received.push((stream.tag(), id));
+        if self.received.len() >= RECEIVED_BATCH {
+            self.forget_received();
+        }
+    }
+
+    /// Takes the received entries off the queued set, under one lock. Until
+    /// then a claim of this member's idle entries refreshes them rather than
+    /// delivering them again: at most [`RECEIVED_BATCH`] received entries, for
+    /// as long as the application takes to ask for that many more.
+    fn forget_received(&mut self) {
+        if self.received.is_empty() {
+            return;
+        }
+        let mut queued = self
+            .core
             .queued
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&(stream.tag(), id));
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for held in self.received.drain(..) {
+            queued.remove(&held);
+        }
     }
 
     fn decode(

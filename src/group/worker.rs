@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Command, ConsumerInfo, Counters, DeadLetterOrder, GroupCore, GroupInfo, GroupStream,
-    GroupStreamInfo, Incoming, Subject,
+    GroupStreamInfo, Incoming, ReadEntry, Subject,
 };
 use crate::bridge::spawn_io_thread;
 use crate::error::{Error, ErrorKind, Result};
@@ -375,7 +375,7 @@ async fn reader_loop(
             .sum::<usize>();
         core.settle(room, used);
         let mut answered: HashSet<&str> = HashSet::new();
-        let mut failed = false;
+        let mut handed = Vec::with_capacity(used);
         for (stream, entries) in reply {
             answered.insert(&stream.key);
             let deliveries = if block.is_none() {
@@ -393,13 +393,12 @@ async fn reader_loop(
             } else {
                 HashMap::new()
             };
-            for entry in entries {
+            handed.extend(entries.into_iter().map(|entry| {
                 let count = deliveries.get(&entry.id).copied().unwrap_or(1);
-                if !hand_over(&core, &incoming, stream, entry, count) {
-                    failed = true;
-                }
-            }
+                (stream, entry, count)
+            }));
         }
+        let failed = !hand_over(&core, &incoming, handed);
         if block.is_none() {
             for stream in &targets {
                 if !answered.contains(&*stream.key) {
@@ -446,46 +445,52 @@ async fn delivery_counts(
     }
 }
 
-/// Hands one read entry (holding an in-flight place) to the consumer, or clears
-/// it if it no longer exists. `false` when the consumer handle is gone.
-fn hand_over(
+/// Hands read entries (each holding an in-flight place, with its delivery
+/// count) to the consumer in one message, and clears those that no longer
+/// exist. `false` when the consumer handle is gone.
+fn hand_over<'a>(
     core: &GroupCore,
     incoming: &mpsc::UnboundedSender<Incoming>,
-    stream: &Arc<GroupStream>,
-    entry: RawEntry,
-    deliveries: u32,
+    entries: impl IntoIterator<Item = (&'a Arc<GroupStream>, RawEntry, u32)>,
 ) -> bool {
-    match entry.fields {
-        None => {
-            // Trimmed or deleted while pending: never handed over; the ack
-            // clears it and frees its place.
-            Counters::add(&core.counters.trimmed_pending, 1);
-            tracing::warn!(group = %core.group, topic = %stream.topic, entry = %entry.id, "tickbus: a pending entry was trimmed or deleted; clearing it");
-            let _ = core.commands.send(Command::Ack {
-                stream: Arc::clone(stream),
-                id: entry.id,
-                done: None,
-            });
-            true
-        }
-        Some(fields) => {
-            let held = (stream.tag(), entry.id);
-            lock(&core.queued).insert(held);
-            let sent = incoming.send(Incoming::Entry {
+    let entries = entries.into_iter();
+    let mut batch = Vec::with_capacity(entries.size_hint().0);
+    for (stream, entry, deliveries) in entries {
+        match entry.fields {
+            None => {
+                // Trimmed or deleted while pending: never handed over; the ack
+                // clears it and frees its place.
+                Counters::add(&core.counters.trimmed_pending, 1);
+                tracing::warn!(group = %core.group, topic = %stream.topic, entry = %entry.id, "tickbus: a pending entry was trimmed or deleted; clearing it");
+                core.push_ack(Arc::clone(stream), entry.id);
+            }
+            Some(fields) => batch.push(ReadEntry {
                 stream: Arc::clone(stream),
                 id: entry.id,
                 fields,
                 deliveries,
-                read_at: Instant::now(),
-            });
-            if sent.is_err() {
-                lock(&core.queued).remove(&held);
-                core.release(1);
-                return false;
-            }
-            true
+            }),
         }
     }
+    if batch.is_empty() {
+        return true;
+    }
+    lock(&core.queued).extend(batch.iter().map(|entry| (entry.stream.tag(), entry.id)));
+    let n = batch.len();
+    let sent = incoming.send(Incoming::Entries {
+        entries: batch,
+        read_at: Instant::now(),
+    });
+    if let Err(mpsc::error::SendError(Incoming::Entries { entries, .. })) = sent {
+        let mut queued = lock(&core.queued);
+        for entry in &entries {
+            queued.remove(&(entry.stream.tag(), entry.id));
+        }
+        drop(queued);
+        core.release(n);
+        return false;
+    }
+    true
 }
 
 /// The group or a stream vanished: stop, or create it again (no busy loop: one
@@ -556,9 +561,11 @@ async fn control_loop(
     incoming: mpsc::UnboundedSender<Incoming>,
 ) {
     let mut acks: Vec<PendingAck> = Vec::new();
+    let mut buffered: Vec<(Arc<GroupStream>, StreamId)> = Vec::new();
     let mut backoff = Backoff::new(&core);
     let mut deadline: Option<Instant> = None;
     loop {
+        take_buffered(&core, &mut buffered, &mut acks);
         if acks.is_empty() {
             if core.is_stopping() {
                 match commands.try_recv() {
@@ -571,6 +578,7 @@ async fn control_loop(
                         Some(command) => take(&core, &connection, &incoming, command, &mut acks),
                         None => break,
                     },
+                    () = core.acks_ready.notified() => continue,
                     () = core.stopped() => continue,
                 }
             }
@@ -607,6 +615,21 @@ async fn control_loop(
             }
         }
     }
+}
+
+/// Moves the acks given through [`GroupCore::push_ack`] into the batch (the two
+/// buffers are swapped: no allocation once they have grown).
+fn take_buffered(
+    core: &GroupCore,
+    spare: &mut Vec<(Arc<GroupStream>, StreamId)>,
+    acks: &mut Vec<PendingAck>,
+) {
+    std::mem::swap(&mut *lock(&core.acks), spare);
+    acks.extend(spare.drain(..).map(|(stream, id)| PendingAck {
+        stream,
+        id,
+        done: None,
+    }));
 }
 
 /// One command: an ack joins the batch, the rest run as tasks.
@@ -689,11 +712,20 @@ async fn flush_acks(
     acks: &mut Vec<PendingAck>,
 ) -> Result<()> {
     let mut by_stream: BTreeMap<Arc<str>, Vec<PendingAck>> = BTreeMap::new();
-    for ack in acks.drain(..) {
-        by_stream
-            .entry(Arc::clone(&ack.stream.key))
-            .or_default()
-            .push(ack);
+    match acks.first() {
+        // Most often all of one stream: no grouping.
+        Some(first) if acks.iter().all(|ack| Arc::ptr_eq(&ack.stream, &first.stream)) => {
+            let key = Arc::clone(&first.stream.key);
+            by_stream.insert(key, std::mem::take(acks));
+        }
+        _ => {
+            for ack in acks.drain(..) {
+                by_stream
+                    .entry(Arc::clone(&ack.stream.key))
+                    .or_default()
+                    .push(ack);
+            }
+        }
     }
     let mut failure = None;
     for (key, mut batch) in by_stream {
@@ -779,7 +811,7 @@ async fn redeliver(
     match claimed {
         Ok(entries) => match entries.into_iter().find(|entry| entry.id == id) {
             Some(entry) => {
-                let _ = hand_over(&core, &incoming, &stream, entry, deliveries + 1);
+                let _ = hand_over(&core, &incoming, [(&stream, entry, deliveries + 1)]);
             }
             None => {
                 Counters::add(&core.counters.trimmed_pending, 1);
@@ -1006,11 +1038,12 @@ async fn reclaim(
             if used > 0 {
                 Counters::add(&core.counters.reclaimed, used as u64);
                 let counts = delivery_counts(core, connection, &stream, &entries).await;
-                for entry in entries.into_iter().take(used) {
+                let handed = entries.into_iter().take(used).map(|entry| {
                     let deliveries = counts.get(&entry.id).copied().unwrap_or(2);
-                    if !hand_over(core, incoming, &stream, entry, deliveries) {
-                        return;
-                    }
+                    (&stream, entry, deliveries)
+                });
+                if !hand_over(core, incoming, handed) {
+                    return;
                 }
             }
             cursor = claim.cursor;

@@ -20,7 +20,7 @@ use fred::interfaces::ClientInterface as _;
 use fred::prelude::{
     ClientLike, Config, Error as FredError, ErrorKind as FredErrorKind, ReconnectPolicy, Value,
 };
-use fred::types::{Builder, ClusterHash, CustomCommand};
+use fred::types::{Builder, ClusterHash, CustomCommand, Resp3Frame};
 
 use super::{RawEntry, WireEntry};
 use crate::config::RedisConfig;
@@ -697,6 +697,39 @@ fn read_args<'a>(
     args
 }
 
+/// Appends `ids` as `<ms>-<seq>` arguments, all formatted into one buffer (one
+/// allocation, not one per id).
+fn push_ids(args: &mut Vec<Value>, ids: &[StreamId]) {
+    let mut text = bytes::BytesMut::with_capacity(ids.len() * 24);
+    let mut ends = Vec::with_capacity(ids.len());
+    for id in ids {
+        push_decimal(&mut text, id.ms);
+        text.extend_from_slice(b"-");
+        push_decimal(&mut text, id.seq);
+        ends.push(text.len());
+    }
+    let text = text.freeze();
+    let mut start = 0;
+    for end in ends {
+        args.push(Value::Bytes(text.slice(start..end)));
+        start = end;
+    }
+}
+
+fn push_decimal(text: &mut bytes::BytesMut, mut n: u64) {
+    let mut digits = [0_u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    text.extend_from_slice(&digits[at..]);
+}
+
 fn millis(duration: Duration) -> u32 {
     u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
 }
@@ -749,6 +782,132 @@ fn parse_entries(value: Value) -> Result<Vec<RawEntry>> {
             .collect(),
         _ => Err(malformed("not an array")),
     }
+}
+
+/// One page of `XRANGE` as fred parsed it (RESP3 frames): the entries are
+/// walked where they lie, by the thread that consumes them.
+#[derive(Debug)]
+pub(crate) struct RangePage {
+    entries: Vec<Resp3Frame>,
+}
+
+/// One entry of a [`RangePage`]: `[id, [field, value, …] | nil]`, still a frame.
+#[derive(Debug)]
+pub(crate) struct PageEntry {
+    frame: Resp3Frame,
+}
+
+impl RangePage {
+    fn new(frame: Resp3Frame) -> Result<RangePage> {
+        match frame {
+            Resp3Frame::Array { data, .. } => Ok(RangePage { entries: data }),
+            Resp3Frame::Null => Ok(RangePage {
+                entries: Vec::new(),
+            }),
+            Resp3Frame::SimpleError { data, .. } => Err(reply_error(data.as_bytes())),
+            Resp3Frame::BlobError { data, .. } => Err(reply_error(&data)),
+            _ => Err(Error::new(
+                ErrorKind::Redis,
+                "unexpected stream reply: not an array",
+            )),
+        }
+    }
+
+    /// Entries in the page.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The id of the page's last entry (where the next page starts after).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Redis`] if that entry has no readable id.
+    pub(crate) fn last_id(&self) -> Result<Option<StreamId>> {
+        self.entries
+            .last()
+            .map(|frame| frame_entry_id(frame).ok_or_else(|| bad_entry("an entry without an id")))
+            .transpose()
+    }
+
+    /// The entries, in stream order.
+    pub(crate) fn into_entries(self) -> PageEntries {
+        PageEntries(self.entries.into_iter())
+    }
+}
+
+/// The entries of a [`RangePage`], in stream order.
+#[derive(Debug, Default)]
+pub(crate) struct PageEntries(std::vec::IntoIter<Resp3Frame>);
+
+impl Iterator for PageEntries {
+    type Item = PageEntry;
+
+    fn next(&mut self) -> Option<PageEntry> {
+        self.0.next().map(|frame| PageEntry { frame })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
+}
+
+impl PageEntry {
+    /// The entry's stream id (`None` if the reply holds no readable one).
+    pub(crate) fn id(&self) -> Option<StreamId> {
+        frame_entry_id(&self.frame)
+    }
+
+    /// The value of field `name` (the first, if repeated); `None` if missing or
+    /// if the entry has no fields (deleted while referenced).
+    pub(crate) fn field(&self, name: &[u8]) -> Option<&Bytes> {
+        let Resp3Frame::Array { data, .. } = &self.frame else {
+            return None;
+        };
+        match data.get(1)? {
+            Resp3Frame::Array { data: flat, .. } => flat
+                .chunks_exact(2)
+                .find(|pair| frame_bytes(&pair[0]).is_some_and(|field| field == name))
+                .and_then(|pair| frame_bytes(&pair[1])),
+            Resp3Frame::Map { data: map, .. } => map
+                .iter()
+                .find(|(field, _)| frame_bytes(field).is_some_and(|field| field == name))
+                .and_then(|(_, value)| frame_bytes(value)),
+            _ => None,
+        }
+    }
+}
+
+/// The bytes of a string frame.
+fn frame_bytes(frame: &Resp3Frame) -> Option<&Bytes> {
+    match frame {
+        Resp3Frame::BlobString { data, .. }
+        | Resp3Frame::SimpleString { data, .. }
+        | Resp3Frame::VerbatimString { data, .. } => Some(data),
+        _ => None,
+    }
+}
+
+fn frame_entry_id(frame: &Resp3Frame) -> Option<StreamId> {
+    let Resp3Frame::Array { data, .. } = frame else {
+        return None;
+    };
+    let text = std::str::from_utf8(frame_bytes(data.first()?)?).ok()?;
+    text.parse().ok()
+}
+
+fn bad_entry(what: &str) -> Error {
+    Error::new(ErrorKind::Redis, format!("unexpected stream reply: {what}"))
+}
+
+/// A server's error reply found in a raw frame, classified as [`map_error`]
+/// does (an unknown one is retried).
+fn reply_error(text: &[u8]) -> Error {
+    let text = String::from_utf8_lossy(text);
+    Error::new(
+        reply_kind(&text).unwrap_or(ErrorKind::Unavailable),
+        text.into_owned(),
+    )
 }
 
 /// `[[key, entries], …]`, nil on timeout.
@@ -898,7 +1057,7 @@ impl Connection {
         let mut args: Vec<Value> = Vec::with_capacity(2 + ids.len());
         args.push(Value::from(key));
         args.push(Value::from(group));
-        args.extend(ids.iter().map(|id| Value::from(id.to_string())));
+        push_ids(&mut args, ids);
         let value: Value = self
             .client
             .custom(cmd("XACK"), args)
@@ -1022,7 +1181,7 @@ impl Connection {
         args.push(Value::from(group));
         args.push(Value::from(consumer));
         args.push(Value::from_static_str("0"));
-        args.extend(ids.iter().map(|id| Value::from(id.to_string())));
+        push_ids(&mut args, ids);
         if just_id {
             args.push(Value::from_static_str("JUSTID"));
         }
@@ -1077,11 +1236,35 @@ impl Connection {
         parse_entries(value)
     }
 
+    /// `XRANGE key start end COUNT n`, as fred parsed the reply: no conversion
+    /// and no copy on this thread. The consumer walks the page
+    /// ([`RangePage::into_entries`]) on its own thread.
+    pub(crate) async fn range_page(
+        &self,
+        key: &str,
+        start: &str,
+        end: &str,
+        count: usize,
+    ) -> Result<RangePage> {
+        let frame = self
+            .client
+            .custom_raw(
+                cmd("XRANGE"),
+                vec![key, start, end, "COUNT", &count.to_string()],
+            )
+            .await
+            .map_err(|error| map_error(error, &self.context("XRANGE")))?;
+        RangePage::new(frame).map_err(|error| {
+            let message = format!("{}: {}", self.context("XRANGE"), error.message());
+            Error::new(error.kind(), message)
+        })
+    }
+
     /// `XDEL key id…`: how many existed.
     pub(crate) async fn delete_entries(&self, key: &str, ids: &[StreamId]) -> Result<u64> {
         let mut args: Vec<Value> = Vec::with_capacity(1 + ids.len());
         args.push(Value::from(key));
-        args.extend(ids.iter().map(|id| Value::from(id.to_string())));
+        push_ids(&mut args, ids);
         let value: Value = self
             .client
             .custom(cmd("XDEL"), args)
@@ -1493,5 +1676,27 @@ pub(crate) fn info_stream_id(row: &InfoRow, name: &str) -> Option<StreamId> {
     match info_field(row, name)? {
         Value::Array(entry) => entry.first().and_then(parse_stream_id),
         value => parse_stream_id(value),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_formatted_as_redis_writes_them() {
+        let ids = [
+            StreamId::new(0, 0),
+            StreamId::new(1_796_190_824_923, 7),
+            StreamId::new(u64::MAX, u64::MAX),
+        ];
+        let mut args = Vec::new();
+        push_ids(&mut args, &ids);
+        let texts: Vec<String> = args
+            .iter()
+            .map(|value| String::from_utf8(value.as_bytes().unwrap().to_vec()).unwrap())
+            .collect();
+        let expected: Vec<String> = ids.iter().map(StreamId::to_string).collect();
+        assert_eq!(texts, expected);
     }
 }
