@@ -714,7 +714,11 @@ async fn flush_acks(
     let mut by_stream: BTreeMap<Arc<str>, Vec<PendingAck>> = BTreeMap::new();
     match acks.first() {
         // Most often all of one stream: no grouping.
-        Some(first) if acks.iter().all(|ack| Arc::ptr_eq(&ack.stream, &first.stream)) => {
+        Some(first)
+            if acks
+                .iter()
+                .all(|ack| Arc::ptr_eq(&ack.stream, &first.stream)) =>
+        {
             let key = Arc::clone(&first.stream.key);
             by_stream.insert(key, std::mem::take(acks));
         }
