@@ -519,12 +519,24 @@ impl Bus {
     }
 
     /// As [`health_report_with`](Bus::health_report_with), blocking this
-    /// thread (at most about [`RedisConfig::command_timeout`]). Do not call it
-    /// from async code.
+    /// thread (at most about [`RedisConfig::command_timeout`]). Called from
+    /// async code it still works (the Redis part runs on the bus's own I/O
+    /// thread), but it blocks the caller's executor thread meanwhile: prefer
+    /// [`health_report_with`](Bus::health_report_with) there.
     #[cfg(feature = "redis")]
     pub fn health_report_blocking(&self, thresholds: HealthThresholds) -> HealthReport {
         let (snapshot, counts) = self.health_parts();
         let counts = match counts {
+            // tokio refuses `blocking_recv` on a runtime thread (it panics):
+            // wait on a helper thread there.
+            Some(counts) if tokio::runtime::Handle::try_current().is_ok() => {
+                std::thread::scope(|scope| {
+                    scope
+                        .spawn(|| counts.blocking_recv().unwrap_or_default())
+                        .join()
+                        .unwrap_or_default()
+                })
+            }
             Some(counts) => counts.blocking_recv().unwrap_or_default(),
             None => Vec::new(),
         };

@@ -110,6 +110,10 @@ async fn groups_pending_lag_and_dead_letters_are_reported_and_judged() {
         "{:?}",
         report.problems
     );
+    // Called from async code by mistake: the same report, no panic.
+    let inline = bus.health_report_blocking(strict);
+    assert_eq!(inline.problems, report.problems);
+    assert_eq!(inline.dead_letters[0].count, Some(1));
 
     // A consumer that stopped leaves the report.
     drop(_held);
