@@ -275,6 +275,9 @@ struct Core {
     /// The reader's connection and runtime, to interrupt its blocked read when a
     /// topic is added.
     reader: OnceLock<(Connection, tokio::runtime::Handle)>,
+    /// The `bus` label of the writer's histograms (set once, at build).
+    #[cfg(feature = "metrics")]
+    metrics_label: OnceLock<String>,
 }
 
 impl Core {
@@ -524,6 +527,8 @@ impl Live {
             writer_stop: AsyncNotify::new(),
             trims: Mutex::new(Vec::new()),
             reader: OnceLock::new(),
+            #[cfg(feature = "metrics")]
+            metrics_label: OnceLock::new(),
         });
         let writer_core = Arc::clone(&core);
         let writer = spawn_io_thread(
@@ -746,6 +751,12 @@ impl Live {
             last_error,
             since,
         }
+    }
+
+    /// The `bus` label of the writer's histograms.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn set_metrics_label(&self, label: String) {
+        let _ = self.core.metrics_label.set(label);
     }
 
     pub(crate) fn stats(&self) -> RedisStats {
@@ -1275,6 +1286,7 @@ async fn write_once(
     Counters::add(&counters.written, written);
     #[cfg(feature = "metrics")]
     crate::metrics::record_write(
+        core.metrics_label.get().map(String::as_str),
         batch_size,
         oldest.filter(|_| written > 0).map(|at| at.elapsed()),
     );

@@ -715,6 +715,8 @@ pub struct BusBuilder {
     topic_options: TopicOptions,
     #[cfg(feature = "redis")]
     redis: Option<RedisConfig>,
+    #[cfg(feature = "metrics")]
+    metrics_label: Option<String>,
 }
 
 impl BusBuilder {
@@ -733,6 +735,23 @@ impl BusBuilder {
     /// Default options of topics created with [`Bus::topic`].
     pub fn topic_options(mut self, options: TopicOptions) -> Self {
         self.topic_options = options;
+        self
+    }
+
+    /// Adds the label `bus="<name>"` to every metric this bus records (feature
+    /// `metrics`), so that several buses in one process (a market-data bus and
+    /// an order bus, or a live bus beside a backtest) give separate series.
+    /// Without it the metrics carry no `bus` label. The cache metrics are
+    /// process-wide (summed per namespace) and never carry it.
+    ///
+    /// ```
+    /// let orders = tickbus::Bus::builder().metrics_label("orders").build()?;
+    /// orders.record_metrics(); // tickbus_published_total{bus="orders",topic="…"}
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn metrics_label(mut self, name: impl Into<String>) -> Self {
+        self.metrics_label = Some(name.into());
         self
     }
 
@@ -775,8 +794,17 @@ impl BusBuilder {
             Some(config) => Some(Arc::new(Live::start(config, instance)?)),
             None => None,
         };
+        let shared = BusShared::new(instance, clock, options);
+        #[cfg(feature = "metrics")]
+        if let Some(label) = self.metrics_label {
+            #[cfg(feature = "redis")]
+            if let Some(live) = &live {
+                live.set_metrics_label(label.clone());
+            }
+            let _ = shared.metrics_label.set(label);
+        }
         let bus = Bus {
-            shared: Arc::new(BusShared::new(instance, clock, options)),
+            shared: Arc::new(shared),
             #[cfg(feature = "redis")]
             live,
             #[cfg(feature = "cache")]

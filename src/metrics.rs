@@ -15,6 +15,8 @@
 //! looked up at each sample (not cached handles), so a recorder installed after
 //! the bus was built still receives everything.
 
+use metrics::Label;
+
 use crate::bus::registry::BusShared;
 
 /// Metric names: one place, so that `docs/operations.md` and the code agree.
@@ -209,6 +211,18 @@ fn describe() {
     );
 }
 
+/// The labels of one series: `bus` first when the bus has a metrics label,
+/// then `rest`.
+fn labels(bus: Option<&str>, rest: &[(&'static str, &str)]) -> Vec<Label> {
+    bus.map(|bus| Label::new("bus", bus.to_string()))
+        .into_iter()
+        .chain(
+            rest.iter()
+                .map(|(key, value)| Label::new(*key, (*value).to_string())),
+        )
+        .collect()
+}
+
 /// Samples every figure of `bus` into the installed recorder.
 pub(crate) fn record(
     bus: &BusShared,
@@ -217,12 +231,13 @@ pub(crate) fn record(
     use metrics::counter;
     use names::*;
     describe();
+    let label = bus.metrics_label.get().map(String::as_str);
     for (topic, (published, received, lagged)) in bus.topic_counts() {
-        let topic = topic.as_str().to_string();
-        counter!(PUBLISHED, "topic" => topic.clone()).absolute(published);
-        counter!(LAGGED, "topic" => topic.clone()).absolute(lagged);
+        let topic = labels(label, &[("topic", topic.as_str())]);
+        counter!(PUBLISHED, topic.clone()).absolute(published);
+        counter!(LAGGED, topic.clone()).absolute(lagged);
         if received > 0 {
-            counter!(RECEIVED, "topic" => topic).absolute(received);
+            counter!(RECEIVED, topic).absolute(received);
         }
     }
     #[cfg(feature = "cache")]
@@ -231,40 +246,42 @@ pub(crate) fn record(
     if let Some(live) = live {
         use metrics::gauge;
         let stats = live.stats();
-        counter!(SELF_FILTERED).absolute(stats.self_filtered);
-        counter!(DUPLICATES).absolute(stats.duplicates);
-        counter!(SKIPPED).absolute(stats.skipped);
-        counter!(UNDECODABLE).absolute(stats.undecodable);
-        counter!(WRITTEN).absolute(stats.written);
-        counter!(WRITE_FAILURES).absolute(stats.write_failures);
-        counter!(WRITE_BATCHES).absolute(stats.write_batches);
-        counter!(REDIS_ERRORS).absolute(stats.redis_errors);
-        counter!(RECONNECTS).absolute(stats.reconnects);
-        gauge!(OUTBOX_DEPTH).set(stats.outbox_depth as f64);
-        gauge!(OUTBOX_CAPACITY).set(live.config().outbox_capacity as f64);
+        let bus_wide = labels(label, &[]);
+        counter!(SELF_FILTERED, bus_wide.clone()).absolute(stats.self_filtered);
+        counter!(DUPLICATES, bus_wide.clone()).absolute(stats.duplicates);
+        counter!(SKIPPED, bus_wide.clone()).absolute(stats.skipped);
+        counter!(UNDECODABLE, bus_wide.clone()).absolute(stats.undecodable);
+        counter!(WRITTEN, bus_wide.clone()).absolute(stats.written);
+        counter!(WRITE_FAILURES, bus_wide.clone()).absolute(stats.write_failures);
+        counter!(WRITE_BATCHES, bus_wide.clone()).absolute(stats.write_batches);
+        counter!(REDIS_ERRORS, bus_wide.clone()).absolute(stats.redis_errors);
+        counter!(RECONNECTS, bus_wide.clone()).absolute(stats.reconnects);
+        gauge!(OUTBOX_DEPTH, bus_wide.clone()).set(stats.outbox_depth as f64);
+        gauge!(OUTBOX_CAPACITY, bus_wide.clone()).set(live.config().outbox_capacity as f64);
         let connected = matches!(live.health(), crate::Health::Connected);
-        gauge!(CONNECTED).set(if connected { 1.0 } else { 0.0 });
+        gauge!(CONNECTED, bus_wide).set(if connected { 1.0 } else { 0.0 });
         for group in live.groups() {
             let stats = group.stats();
-            let labels = [
-                ("group", group.group.clone()),
-                ("consumer", group.consumer.clone()),
-                ("topic", group.subject.to_string()),
-            ];
-            counter!(GROUP_DELIVERED, &labels).absolute(stats.delivered);
-            counter!(GROUP_ACKED, &labels).absolute(stats.acked);
-            counter!(GROUP_NACKED, &labels).absolute(stats.nacked);
-            counter!(GROUP_REDELIVERED, &labels).absolute(stats.redelivered);
-            counter!(GROUP_DEAD_LETTERED, &labels).absolute(stats.dead_lettered);
-            gauge!(GROUP_IN_FLIGHT, &labels).set(stats.in_flight as f64);
+            let subject = group.subject.to_string();
+            let labels = labels(
+                label,
+                &[
+                    ("group", &group.group),
+                    ("consumer", &group.consumer),
+                    ("topic", &subject),
+                ],
+            );
+            counter!(GROUP_DELIVERED, labels.clone()).absolute(stats.delivered);
+            counter!(GROUP_ACKED, labels.clone()).absolute(stats.acked);
+            counter!(GROUP_NACKED, labels.clone()).absolute(stats.nacked);
+            counter!(GROUP_REDELIVERED, labels.clone()).absolute(stats.redelivered);
+            counter!(GROUP_DEAD_LETTERED, labels.clone()).absolute(stats.dead_lettered);
+            gauge!(GROUP_IN_FLIGHT, labels).set(stats.in_flight as f64);
             if let Some(observed) = group.observed() {
-                let labels = [
-                    ("group", group.group.clone()),
-                    ("topic", group.subject.to_string()),
-                ];
-                gauge!(GROUP_PENDING, &labels).set(observed.pending as f64);
+                let labels = self::labels(label, &[("group", &group.group), ("topic", &subject)]);
+                gauge!(GROUP_PENDING, labels.clone()).set(observed.pending as f64);
                 if let Some(lag) = observed.lag {
-                    gauge!(GROUP_LAG, &labels).set(lag as f64);
+                    gauge!(GROUP_LAG, labels).set(lag as f64);
                 }
             }
         }
@@ -274,10 +291,15 @@ pub(crate) fn record(
 /// The writer's per-pipeline figures: the batch size, and the publish → durable
 /// latency of the oldest entry confirmed.
 #[cfg(feature = "redis")]
-pub(crate) fn record_write(batch_size: usize, oldest: Option<std::time::Duration>) {
-    metrics::histogram!(names::WRITE_BATCH_SIZE).record(batch_size as f64);
+pub(crate) fn record_write(
+    bus: Option<&str>,
+    batch_size: usize,
+    oldest: Option<std::time::Duration>,
+) {
+    let labels = labels(bus, &[]);
+    metrics::histogram!(names::WRITE_BATCH_SIZE, labels.clone()).record(batch_size as f64);
     if let Some(latency) = oldest {
-        metrics::histogram!(names::DURABLE_LATENCY).record(latency.as_secs_f64());
+        metrics::histogram!(names::DURABLE_LATENCY, labels).record(latency.as_secs_f64());
     }
 }
 

@@ -218,6 +218,34 @@ fn an_embedded_bus_records_published_and_lagged_on_demand() {
     assert_eq!(sample(&scrape, "tickbus_received_total", labels), None);
 }
 
+#[test]
+fn a_bus_with_a_metrics_label_gives_its_own_series() {
+    prometheus();
+    let unlabelled = Bus::builder().build().unwrap();
+    let backtest = Bus::builder().metrics_label("backtest").build().unwrap();
+    for (bus, events) in [(&unlabelled, 3), (&backtest, 5)] {
+        let topic = bus.topic::<u64>("md:labelled").unwrap();
+        for n in 0..events {
+            topic.publish(n).unwrap();
+        }
+        bus.record_metrics();
+    }
+    let scrape = prometheus().render();
+    let series: Vec<&str> = scrape
+        .lines()
+        .filter(|line| line.starts_with("tickbus_published_total{") && line.contains("md:labelled"))
+        .collect();
+    assert_eq!(series.len(), 2, "{series:?}");
+    assert!(
+        series.contains(&r#"tickbus_published_total{topic="md:labelled"} 3"#),
+        "{series:?}"
+    );
+    assert!(
+        series.contains(&r#"tickbus_published_total{bus="backtest",topic="md:labelled"} 5"#),
+        "{series:?}"
+    );
+}
+
 #[cfg(feature = "cache")]
 #[test]
 fn cache_hits_per_layer_and_loads_reach_the_scrape() {

@@ -63,6 +63,10 @@ pub(crate) struct BusShared {
     pub(crate) instance: InstanceId,
     pub(crate) clock: Clock,
     pub(crate) topic_options: TopicOptions,
+    /// The `bus` label of this bus's metrics
+    /// ([`BusBuilder::metrics_label`](crate::BusBuilder::metrics_label)).
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics_label: std::sync::OnceLock<String>,
     registry: Mutex<Registry>,
 }
 
@@ -83,6 +87,8 @@ impl BusShared {
             instance,
             clock,
             topic_options,
+            #[cfg(feature = "metrics")]
+            metrics_label: std::sync::OnceLock::new(),
             registry: Mutex::new(Registry::default()),
         }
     }
