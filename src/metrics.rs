@@ -72,26 +72,37 @@ pub(crate) mod names {
     /// Entries not yet delivered to the group (`group`, `topic`).
     pub(crate) const GROUP_LAG: &str = "tickbus_group_lag";
     /// Cache hits per layer (`namespace`, `layer`: `memory`, `redis`, `negative`).
+    #[cfg(feature = "cache")]
     pub(crate) const CACHE_HITS: &str = "tickbus_cache_hits_total";
     /// Cache lookups no layer answered (`namespace`).
+    #[cfg(feature = "cache")]
     pub(crate) const CACHE_MISSES: &str = "tickbus_cache_misses_total";
     /// Loader calls (`namespace`).
+    #[cfg(feature = "cache")]
     pub(crate) const CACHE_LOADS: &str = "tickbus_cache_loads_total";
     /// Loader calls that failed or timed out (`namespace`).
+    #[cfg(feature = "cache")]
     pub(crate) const CACHE_LOAD_ERRORS: &str = "tickbus_cache_load_errors_total";
     /// Time spent in loader calls (`namespace`, seconds; with the loads, the mean).
+    #[cfg(feature = "cache")]
     pub(crate) const CACHE_LOAD_SECONDS: &str = "tickbus_cache_load_seconds_total";
     /// The longest loader call so far (`namespace`, seconds).
+    #[cfg(feature = "cache")]
     pub(crate) const CACHE_LOAD_MAX: &str = "tickbus_cache_load_seconds_max";
     /// Lookups that waited for another instance's load (`namespace`).
+    #[cfg(feature = "cache")]
     pub(crate) const CACHE_LOCK_WAITS: &str = "tickbus_cache_lock_waits_total";
     /// Stale values served because the loader failed (`namespace`).
+    #[cfg(feature = "cache")]
     pub(crate) const CACHE_STALE: &str = "tickbus_cache_stale_served_total";
     /// Redis commands of the cache that failed (`namespace`).
+    #[cfg(feature = "cache")]
     pub(crate) const CACHE_REDIS_ERRORS: &str = "tickbus_cache_redis_errors_total";
     /// Memory entries dropped because their key changed (`namespace`).
+    #[cfg(feature = "cache")]
     pub(crate) const CACHE_INVALIDATIONS: &str = "tickbus_cache_invalidations_total";
     /// Whole memory layers dropped (`namespace`).
+    #[cfg(feature = "cache")]
     pub(crate) const CACHE_FLUSHES: &str = "tickbus_cache_flushes_total";
 }
 

@@ -1487,6 +1487,7 @@ impl Connection {
 
 /// What the server said changed under the tracked prefix.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "cache"), allow(dead_code))] // the cache uses these
 pub(crate) enum Invalidation {
     /// These keys changed (set, deleted, expired, evicted).
     Keys(Vec<Bytes>),
@@ -1496,10 +1497,12 @@ pub(crate) enum Invalidation {
 }
 
 /// The invalidation pushes of one RESP3 connection, lag included.
+#[cfg_attr(not(feature = "cache"), allow(dead_code))] // the cache uses these
 pub(crate) struct Invalidations {
     rx: tokio::sync::broadcast::Receiver<fred::types::client::Invalidation>,
 }
 
+#[cfg_attr(not(feature = "cache"), allow(dead_code))] // the cache uses these
 impl Invalidations {
     /// The next invalidation; `None` once the client is closed.
     pub(crate) async fn next(&mut self) -> Option<Invalidation> {
@@ -1520,6 +1523,7 @@ impl Invalidations {
 }
 
 /// Releases a lock only if it still holds our token (`KEYS[1]`, `ARGV[1]`).
+#[cfg_attr(not(feature = "cache"), allow(dead_code))] // the cache uses these
 pub(crate) const RELEASE_LOCK_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
@@ -1534,6 +1538,7 @@ fn ttl_millis(ttl: Duration) -> String {
         .to_string()
 }
 
+#[cfg_attr(not(feature = "cache"), allow(dead_code))] // the cache uses these
 impl Connection {
     /// Subscribes to the invalidation pushes of this (RESP3) connection.
     pub(crate) fn invalidations(&self) -> Invalidations {
