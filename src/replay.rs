@@ -4,7 +4,9 @@
 //! A replay has its own I/O thread and connection. Each stream is read in pages
 //! (`XRANGE … COUNT page`) by its own task, one page ahead of the consumer: while
 //! the application decodes a page, the next one is on its way, and no more than
-//! two pages per stream are held, whatever the range's length. The consumer side
+//! three pages per stream are held (one being taken, one queued, one arriving),
+//! whatever the range's length. A page crosses to the consumer as fred parsed it
+//! ([`RangePage`]); its entries are walked there, in place. The consumer side
 //! merges the streams by (stream id, topic name): the same range always yields
 //! the same sequence.
 
