@@ -1704,4 +1704,81 @@ mod tests {
         let expected: Vec<String> = ids.iter().map(StreamId::to_string).collect();
         assert_eq!(texts, expected);
     }
+
+    fn blob(text: &[u8]) -> Resp3Frame {
+        Resp3Frame::BlobString {
+            data: Bytes::copy_from_slice(text),
+            attributes: None,
+        }
+    }
+
+    fn array(data: Vec<Resp3Frame>) -> Resp3Frame {
+        Resp3Frame::Array {
+            data,
+            attributes: None,
+        }
+    }
+
+    #[test]
+    fn a_range_page_is_walked_in_place() {
+        let reply = array(vec![
+            array(vec![
+                blob(b"5-1"),
+                array(vec![
+                    blob(b"id"),
+                    blob(b"x"),
+                    blob(b"data"),
+                    blob(b"\x91\x01"),
+                ]),
+            ]),
+            // Deleted while referenced: nil fields.
+            array(vec![blob(b"6-0"), Resp3Frame::Null]),
+            array(vec![blob(b"not-an-id")]),
+            array(vec![blob(b"7-0"), array(vec![blob(b"data"), blob(b"y")])]),
+        ]);
+        let page = RangePage::new(reply).unwrap();
+        assert_eq!(page.len(), 4);
+        assert_eq!(page.last_id().unwrap(), Some(StreamId::new(7, 0)));
+        let entries: Vec<PageEntry> = page.into_entries().collect();
+        assert_eq!(entries[0].id(), Some(StreamId::new(5, 1)));
+        assert_eq!(
+            entries[0].field(b"data").map(|d| &d[..]),
+            Some(&b"\x91\x01"[..])
+        );
+        assert_eq!(entries[0].field(b"id").map(|d| &d[..]), Some(&b"x"[..]));
+        assert_eq!(entries[0].field(b"src"), None);
+        assert_eq!(entries[1].id(), Some(StreamId::new(6, 0)));
+        assert_eq!(entries[1].field(b"data"), None);
+        assert_eq!(entries[2].id(), None);
+        assert_eq!(entries[3].field(b"data").map(|d| &d[..]), Some(&b"y"[..]));
+
+        let empty = RangePage::new(Resp3Frame::Null).unwrap();
+        assert_eq!((empty.len(), empty.last_id().unwrap()), (0, None));
+        let broken = RangePage::new(array(vec![array(vec![blob(b"x")])])).unwrap();
+        assert_eq!(broken.last_id().unwrap_err().kind(), ErrorKind::Redis);
+    }
+
+    #[test]
+    fn an_error_reply_in_a_raw_frame_is_classified() {
+        let wrongtype = Resp3Frame::SimpleError {
+            data: "WRONGTYPE Operation against a key holding the wrong kind of value".into(),
+            attributes: None,
+        };
+        let error = RangePage::new(wrongtype).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Redis);
+        assert!(error.message().starts_with("WRONGTYPE"), "{error}");
+        let loading = Resp3Frame::BlobError {
+            data: Bytes::from_static(b"LOADING Redis is loading the dataset in memory"),
+            attributes: None,
+        };
+        assert_eq!(
+            RangePage::new(loading).unwrap_err().kind(),
+            ErrorKind::Unavailable
+        );
+        let number = Resp3Frame::Number {
+            data: 1,
+            attributes: None,
+        };
+        assert_eq!(RangePage::new(number).unwrap_err().kind(), ErrorKind::Redis);
+    }
 }
