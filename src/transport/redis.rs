@@ -700,12 +700,12 @@ fn read_args<'a>(
 /// Appends `ids` as `<ms>-<seq>` arguments, all formatted into one buffer (one
 /// allocation, not one per id).
 fn push_ids(args: &mut Vec<Value>, ids: &[StreamId]) {
+    use std::fmt::Write as _;
     let mut text = bytes::BytesMut::with_capacity(ids.len() * 24);
     let mut ends = Vec::with_capacity(ids.len());
     for id in ids {
-        push_decimal(&mut text, id.ms);
-        text.extend_from_slice(b"-");
-        push_decimal(&mut text, id.seq);
+        // `BytesMut` grows as needed: writing cannot fail.
+        let _ = write!(text, "{id}");
         ends.push(text.len());
     }
     let text = text.freeze();
@@ -714,20 +714,6 @@ fn push_ids(args: &mut Vec<Value>, ids: &[StreamId]) {
         args.push(Value::Bytes(text.slice(start..end)));
         start = end;
     }
-}
-
-fn push_decimal(text: &mut bytes::BytesMut, mut n: u64) {
-    let mut digits = [0_u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    text.extend_from_slice(&digits[at..]);
 }
 
 fn millis(duration: Duration) -> u32 {
