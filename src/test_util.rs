@@ -8,6 +8,9 @@
 //! also when a test panics. Tests never touch a shared Redis (such as the one
 //! at 127.0.0.1:6379): each gets a server nobody else knows about.
 //!
+//! [`FaultProxy`] sits between a client and such a server and injects network
+//! faults: a half-open connection, lost replies, resets.
+//!
 //! The server binary is `redis-server` from `PATH` unless the environment
 //! variable `TICKBUS_TEST_REDIS_SERVER` (or [`RedisServerOptions::binary`])
 //! names another one, such as a `valkey-server`.
@@ -32,6 +35,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+mod proxy;
+
+pub use proxy::FaultProxy;
 
 /// Environment variable naming the server binary (default `redis-server`).
 const SERVER_ENV: &str = "TICKBUS_TEST_REDIS_SERVER";

@@ -631,71 +631,11 @@ async fn two_processes_exchange_events() {
     assert_eq!(bus.redis_stats().received, 1_000);
 }
 
-/// A TCP proxy on loopback in front of a Redis server. While `lose_replies` is
-/// set, it still forwards commands but drops the server's replies and closes the
-/// client's connection: the commands ran, the client never hears so.
-struct LossyProxy {
-    port: u16,
-    lose_replies: Arc<AtomicBool>,
-    replies_lost: Arc<AtomicU64>,
-}
-
-impl LossyProxy {
-    fn start(upstream: u16) -> LossyProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let lose_replies = Arc::new(AtomicBool::new(false));
-        let replies_lost = Arc::new(AtomicU64::new(0));
-        let (lose, lost) = (Arc::clone(&lose_replies), Arc::clone(&replies_lost));
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { return };
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                    continue;
-                };
-                let _ = client.set_nodelay(true);
-                let _ = server.set_nodelay(true);
-                let mut client_in = client.try_clone().unwrap();
-                let mut server_out = server.try_clone().unwrap();
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut client_in, &mut server_out);
-                    let _ = server_out.shutdown(Shutdown::Both);
-                });
-                let (mut server_in, mut client_out) = (server, client);
-                let (lose, lost) = (Arc::clone(&lose), Arc::clone(&lost));
-                std::thread::spawn(move || {
-                    let mut buffer = [0_u8; 65_536];
-                    loop {
-                        let n = match server_in.read(&mut buffer) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        if lose.load(Ordering::SeqCst) {
-                            lost.fetch_add(1, Ordering::SeqCst);
-                            break;
-                        }
-                        if client_out.write_all(&buffer[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = client_out.shutdown(Shutdown::Both);
-                    let _ = server_in.shutdown(Shutdown::Both);
-                });
-            }
-        });
-        LossyProxy {
-            port,
-            lose_replies,
-            replies_lost,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_replies_are_settled_without_writing_twice() {
     let server = RedisServer::start().unwrap();
-    let proxy = LossyProxy::start(server.port());
-    let mut config = RedisConfig::from_url(&format!("redis://127.0.0.1:{}", proxy.port)).unwrap();
+    let proxy = FaultProxy::start(server.port()).unwrap();
+    let mut config = RedisConfig::from_url(&proxy.url()).unwrap();
     config.reconnect_min = Duration::from_millis(20);
     config.reconnect_max = Duration::from_millis(100);
     config.read_block = Duration::from_millis(200);
@@ -709,7 +649,7 @@ async fn lost_replies_are_settled_without_writing_twice() {
     let key = "tickbus:stream:{orders:new}";
     orders.publish_durable(0).unwrap().await.unwrap();
     // From now on Redis runs the XADDs but the writer never hears back.
-    proxy.lose_replies.store(true, Ordering::SeqCst);
+    proxy.lose_replies(true);
     let receipts: Vec<_> = (1..=200)
         .map(|i| orders.publish_durable(i).unwrap())
         .collect();
@@ -717,7 +657,7 @@ async fn lost_replies_are_settled_without_writing_twice() {
     // the outcome of those XADDs is unknown to it. Until it has found out, it
     // sends no more XADDs.
     let deadline = Instant::now() + PATIENCE;
-    while proxy.replies_lost.load(Ordering::SeqCst) == 0 || bus.redis_stats().redis_errors == 0 {
+    while proxy.replies_lost() == 0 || bus.redis_stats().redis_errors == 0 {
         assert!(Instant::now() < deadline, "{:?}", bus.redis_stats());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -731,7 +671,7 @@ async fn lost_replies_are_settled_without_writing_twice() {
     );
     // Replies flow again: the writer reconnects, finds its entries, and resolves
     // the receipts with their stream ids without writing anything twice.
-    proxy.lose_replies.store(false, Ordering::SeqCst);
+    proxy.lose_replies(false);
     let mut ids = Vec::new();
     for receipt in receipts {
         ids.push(

@@ -13,7 +13,9 @@
 //! was written). The outbox decides instead, after checking the stream (see
 //! `bridge.rs`).
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fred::interfaces::ClientInterface as _;
@@ -38,6 +40,19 @@ pub(crate) struct Connection {
     client: fred::prelude::Client,
     role: &'static str,
     redacted_url: String,
+    /// When tickbus last dropped this connection for not answering, and
+    /// whether that replacement is still under way (see [`Connection::fail`]);
+    /// shared by every clone.
+    abandoned: Arc<Abandoned>,
+    /// The connection's command timeout (`RedisConfig::command_timeout`).
+    command_timeout: Duration,
+}
+
+/// The state of [`Connection::abandon`].
+#[derive(Default)]
+struct Abandoned {
+    at: Mutex<Option<Instant>>,
+    replacing: AtomicBool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -186,7 +201,11 @@ impl Connection {
         let mut builder = Builder::from_config(fred_config);
         builder.with_connection_config(|connection| {
             connection.connection_timeout = config.connect_timeout;
-            connection.internal_command_timeout = config.connect_timeout;
+            // The set-up commands of a connection (`HELLO`, `AUTH`, `CLIENT
+            // ID`): one opened into a dead network gives up within the command
+            // timeout, and the next attempt follows the back-off.
+            connection.internal_command_timeout =
+                config.connect_timeout.min(config.command_timeout);
             // Never let fred re-send a command after a reconnect: see the module doc.
             connection.max_command_attempts = 1;
         });
@@ -226,6 +245,8 @@ impl Connection {
             client,
             role,
             redacted_url,
+            abandoned: Arc::default(),
+            command_timeout: config.command_timeout,
         };
         let version = match connection.server_version().await {
             Ok(version) => version,
@@ -256,6 +277,75 @@ impl Connection {
         format!("{what} on {} ({})", self.redacted_url, self.role)
     }
 
+    /// Maps the error of command `what` on this connection, and drops the
+    /// connection when the command got no reply in time.
+    ///
+    /// Replies are matched to commands strictly in order on a connection. A
+    /// command that timed out stays at the head of that queue: if its reply
+    /// never comes (a half-open socket, a proxy or middlebox that lost its
+    /// state), every later command waits behind it for good, and a timeout
+    /// repairs nothing. So a timeout ends the connection: fred reconnects by its
+    /// policy (back-off from `reconnect_min` to `reconnect_max`), and whoever
+    /// owned the timed-out commands settles them as after any lost connection
+    /// (the writer looks its unknown outcomes up; readers read again).
+    ///
+    /// A blocking read is given its block on top of the command timeout (see
+    /// [`blocking`](Self::blocking)), so a quiet stream is never taken for a
+    /// dead connection.
+    fn fail(&self, error: FredError, what: &str) -> Error {
+        if *error.kind() == FredErrorKind::Timeout {
+            self.abandon(what);
+        }
+        map_error(error, &self.context(what))
+    }
+
+    /// Drops the connection and lets fred open a new one, once per dead
+    /// connection: the commands pipelined behind the first one to time out time
+    /// out together, those sent before the last replacement say nothing of the
+    /// new connection, and while fred is still opening one (a connection set-up
+    /// into a dead network times out by itself) there is nothing to drop.
+    fn abandon(&self, what: &str) {
+        let now = Instant::now();
+        {
+            let mut at = self
+                .abandoned
+                .at
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // A command sent on the new connection times out no earlier than
+            // one command timeout after it was opened.
+            if matches!(*at, Some(at) if now < at + self.command_timeout)
+                || self.abandoned.replacing.swap(true, Ordering::AcqRel)
+            {
+                return;
+            }
+            *at = Some(now);
+        }
+        tracing::warn!(
+            role = self.role,
+            url = %self.redacted_url,
+            command = what,
+            "tickbus: no reply within the command timeout; dropping the connection and reconnecting"
+        );
+        let client = self.client.clone();
+        let abandoned = Arc::clone(&self.abandoned);
+        tokio::spawn(async move {
+            // Resolves once fred has a working connection again (or is closed).
+            let _ = client.force_reconnection().await;
+            abandoned.replacing.store(false, Ordering::Release);
+        });
+    }
+
+    /// A client for one blocking read of `block`: its timeout is the block
+    /// plus the command timeout, so that only a read whose reply is overdue by
+    /// a whole command timeout counts as a dead connection.
+    fn blocking(&self, block: Duration) -> fred::clients::WithOptions<fred::prelude::Client> {
+        self.client.with_options(&fred::types::config::Options {
+            timeout: Some(block + self.command_timeout),
+            ..Default::default()
+        })
+    }
+
     /// `INFO server`: the `redis_version` line (Valkey reports its Redis
     /// compatibility level there too).
     async fn server_version(&self) -> Result<(u32, u32, u32)> {
@@ -263,7 +353,7 @@ impl Connection {
             .client
             .custom(cmd("INFO"), vec!["server"])
             .await
-            .map_err(|error| map_error(error, &self.context("INFO server")))?;
+            .map_err(|error| self.fail(error, "INFO server"))?;
         let version = info
             .lines()
             .find_map(|line| line.strip_prefix("redis_version:"))
@@ -296,7 +386,7 @@ impl Connection {
             .client
             .custom(cmd("TYPE"), vec![key])
             .await
-            .map_err(|error| map_error(error, &self.context("TYPE")))?;
+            .map_err(|error| self.fail(error, "TYPE"))?;
         Ok(value
             .as_str()
             .map(|text| text.into_owned())
@@ -393,7 +483,7 @@ impl Connection {
                             format!("XADD answered {value:?}, not a stream id"),
                         )
                     }),
-                    Some(Err(error)) => Err(map_error(error, &self.context("XADD"))),
+                    Some(Err(error)) => Err(self.fail(error, "XADD")),
                     None => Err(Error::new(ErrorKind::Redis, "XADD: no reply")),
                 };
             }
@@ -407,7 +497,7 @@ impl Connection {
                 ErrorKind::Redis,
                 format!("WAITAOF answered {other:?}"),
             )),
-            Some(Err(error)) => Err(map_error(error, &self.context("WAITAOF"))),
+            Some(Err(error)) => Err(self.fail(error, "WAITAOF")),
             None => Err(Error::new(ErrorKind::Redis, "WAITAOF: no reply")),
         });
         (appended, fsynced)
@@ -443,7 +533,7 @@ impl Connection {
                     format!("the append script answered {other:?}"),
                 )),
             ),
-            Some(Err(error)) => (Vec::new(), Some(map_error(error, &self.context("EVAL")))),
+            Some(Err(error)) => (Vec::new(), Some(self.fail(error, "EVAL"))),
             None => (
                 Vec::new(),
                 Some(Error::new(ErrorKind::Unavailable, "EVAL: no reply")),
@@ -486,14 +576,14 @@ impl Connection {
             .await;
         let mut results = pipeline.try_all::<Value>().await.into_iter();
         if let Some(Err(error)) = results.next() {
-            return Err(map_error(error, &self.context("SET (fsync probe)")));
+            return Err(self.fail(error, "SET (fsync probe)"));
         }
         match results.next() {
             Some(Ok(Value::Array(counts))) => counts
                 .first()
                 .and_then(Value::as_u64)
                 .ok_or_else(|| Error::new(ErrorKind::Redis, "WAITAOF: unexpected reply")),
-            Some(Err(error)) => Err(map_error(error, &self.context("WAITAOF"))),
+            Some(Err(error)) => Err(self.fail(error, "WAITAOF")),
             _ => Err(Error::new(ErrorKind::Redis, "WAITAOF: unexpected reply")),
         }
     }
@@ -512,7 +602,7 @@ impl Connection {
                 ],
             )
             .await
-            .map_err(|error| map_error(error, &self.context("XTRIM")))?;
+            .map_err(|error| self.fail(error, "XTRIM"))?;
         Ok(())
     }
 
@@ -531,7 +621,7 @@ impl Connection {
                 ],
             )
             .await
-            .map_err(|error| map_error(error, &self.context("XREVRANGE")))?;
+            .map_err(|error| self.fail(error, "XREVRANGE"))?;
         parse_entries(value)
     }
 
@@ -559,11 +649,11 @@ impl Connection {
             ClusterHash::Offset(usize::from(block.is_some()) * 2 + 3),
             block.is_some(),
         );
-        let value: Value = self
-            .client
-            .custom(command, args)
-            .await
-            .map_err(|error| map_error(error, &self.context("XREAD")))?;
+        let reply = match block {
+            Some(block) => self.blocking(block).custom(command, args).await,
+            None => self.client.custom(command, args).await,
+        };
+        let value: Value = reply.map_err(|error| self.fail(error, "XREAD"))?;
         parse_read_reply(value)
     }
 
@@ -581,7 +671,7 @@ impl Connection {
             .client
             .custom(cmd("DEL"), keys.to_vec())
             .await
-            .map_err(|error| map_error(error, &self.context("DEL")))?;
+            .map_err(|error| self.fail(error, "DEL"))?;
         Ok(value.as_u64().unwrap_or(0))
     }
 
@@ -591,7 +681,7 @@ impl Connection {
             .client
             .custom(cmd("XLEN"), vec![key])
             .await
-            .map_err(|error| map_error(error, &self.context("XLEN")))?;
+            .map_err(|error| self.fail(error, "XLEN"))?;
         Ok(value.as_u64().unwrap_or(0))
     }
 
@@ -601,7 +691,7 @@ impl Connection {
             .client
             .custom(cmd("HGET"), vec![key, field])
             .await
-            .map_err(|error| map_error(error, &self.context("HGET")))?;
+            .map_err(|error| self.fail(error, "HGET"))?;
         Ok(value.as_bytes().map(Bytes::copy_from_slice))
     }
 
@@ -611,7 +701,7 @@ impl Connection {
             .client
             .custom(cmd("HSET"), vec![key, field, value])
             .await
-            .map_err(|error| map_error(error, &self.context("HSET")))?;
+            .map_err(|error| self.fail(error, "HSET"))?;
         Ok(())
     }
 }
@@ -1005,7 +1095,7 @@ impl Connection {
         match reply {
             Ok(_) => Ok(true),
             Err(error) if error.details().starts_with("BUSYGROUP") => Ok(false),
-            Err(error) => Err(map_error(error, &self.context("XGROUP CREATE"))),
+            Err(error) => Err(self.fail(error, "XGROUP CREATE")),
         }
     }
 
@@ -1030,11 +1120,11 @@ impl Connection {
             ClusterHash::Offset(usize::from(block.is_some()) * 2 + 6),
             block.is_some(),
         );
-        let value: Value = self
-            .client
-            .custom(command, args)
-            .await
-            .map_err(|error| map_error(error, &self.context("XREADGROUP")))?;
+        let reply = match block {
+            Some(block) => self.blocking(block).custom(command, args).await,
+            None => self.client.custom(command, args).await,
+        };
+        let value: Value = reply.map_err(|error| self.fail(error, "XREADGROUP"))?;
         parse_read_reply(value)
     }
 
@@ -1048,7 +1138,7 @@ impl Connection {
             .client
             .custom(cmd("XACK"), args)
             .await
-            .map_err(|error| map_error(error, &self.context("XACK")))?;
+            .map_err(|error| self.fail(error, "XACK"))?;
         Ok(value.as_u64().unwrap_or(0))
     }
 
@@ -1075,7 +1165,7 @@ impl Connection {
             .client
             .custom(cmd("XAUTOCLAIM"), args)
             .await
-            .map_err(|error| map_error(error, &self.context("XAUTOCLAIM")))?;
+            .map_err(|error| self.fail(error, "XAUTOCLAIM"))?;
         let malformed = || Error::new(ErrorKind::Redis, "unexpected XAUTOCLAIM reply");
         let Value::Array(parts) = value else {
             return Err(malformed());
@@ -1123,7 +1213,7 @@ impl Connection {
             .client
             .custom(cmd("XPENDING"), args)
             .await
-            .map_err(|error| map_error(error, &self.context("XPENDING")))?;
+            .map_err(|error| self.fail(error, "XPENDING"))?;
         let malformed = || Error::new(ErrorKind::Redis, "unexpected XPENDING reply");
         match value {
             Value::Null => Ok(Vec::new()),
@@ -1175,7 +1265,7 @@ impl Connection {
             .client
             .custom(cmd("XCLAIM"), args)
             .await
-            .map_err(|error| map_error(error, &self.context("XCLAIM")))?;
+            .map_err(|error| self.fail(error, "XCLAIM"))?;
         if just_id {
             return Ok(Vec::new());
         }
@@ -1199,7 +1289,7 @@ impl Connection {
             .client
             .custom(cmd("XADD"), args)
             .await
-            .map_err(|error| map_error(error, &self.context("XADD")))?;
+            .map_err(|error| self.fail(error, "XADD"))?;
         parse_stream_id(&value).ok_or_else(|| Error::new(ErrorKind::Redis, "unexpected XADD reply"))
     }
 
@@ -1218,7 +1308,7 @@ impl Connection {
                 vec![key, start, end, "COUNT", &count.to_string()],
             )
             .await
-            .map_err(|error| map_error(error, &self.context("XRANGE")))?;
+            .map_err(|error| self.fail(error, "XRANGE"))?;
         parse_entries(value)
     }
 
@@ -1239,7 +1329,7 @@ impl Connection {
                 vec![key, start, end, "COUNT", &count.to_string()],
             )
             .await
-            .map_err(|error| map_error(error, &self.context("XRANGE")))?;
+            .map_err(|error| self.fail(error, "XRANGE"))?;
         RangePage::new(frame).map_err(|error| {
             let message = format!("{}: {}", self.context("XRANGE"), error.message());
             Error::new(error.kind(), message)
@@ -1255,7 +1345,7 @@ impl Connection {
             .client
             .custom(cmd("XDEL"), args)
             .await
-            .map_err(|error| map_error(error, &self.context("XDEL")))?;
+            .map_err(|error| self.fail(error, "XDEL"))?;
         Ok(value.as_u64().unwrap_or(0))
     }
 
@@ -1275,7 +1365,7 @@ impl Connection {
             .client
             .custom(cmd_offset("XINFO", 1), args)
             .await
-            .map_err(|error| map_error(error, &self.context("XINFO")))?;
+            .map_err(|error| self.fail(error, "XINFO"))?;
         let row = |value: Value| -> InfoRow {
             match value {
                 Value::Array(flat) => {
@@ -1323,7 +1413,7 @@ impl Connection {
                 vec![DELETE_IDLE_CONSUMER_SCRIPT, "1", key, group, consumer],
             )
             .await
-            .map_err(|error| map_error(error, &self.context("EVAL (delete idle consumer)")))?;
+            .map_err(|error| self.fail(error, "EVAL (delete idle consumer)"))?;
         Ok(value.as_u64() == Some(1))
     }
 
@@ -1355,7 +1445,7 @@ impl Connection {
                     args,
                 )
                 .await
-                .map_err(|error| map_error(error, &self.context("SCAN")))?;
+                .map_err(|error| self.fail(error, "SCAN"))?;
             let Value::Array(parts) = value else {
                 return Err(Error::new(ErrorKind::Redis, "unexpected SCAN reply"));
             };
@@ -1389,7 +1479,7 @@ impl Connection {
             .client
             .custom(cmd_offset("MEMORY", 1), vec!["USAGE", key])
             .await
-            .map_err(|error| map_error(error, &self.context("MEMORY USAGE")))?;
+            .map_err(|error| self.fail(error, "MEMORY USAGE"))?;
         Ok(value.as_u64())
     }
 
@@ -1400,7 +1490,7 @@ impl Connection {
             .client
             .custom(cmd("XPENDING"), vec![key, group])
             .await
-            .map_err(|error| map_error(error, &self.context("XPENDING")))?;
+            .map_err(|error| self.fail(error, "XPENDING"))?;
         let malformed = || Error::new(ErrorKind::Redis, "unexpected XPENDING summary reply");
         let Value::Array(parts) = value else {
             return Err(malformed());
@@ -1541,7 +1631,7 @@ impl Connection {
         self.client
             .start_tracking(prefix, true, false, false, true)
             .await
-            .map_err(|error| map_error(error, &self.context("CLIENT TRACKING")))
+            .map_err(|error| self.fail(error, "CLIENT TRACKING"))
     }
 
     /// `GET key`.
@@ -1550,7 +1640,7 @@ impl Connection {
             .client
             .custom(cmd("GET"), vec![key])
             .await
-            .map_err(|error| map_error(error, &self.context("GET")))?;
+            .map_err(|error| self.fail(error, "GET"))?;
         Ok(match value {
             Value::Null => None,
             other => Some(value_bytes(other)),
@@ -1568,7 +1658,7 @@ impl Connection {
             .client
             .custom(cmd("SET"), args)
             .await
-            .map_err(|error| map_error(error, &self.context("SET")))?;
+            .map_err(|error| self.fail(error, "SET"))?;
         Ok(())
     }
 
@@ -1580,7 +1670,7 @@ impl Connection {
             .client
             .custom(cmd("SET"), vec![key, token, "NX", "PX", &ttl])
             .await
-            .map_err(|error| map_error(error, &self.context("SET NX")))?;
+            .map_err(|error| self.fail(error, "SET NX"))?;
         Ok(!matches!(value, Value::Null))
     }
 
@@ -1590,7 +1680,7 @@ impl Connection {
             .client
             .custom(cmd("EVAL"), vec![RELEASE_LOCK_SCRIPT, "1", key, token])
             .await
-            .map_err(|error| map_error(error, &self.context("EVAL (unlock)")))?;
+            .map_err(|error| self.fail(error, "EVAL (unlock)"))?;
         Ok(value.as_u64() == Some(1))
     }
 
@@ -1603,7 +1693,7 @@ impl Connection {
             .client
             .custom(cmd("UNLINK"), keys.to_vec())
             .await
-            .map_err(|error| map_error(error, &self.context("UNLINK")))?;
+            .map_err(|error| self.fail(error, "UNLINK"))?;
         Ok(value.as_u64().unwrap_or(0))
     }
 
@@ -1621,7 +1711,7 @@ impl Connection {
         let _: Value = transaction
             .custom(cmd("XADD"), xadd_args(entry))
             .await
-            .map_err(|error| map_error(error, &self.context("MULTI XADD")))?;
+            .map_err(|error| self.fail(error, "MULTI XADD"))?;
         let mut args: Vec<Value> = vec![key.into(), Value::Bytes(value)];
         if let Some(ttl) = ttl {
             args.push("PX".into());
@@ -1630,11 +1720,11 @@ impl Connection {
         let _: Value = transaction
             .custom(cmd("SET"), args)
             .await
-            .map_err(|error| map_error(error, &self.context("MULTI SET")))?;
+            .map_err(|error| self.fail(error, "MULTI SET"))?;
         let replies: Vec<Value> = transaction
             .exec(true)
             .await
-            .map_err(|error| map_error(error, &self.context("EXEC")))?;
+            .map_err(|error| self.fail(error, "EXEC"))?;
         replies
             .first()
             .and_then(parse_stream_id)
