@@ -7,15 +7,11 @@
 //! out-of-order event fails the test.
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fred::prelude::{ClientLike, StreamsInterface, Value};
-use tickbus::test_util::{AppendFsync, RedisServer, RedisServerOptions};
+use tickbus::test_util::{AppendFsync, FaultProxy, RedisServer, RedisServerOptions};
 use tickbus::{
     Bus, Durability, DurableOptions, ErrorKind, Event, Health, InstanceId, OutboxFull,
     PublishError, RecvError, RedisConfig, RemoteStart, Retention, Subscriber,
