@@ -8,7 +8,12 @@
 use std::time::{Duration, Instant};
 
 use tickbus::test_util::{FaultProxy, RedisServer};
-use tickbus::{Bus, DurableOptions, Event, Health, RecvError, RedisConfig, Subscriber};
+use tickbus::{
+    Bus, DurableOptions, Event, GroupConfig, GroupStart, Health, RecvError, RedisConfig, Subscriber,
+};
+
+mod support;
+use support::groups::{publish, stream_key, xpending_count};
 
 /// Upper bound on any single wait in these tests (a hang fails, never blocks CI).
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -150,4 +155,78 @@ async fn a_half_open_connection_is_replaced_and_every_event_is_written_once_in_o
     assert_eq!(next(&mut remote).await.unwrap().value, u64::MAX);
     eprintln!("first write {recovery:?} after the heal; all received {received_all:?} after it");
     assert_eq!(publisher.health(), Health::Connected);
+}
+
+/// Case 3 of issue 13. The reply of an `XREADGROUP` is lost with its
+/// connection after the server handed the entries to this member (they sit in
+/// its pending list). The member re-reads its own pending entries after the
+/// reconnect, so the batch is handled at once, not after the ack wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_read_reply_is_re_read_from_the_pending_list_at_once() {
+    logs();
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(server.port()).unwrap();
+    let producer = Bus::builder().redis(config(&server.url())).build().unwrap();
+    let worker = Bus::builder().redis(config(&proxy.url())).build().unwrap();
+    let key = stream_key("order:exec");
+    let ack_wait = Duration::from_secs(30);
+    let mut consumer = worker
+        .group::<u64>(
+            "booking",
+            "order:exec",
+            GroupConfig {
+                start: GroupStart::Beginning,
+                consumer: Some("c1".into()),
+                block: Duration::from_millis(100),
+                ack_wait,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    // A first event, handled: the member has drained its (empty) pending list
+    // and now reads new entries, blocking.
+    publish(&producer, "order:exec", 0..1);
+    match tokio::time::timeout(PATIENCE, consumer.recv()).await {
+        Ok(Some(Ok(delivery))) => delivery.ack_confirmed().await.unwrap(),
+        other => panic!("no delivery: {:?}", other.map(|o| o.map(|r| r.map(|_| ())))),
+    }
+    // The next reply naming the stream is an XREADGROUP reply with entries.
+    proxy.lose_next_reply_containing(key.as_bytes());
+    const N: u64 = 200;
+    let started = Instant::now();
+    publish(&producer, "order:exec", 1..N);
+    let mut seen = vec![0_u32; N as usize];
+    seen[0] = 1;
+    let mut redelivered = 0;
+    for _ in 1..N {
+        let delivery = match tokio::time::timeout(PATIENCE, consumer.recv()).await {
+            Ok(Some(Ok(delivery))) => delivery,
+            other => panic!("no delivery: {:?}", other.map(|o| o.map(|r| r.map(|_| ())))),
+        };
+        seen[*delivery as usize] += 1;
+        if delivery.info().deliveries > 1 {
+            redelivered += 1;
+        }
+        delivery.ack();
+    }
+    let took = started.elapsed();
+    assert_eq!(proxy.replies_lost(), 1, "the fault happened");
+    assert!(
+        seen.iter().all(|&n| n == 1),
+        "each event handled once: {seen:?}"
+    );
+    assert!(
+        redelivered > 0,
+        "the lost batch came back from the pending list"
+    );
+    // Without the re-read the lost batch waits for the claim loop (30 s).
+    assert!(took < ack_wait / 3, "all handled after {took:?}");
+    let deadline = Instant::now() + PATIENCE;
+    while xpending_count(&server, &key, "booking") > 0 {
+        assert!(Instant::now() < deadline, "acks never reached Redis");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!(
+        "{N} events handled {took:?} after publishing; {redelivered} re-read after the lost reply"
+    );
 }

@@ -271,6 +271,9 @@ async fn reader_loop(
     // Streams whose own pending entries are still being re-read, with the cursor.
     let mut history: HashMap<Arc<str>, StreamId> = HashMap::new();
     let mut known: HashSet<Arc<str>> = HashSet::new();
+    // Per stream, the newest entry this member has been handed by a read: a
+    // read whose reply was lost delivered only entries after it.
+    let mut newest_read: HashMap<Arc<str>, StreamId> = HashMap::new();
     let mut rotate = 0_usize;
     // Claims run here, between reads, so that only this loop takes places for
     // reading: a claim never starves behind a read blocked with all of them.
@@ -352,6 +355,20 @@ async fn reader_loop(
                     }
                 } else {
                     io_error(&core, "XREADGROUP", &error);
+                    if block.is_some() && error.kind() != ErrorKind::Redis {
+                        // The read may have run and its reply been lost with the
+                        // connection: its entries are in this member's pending
+                        // list, handed to no one. Re-read them from there first
+                        // (`XREADGROUP … <newest read>`) rather than leaving them
+                        // to the claim loop after a whole ack wait.
+                        for stream in &targets {
+                            let after = newest_read
+                                .get(&stream.key)
+                                .copied()
+                                .unwrap_or(StreamId::ZERO);
+                            history.insert(Arc::clone(&stream.key), after);
+                        }
+                    }
                     if !backoff.wait(&core).await {
                         break;
                     }
@@ -378,6 +395,12 @@ async fn reader_loop(
         let mut handed = Vec::with_capacity(used);
         for (stream, entries) in reply {
             answered.insert(&stream.key);
+            if let Some(last) = entries.last() {
+                let newest = newest_read
+                    .entry(Arc::clone(&stream.key))
+                    .or_insert(last.id);
+                *newest = (*newest).max(last.id);
+            }
             let deliveries = if block.is_none() {
                 // Re-read pending entries: ask Redis how often each was delivered.
                 match entries.last() {
