@@ -104,6 +104,9 @@ pub(crate) mod names {
     /// Whole memory layers dropped (`namespace`).
     #[cfg(feature = "cache")]
     pub(crate) const CACHE_FLUSHES: &str = "tickbus_cache_flushes_total";
+    /// Loaded values not stored: their key changed while they loaded (`namespace`).
+    #[cfg(feature = "cache")]
+    pub(crate) const CACHE_FILLS_SUPERSEDED: &str = "tickbus_cache_fills_superseded_total";
 }
 
 /// Describes every metric to the installed recorder (units and help texts, which
@@ -339,5 +342,6 @@ fn record_caches() {
         counter!(CACHE_REDIS_ERRORS, &[ns()]).absolute(stats.redis_errors);
         counter!(CACHE_INVALIDATIONS, &[ns()]).absolute(stats.invalidations);
         counter!(CACHE_FLUSHES, &[ns()]).absolute(stats.flushes);
+        counter!(CACHE_FILLS_SUPERSEDED, &[ns()]).absolute(stats.fills_superseded);
     }
 }

@@ -97,14 +97,21 @@ fn a_change_by_one_instance_leaves_no_stale_memory_in_the_other() {
         let set_latency = eventually("B drops v1", || cache_b.peek("k").is_none()).await;
         assert_eq!(cache_b.get("k").await.unwrap().as_deref(), Some("v2"));
 
-        // A invalidates: gone from B's memory and from Redis.
+        // A invalidates: gone from B's memory and from Redis, where a
+        // short-lived tombstone (0xc1 0x00, then 16 random bytes) stands in.
         cache_a.invalidate("k").await.unwrap();
         let invalidate_latency = eventually("B drops v2", || cache_b.peek("k").is_none()).await;
         assert_eq!(cache_b.get("k").await.unwrap(), None);
-        assert_eq!(
-            server.cli(&["EXISTS", "tickbus:cache:label:k"]).unwrap(),
-            "0"
-        );
+        assert!(server
+            .command(&[b"GET", b"tickbus:cache:label:k"])
+            .unwrap()
+            .starts_with(b"$18\r\n\xc1\x00"));
+        let ttl_ms: u64 = server
+            .cli(&["PTTL", "tickbus:cache:label:k"])
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(ttl_ms > 0 && ttl_ms <= (5 + 30 + 10) * 1000, "{ttl_ms}");
 
         // A change made behind tickbus's back (redis-cli) is seen too.
         cache_b.set("ext", "old".to_string()).await.unwrap();
@@ -131,7 +138,8 @@ fn a_change_by_one_instance_leaves_no_stale_memory_in_the_other() {
             cache_a.set(&format!("n{i}"), i.to_string()).await.unwrap();
             read_until_kept(&cache_b, &format!("n{i}"), &i.to_string()).await;
         }
-        assert_eq!(cache_a.invalidate_namespace().await.unwrap(), 51);
+        // The 50, "ext", and the tombstone of "k".
+        assert_eq!(cache_a.invalidate_namespace().await.unwrap(), 52);
         eventually("B's memory emptied", || {
             (0..50).all(|i| cache_b.peek(&format!("n{i}")).is_none())
         })

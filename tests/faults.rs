@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use tickbus::test_util::{FaultProxy, RedisServer};
 use tickbus::{
-    Bus, DurableOptions, Event, GroupConfig, GroupStart, Health, RecvError, RedisConfig, Subscriber,
+    Bus, CacheConfig, DurableOptions, Event, GroupConfig, GroupStart, Health, RecvError,
+    RedisConfig, Subscriber,
 };
 
 mod support;
@@ -229,4 +230,77 @@ async fn a_lost_read_reply_is_re_read_from_the_pending_list_at_once() {
     eprintln!(
         "{N} events handled {took:?} after publishing; {redelivered} re-read after the lost reply"
     );
+}
+
+/// How another instance changes a key while a fill loads it.
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    Set,
+    Invalidate,
+}
+
+fn long_lived() -> CacheConfig {
+    CacheConfig {
+        memory_ttl: Duration::from_secs(600),
+        ..CacheConfig::with_ttl(Duration::from_secs(600))
+    }
+}
+
+/// Case 2 of issue 13. Instance A misses a key and loads it; while its loader
+/// runs, instance B sets a newer value or invalidates the key. A's caller gets
+/// what its loader returned, but neither Redis nor any instance's memory keeps
+/// that older value: afterwards both instances read B's value (or nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_never_overwrites_a_newer_value_nor_brings_back_an_invalidated_key() {
+    logs();
+    let server = RedisServer::start().unwrap();
+    let a = Bus::builder().redis(config(&server.url())).build().unwrap();
+    let b = Bus::builder().redis(config(&server.url())).build().unwrap();
+    let cache_a = a.cache::<String>("label", long_lived()).unwrap();
+    let cache_b = b.cache::<String>("label", long_lived()).unwrap();
+    const ROUNDS: u64 = 200;
+    for round in 0..ROUNDS {
+        for change in [Change::Set, Change::Invalidate] {
+            let key = format!("k{round}-{change:?}");
+            let (loading_tx, loading_rx) = tokio::sync::oneshot::channel::<()>();
+            let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+            let fill = {
+                let (cache_a, key) = (cache_a.clone(), key.clone());
+                tokio::spawn(async move {
+                    cache_a
+                        .get_or_load(&key, |_| async move {
+                            let _ = loading_tx.send(());
+                            let _ = go_rx.await;
+                            Ok::<_, std::convert::Infallible>("old".to_string())
+                        })
+                        .await
+                })
+            };
+            loading_rx.await.expect("A loads");
+            match change {
+                Change::Set => cache_b.set(&key, "new".to_string()).await.unwrap(),
+                Change::Invalidate => cache_b.invalidate(&key).await.unwrap(),
+            }
+            go_tx.send(()).unwrap();
+            assert_eq!(
+                fill.await.unwrap().unwrap(),
+                "old",
+                "A's caller gets its load"
+            );
+            let expected = match change {
+                Change::Set => Some("new"),
+                Change::Invalidate => None,
+            };
+            for (name, cache) in [("A", &cache_a), ("B", &cache_b)] {
+                assert_ne!(cache.peek(&key).as_deref(), Some("old"), "{name} {key}");
+                assert_eq!(
+                    cache.get(&key).await.unwrap().as_deref(),
+                    expected,
+                    "{name} reads {key} after {change:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(cache_a.stats().fills_superseded, 2 * ROUNDS);
+    assert_eq!(cache_a.stats().loads, 2 * ROUNDS);
 }

@@ -32,6 +32,16 @@ pub use state::{PublishedWithState, StatePolicy, StateStore};
 /// byte MessagePack never uses, so no real value can be mistaken for it.
 const NEGATIVE: &[u8] = &[0xc1];
 
+/// The first bytes of an invalidation's tombstone (then 16 random bytes): what
+/// [`Cache::invalidate`] writes in place of deleting the key, so that a fill
+/// that began before it finds the key changed (see [`Cache::fill_redis`]).
+/// `0xc1` is the byte MessagePack never uses, as in [`NEGATIVE`].
+const TOMBSTONE: &[u8] = &[0xc1, 0x00];
+
+/// How much longer than the slowest fill (`lock_wait` + `loader_timeout`) a
+/// tombstone lives: the round trips around the load, on a slow machine.
+const TOMBSTONE_SLACK: Duration = Duration::from_secs(10);
+
 /// Stripes of the per-key change counters (see `Cache::fill`).
 const STRIPES: usize = 64;
 
@@ -228,6 +238,10 @@ pub struct CacheStats {
     /// Times the whole memory layer was dropped (connection lost or back,
     /// invalidations lost, a flush).
     pub flushes: u64,
+    /// Loaded values not stored because the key changed in Redis while they
+    /// loaded (another instance set or invalidated it): the caller got the
+    /// loaded value, neither layer keeps it.
+    pub fills_superseded: u64,
 }
 
 #[derive(Default)]
@@ -247,6 +261,7 @@ struct Counters {
     redis_errors: AtomicU64,
     invalidations: AtomicU64,
     flushes: AtomicU64,
+    fills_superseded: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -375,6 +390,7 @@ impl<V> Memory<V> {
             redis_errors: get(&c.redis_errors),
             invalidations: get(&c.invalidations),
             flushes: get(&c.flushes),
+            fills_superseded: get(&c.fills_superseded),
         }
     }
 
@@ -564,11 +580,13 @@ where
             return Ok(found);
         }
         match self.redis_get(key).await {
-            Ok(Some(found)) => {
+            Ok(Read {
+                found: Some(found), ..
+            }) => {
                 self.count_hit(&found, false);
                 Ok(found)
             }
-            Ok(None) => {
+            Ok(Read { found: None, .. }) => {
                 bump(&self.inner.counters.misses);
                 Ok(None)
             }
@@ -679,20 +697,25 @@ where
         let counters = &self.inner.counters;
         let mut redis_up = self.inner.layer.is_some();
         let mut lock = None;
+        // The key's bytes in Redis when the load began: the fill is written
+        // only over the same (see `fill_redis`).
+        let mut seen = None;
         if redis_up {
             match self.redis_get(key).await {
-                Ok(Some(found)) if found.is_some() || optional => {
+                Ok(Read {
+                    found: Some(found), ..
+                }) if found.is_some() || optional => {
                     self.count_hit(&found, false);
                     return Ok(found);
                 }
-                Ok(_) => {}
+                Ok(read) => seen = read.seen,
                 Err(error) if error.kind().is_redis_side() => redis_up = false,
                 Err(error) => return Err(error),
             }
         }
         bump(&counters.misses);
         if redis_up && !self.inner.config.lock_wait.is_zero() {
-            match self.wait_or_lock(key, optional).await {
+            match self.wait_or_lock(key, optional, &mut seen).await {
                 Waited::Found(found) => return Ok(found),
                 Waited::Locked(token) => lock = Some(token),
                 Waited::Load => {}
@@ -708,12 +731,22 @@ where
                     None => self.inner.config.negative_ttl.map(Some),
                 };
                 if let Some(redis_ttl) = ttl {
-                    if redis_up {
-                        if let Err(error) = self.redis_set(key, value.as_ref(), redis_ttl).await {
-                            tracing::debug!(%error, "cache set after load failed");
+                    let stored = if redis_up {
+                        match self.fill_redis(key, value.as_ref(), redis_ttl, seen).await {
+                            Ok(stored) => stored,
+                            Err(error) => {
+                                tracing::debug!(%error, "cache set after load failed");
+                                true
+                            }
                         }
+                    } else {
+                        true
+                    };
+                    if stored {
+                        self.fill(key, value.clone(), ticket, false);
+                    } else {
+                        bump(&counters.fills_superseded);
                     }
-                    self.fill(key, value.clone(), ticket, false);
                 }
                 Ok(value)
             }
@@ -737,7 +770,7 @@ where
     }
 
     /// Takes the key's load lock, or waits for the holder's value.
-    async fn wait_or_lock(&self, key: &str, optional: bool) -> Waited<V> {
+    async fn wait_or_lock(&self, key: &str, optional: bool, seen: &mut Option<Bytes>) -> Waited<V> {
         let Some(layer) = self.inner.layer.clone() else {
             return Waited::Load;
         };
@@ -761,14 +794,17 @@ where
                 Ok(true) => {
                     // The previous holder may have stored the value and released
                     // the lock between our miss and our lock: look once more.
-                    if let Ok(Some(found)) = self.redis_get(key).await {
-                        if found.is_some() || optional {
-                            self.count_hit(&found, false);
-                            let lock_key = lock_key.clone();
-                            let _ = layer
-                                .run(move |c| async move { c.unlock(&lock_key, &token).await })
-                                .await;
-                            return Waited::Found(found);
+                    if let Ok(read) = self.redis_get(key).await {
+                        match read.found {
+                            Some(found) if found.is_some() || optional => {
+                                self.count_hit(&found, false);
+                                let lock_key = lock_key.clone();
+                                let _ = layer
+                                    .run(move |c| async move { c.unlock(&lock_key, &token).await })
+                                    .await;
+                                return Waited::Found(found);
+                            }
+                            _ => *seen = read.seen,
                         }
                     }
                     return Waited::Locked(token);
@@ -791,11 +827,13 @@ where
             sleep(poll.min(deadline - now)).await;
             poll = (poll * 2).min(Duration::from_millis(50));
             match self.redis_get(key).await {
-                Ok(Some(found)) if found.is_some() || optional => {
+                Ok(Read {
+                    found: Some(found), ..
+                }) if found.is_some() || optional => {
                     self.count_hit(&found, false);
                     return Waited::Found(found);
                 }
-                Ok(_) => {}
+                Ok(read) => *seen = read.seen,
                 Err(error) if error.kind().is_redis_side() => return Waited::RedisDown,
                 Err(_) => return Waited::Load,
             }
@@ -904,11 +942,10 @@ where
         }
     }
 
-    /// Redis: `Ok(Some(Some(v)))` a value, `Ok(Some(None))` a remembered
-    /// "nothing", `Ok(None)` no key. Fills memory on a hit.
-    async fn redis_get(&self, key: &str) -> Result<Option<Option<V>>> {
+    /// Reads `key` from Redis (see [`Read`]). Fills memory on a hit.
+    async fn redis_get(&self, key: &str) -> Result<Read<V>> {
         let Some(layer) = &self.inner.layer else {
-            return Ok(None);
+            return Ok(Read::default());
         };
         let ticket = self.ticket(key);
         let redis_key = self.redis_key(key);
@@ -917,12 +954,18 @@ where
             .await;
         let bytes = match got {
             Ok(Some(bytes)) => bytes,
-            Ok(None) => return Ok(None),
+            Ok(None) => return Ok(Read::default()),
             Err(error) => {
                 bump(&self.inner.counters.redis_errors);
                 return Err(error);
             }
         };
+        if bytes.starts_with(TOMBSTONE) {
+            return Ok(Read {
+                found: None,
+                seen: Some(bytes),
+            });
+        }
         let value = if bytes.as_ref() == NEGATIVE {
             None
         } else {
@@ -940,17 +983,68 @@ where
             )
         };
         self.fill(key, value.clone(), ticket, true);
-        Ok(Some(value))
+        Ok(Read {
+            found: Some(value),
+            seen: Some(bytes),
+        })
+    }
+
+    /// Writes a loaded value (or a remembered "nothing") to Redis, unless the
+    /// key changed since the load began: `seen` is what the key held then (no
+    /// key, a remembered "nothing", an invalidation's tombstone). One script
+    /// compares and sets, so a value another instance [`set`](Self::set) while
+    /// this one loaded is never overwritten with the older one, and a key it
+    /// [`invalidate`](Self::invalidate)d is never brought back. `Ok(false)`:
+    /// superseded, not written.
+    async fn fill_redis(
+        &self,
+        key: &str,
+        value: Option<&V>,
+        ttl: Option<Duration>,
+        seen: Option<Bytes>,
+    ) -> Result<bool> {
+        let Some(layer) = &self.inner.layer else {
+            return Ok(true);
+        };
+        let bytes = self.redis_bytes(value)?;
+        let redis_key = self.redis_key(key);
+        let result = layer
+            .run(move |c| async move { c.set_if_unchanged(&redis_key, seen, bytes, ttl).await })
+            .await;
+        match result {
+            Ok(true) => {
+                layer
+                    .hub
+                    .changed_locally(&self.inner.namespace, key, self.identity());
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(error) => {
+                bump(&self.inner.counters.redis_errors);
+                Err(error)
+            }
+        }
+    }
+
+    fn redis_bytes(&self, value: Option<&V>) -> Result<Bytes> {
+        Ok(match value {
+            Some(value) => Bytes::from(codec::encode_payload(value, &self.inner.limits)?),
+            None => Bytes::from_static(NEGATIVE),
+        })
+    }
+
+    /// How long an invalidation's tombstone stays: longer than any fill that
+    /// began before it can take (its lock wait, its load, and slack).
+    fn tombstone_ttl(&self) -> Duration {
+        let config = &self.inner.config;
+        config.lock_wait + config.loader_timeout + TOMBSTONE_SLACK
     }
 
     async fn redis_set(&self, key: &str, value: Option<&V>, ttl: Option<Duration>) -> Result<()> {
         let Some(layer) = &self.inner.layer else {
             return Ok(());
         };
-        let bytes = match value {
-            Some(value) => Bytes::from(codec::encode_payload(value, &self.inner.limits)?),
-            None => Bytes::from_static(NEGATIVE),
-        };
+        let bytes = self.redis_bytes(value)?;
         let redis_key = self.redis_key(key);
         let result = layer
             .run(move |c| async move { c.set(&redis_key, bytes, ttl).await })
@@ -1001,9 +1095,16 @@ where
         let Some(layer) = &self.inner.layer else {
             return Ok(());
         };
-        let redis_key = vec![self.redis_key(key)];
+        // A tombstone, not a delete: a fill that began before this call finds
+        // the key changed and is not written (a deleted key would look as
+        // missing as when the fill began), and the key's change reaches every
+        // instance's tracking even when it held no value.
+        let mut tombstone = Vec::with_capacity(TOMBSTONE.len() + 16);
+        tombstone.extend_from_slice(TOMBSTONE);
+        tombstone.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+        let (redis_key, ttl) = (self.redis_key(key), self.tombstone_ttl());
         let result = layer
-            .run(move |c| async move { c.unlink(&redis_key).await })
+            .run(move |c| async move { c.set(&redis_key, Bytes::from(tombstone), Some(ttl)).await })
             .await;
         // Also after Redis answered: a fill racing with this call is dropped.
         self.inner.invalidate_key(key);
@@ -1059,6 +1160,24 @@ where
             bump(&self.inner.counters.redis_errors);
         }
         result
+    }
+}
+
+/// What a Redis read of a key found.
+struct Read<V> {
+    /// A value, or a remembered "nothing" (`Some(None)`); `None`: no key, or an
+    /// invalidation's tombstone.
+    found: Option<Option<V>>,
+    /// The key's bytes as read, for a fill that follows (see `fill_redis`).
+    seen: Option<Bytes>,
+}
+
+impl<V> Default for Read<V> {
+    fn default() -> Self {
+        Read {
+            found: None,
+            seen: None,
+        }
     }
 }
 

@@ -1607,6 +1607,25 @@ end
 return 0
 ";
 
+/// Sets `KEYS[1]` to `ARGV[3]` (with `PX ARGV[4]` unless empty) only if it
+/// holds what the caller saw: no key when `ARGV[1]` is `0`, else exactly
+/// `ARGV[2]`. Returns 1 when set, 0 when the key changed meanwhile.
+#[cfg_attr(not(feature = "cache"), allow(dead_code))] // the cache uses these
+pub(crate) const FILL_SCRIPT: &str = r"
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '0' then
+    if current then return 0 end
+elseif current ~= ARGV[2] then
+    return 0
+end
+if ARGV[4] == '' then
+    redis.call('SET', KEYS[1], ARGV[3])
+else
+    redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+end
+return 1
+";
+
 fn ttl_millis(ttl: Duration) -> String {
     u64::try_from(ttl.as_millis())
         .unwrap_or(u64::MAX)
@@ -1660,6 +1679,32 @@ impl Connection {
             .await
             .map_err(|error| self.fail(error, "SET"))?;
         Ok(())
+    }
+
+    /// Sets `key` to `value` only if it still holds `expected` (`None`: no
+    /// key), atomically ([`FILL_SCRIPT`]): `false` when it changed meanwhile.
+    pub(crate) async fn set_if_unchanged(
+        &self,
+        key: &str,
+        expected: Option<Bytes>,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
+        let args: Vec<Value> = vec![
+            Value::from_static_str(FILL_SCRIPT),
+            Value::from(1_i64),
+            key.into(),
+            Value::from_static_str(if expected.is_some() { "1" } else { "0" }),
+            Value::Bytes(expected.unwrap_or_default()),
+            Value::Bytes(value),
+            ttl.map_or_else(String::new, ttl_millis).into(),
+        ];
+        let value: Value = self
+            .client
+            .custom(cmd_offset("EVAL", 2), args)
+            .await
+            .map_err(|error| self.fail(error, "EVAL (fill)"))?;
+        Ok(value.as_u64() == Some(1))
     }
 
     /// `SET key token NX PX ttl`: `true` when the key was set (this call took
