@@ -553,7 +553,17 @@ impl Bus {
         match &self.live {
             None => (Snapshot::embedded(self.health()), None),
             Some(live) => {
-                let snapshot = Snapshot::live(live);
+                #[allow(unused_mut)] // without `cache`
+                let mut snapshot = Snapshot::live(live);
+                #[cfg(feature = "cache")]
+                {
+                    snapshot.cache_tracking = self
+                        .cache_layer
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .as_ref()
+                        .map(|layer| layer.hub.tracking());
+                }
                 let counts = live.dead_letter_counts(snapshot.topics.clone());
                 (snapshot, Some(counts))
             }

@@ -152,6 +152,11 @@ pub struct HealthReport {
     pub groups: Vec<GroupHealth>,
     /// Dead letters of each topic those consumers read.
     pub dead_letters: Vec<DeadLetterCount>,
+    /// Whether the caches' invalidations are confirmed on their connection
+    /// (`CLIENT TRACKING` on the connection of the moment); `None` when the
+    /// bus has no cache connection. While `Some(false)` and connected, the
+    /// memory layers do not serve (see `docs/cache.md`).
+    pub cache_tracking: Option<bool>,
     /// Why the bus is unhealthy, one sentence per threshold crossed (empty when
     /// healthy).
     pub problems: Vec<String>,
@@ -193,6 +198,7 @@ pub(crate) struct Snapshot {
     pub(crate) groups: Vec<GroupHealth>,
     /// Topics of the groups, sorted, each once.
     pub(crate) topics: Vec<crate::TopicName>,
+    pub(crate) cache_tracking: Option<bool>,
 }
 
 impl Snapshot {
@@ -203,6 +209,7 @@ impl Snapshot {
             outbox_capacity: 0,
             groups: Vec::new(),
             topics: Vec::new(),
+            cache_tracking: None,
         }
     }
 
@@ -232,6 +239,7 @@ impl Snapshot {
             outbox_capacity: live.outbox_capacity(),
             groups,
             topics,
+            cache_tracking: None,
         }
     }
 
@@ -252,6 +260,15 @@ impl Snapshot {
                 limits.max_degraded.as_secs()
             )),
             _ => {}
+        }
+        if self.cache_tracking == Some(false)
+            && matches!(self.connection, ConnectionState::Connected)
+        {
+            problems.push(
+                "cache invalidations not confirmed on the cache connection: \
+                 memory layers do not serve"
+                    .to_string(),
+            );
         }
         if self.outbox_capacity > 0
             && self.outbox_depth as f64 > limits.max_outbox_fill * self.outbox_capacity as f64
@@ -299,6 +316,7 @@ impl Snapshot {
             outbox_capacity: self.outbox_capacity,
             groups: self.groups,
             dead_letters,
+            cache_tracking: self.cache_tracking,
             problems,
         }
     }

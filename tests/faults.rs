@@ -304,3 +304,92 @@ async fn a_fill_never_overwrites_a_newer_value_nor_brings_back_an_invalidated_ke
     assert_eq!(cache_a.stats().fills_superseded, 2 * ROUNDS);
     assert_eq!(cache_a.stats().loads, 2 * ROUNDS);
 }
+
+/// Case 4 of issue 13. The link of instance A's cache connection flaps (its
+/// connections are reset every few milliseconds for seconds: hundreds of
+/// reconnects, fred's event channels lagging). Afterwards tracking is confirmed
+/// again on A's connection (health says so), and every change instance B
+/// makes reaches A's memory: A never keeps serving the value it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_burst_of_reconnects_invalidations_still_reach_memory() {
+    logs();
+    let server = RedisServer::start().unwrap();
+    let proxy = std::sync::Arc::new(FaultProxy::start(server.port()).unwrap());
+    let a = Bus::builder().redis(config(&proxy.url())).build().unwrap();
+    let b = Bus::builder().redis(config(&server.url())).build().unwrap();
+    let cache_a = a.cache::<String>("label", long_lived()).unwrap();
+    let cache_b = b.cache::<String>("label", long_lived()).unwrap();
+    cache_b.set("warm", "up".to_string()).await.unwrap();
+    assert_eq!(cache_a.get("warm").await.unwrap().as_deref(), Some("up"));
+
+    let before = proxy.connections();
+    let flapping = {
+        let proxy = std::sync::Arc::clone(&proxy);
+        std::thread::spawn(move || {
+            let (started, mut resets) = (Instant::now(), 0);
+            while started.elapsed() < Duration::from_secs(3) {
+                resets += proxy.reset_all();
+                std::thread::sleep(Duration::from_millis(2 + fastrand_ms()));
+            }
+            resets
+        })
+    };
+    // Lookups go on during the burst: whatever they return, nothing may stay.
+    while !flapping.is_finished() {
+        let _ = cache_a.get("warm").await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let resets = flapping.join().unwrap();
+    let reconnects = proxy.connections() - before;
+    assert!(reconnects > 50, "{reconnects} reconnects, {resets} resets");
+
+    let settled = until("cache tracking confirmed again", || {
+        a.health_report_blocking(Default::default()).cache_tracking == Some(true)
+    })
+    .await;
+
+    const CHECKS: usize = 400;
+    let mut slowest = Duration::ZERO;
+    for i in 0..CHECKS {
+        let key = format!("k{i}");
+        cache_b.set(&key, "old".to_string()).await.unwrap();
+        let started = Instant::now();
+        loop {
+            assert_eq!(cache_a.get(&key).await.unwrap().as_deref(), Some("old"));
+            if cache_a.peek(&key).is_some() {
+                break;
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "{key} never kept in A's memory"
+            );
+            tokio::task::yield_now().await;
+        }
+        cache_b.set(&key, "new".to_string()).await.unwrap();
+        let took = until("A drops the old value", || {
+            cache_a.peek(&key).as_deref() != Some("old")
+        })
+        .await;
+        slowest = slowest.max(took);
+        assert_eq!(cache_a.get(&key).await.unwrap().as_deref(), Some("new"));
+    }
+    assert!(
+        slowest < Duration::from_secs(5),
+        "an invalidation took {slowest:?}"
+    );
+    eprintln!(
+        "{resets} resets, {reconnects} connections; tracking confirmed {settled:?} after; \
+         {CHECKS} changes seen, slowest invalidation {slowest:?}"
+    );
+}
+
+/// A few milliseconds of jitter, without a random-number crate.
+fn fastrand_ms() -> u64 {
+    u64::from(
+        std::time::SystemTime::now()
+            .elapsed()
+            .unwrap_or_default()
+            .subsec_nanos()
+            % 7,
+    )
+}

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
@@ -42,10 +42,27 @@ pub(crate) struct Hub {
     /// read can no longer be trusted (connection lost or re-established,
     /// invalidations lost, a flush). See `Cache::fill`.
     pub(crate) epoch: AtomicU64,
-    /// Whether the server is tracking the prefix for us right now.
-    pub(crate) tracking: AtomicBool,
+    /// [`TRACKED`], [`DOWN`] or [`UNTRACKED`]: whether memory may serve.
+    state: AtomicU8,
+    /// The `CLIENT ID` of the connection tracking was last confirmed on.
+    tracked_id: AtomicU64,
     namespaces: Mutex<Registry>,
 }
+
+/// How often the invalidation loop checks that a connection that is up has
+/// tracking confirmed (events can lag or arrive out of order).
+const TRACKING_CHECK: Duration = Duration::from_secs(1);
+
+/// Tracking is confirmed on the current connection: every change by another
+/// connection is pushed to us. Memory serves.
+const TRACKED: u8 = 0;
+/// The connection is lost (memory was flushed when it went): nothing reaches
+/// Redis through it, and what memory holds was loaded since. Memory serves,
+/// each entry for at most its memory TTL.
+const DOWN: u8 = 1;
+/// Connected, but tracking not (yet) confirmed on this connection: another
+/// instance's change would not be pushed. Memory does not serve.
+const UNTRACKED: u8 = 2;
 
 impl Layer {
     /// Connects (RESP3), starts tracking, and starts the invalidation loop.
@@ -54,7 +71,8 @@ impl Layer {
         let hub = Arc::new(Hub {
             prefix: format!("{}:cache:", config.key_prefix),
             epoch: AtomicU64::new(0),
-            tracking: AtomicBool::new(false),
+            state: AtomicU8::new(UNTRACKED),
+            tracked_id: AtomicU64::new(0),
             namespaces: Mutex::new(HashMap::new()),
         });
         let loop_hub = Arc::clone(&hub);
@@ -70,18 +88,29 @@ impl Layer {
                 let mut events = connection.events();
                 // Tracking before anything is read through this connection; a
                 // server that refuses it (an ACL without CLIENT) fails the start.
-                let tracked = connection.track_prefix(&hub.prefix).await;
+                let tracked = connection.ensure_tracking(&hub.prefix).await;
                 let failed = tracked.is_err();
-                if tracked.is_ok() {
-                    hub.tracking.store(true, Ordering::SeqCst);
+                if let Ok(id) = &tracked {
+                    hub.confirmed(*id);
                 }
-                let _ = ready_tx.send(tracked);
+                let _ = ready_tx.send(tracked.map(|_| ()));
                 if failed {
                     return;
                 }
+                // Events of a connection already replaced can arrive after
+                // those of its successor: the state is checked against the
+                // connection itself, on every event and once a second.
+                let mut check = tokio::time::interval(TRACKING_CHECK);
+                check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
                         _ = stopped.changed() => return,
+                        _ = check.tick() => {
+                            if !hub.tracking() && connection.is_connected() {
+                                hub.state.store(UNTRACKED, Ordering::SeqCst);
+                                track(&connection, &hub, &mut stopped).await;
+                            }
+                        }
                         invalidation = invalidations.next() => match invalidation {
                             Some(Invalidation::Keys(keys)) => {
                                 for key in keys {
@@ -91,11 +120,21 @@ impl Layer {
                             Some(Invalidation::All) => hub.flush_all(),
                             None => return,
                         },
+                        // fred's events lag in a burst of reconnects (its channel
+                        // holds 32); a lagged read reports the state as it is now,
+                        // and a confirmation checks the connection it ran on, so
+                        // no order of events is assumed.
                         event = events.next() => match event {
+                            Some(ConnectionEvent::Lost(_)) if connection.is_connected() => {
+                                // The error of a connection already replaced (or
+                                // of this one, not yet seen as lost): check the
+                                // connection of the moment.
+                                verify(&connection, &hub, &mut stopped).await;
+                            }
                             Some(ConnectionEvent::Lost(error)) => {
                                 // Once per outage (fred reports every failed
                                 // reconnect): what loaders fill meanwhile stays.
-                                if hub.tracking.swap(false, Ordering::SeqCst) {
+                                if hub.state.swap(DOWN, Ordering::SeqCst) != DOWN {
                                     tracing::warn!(%error, "cache connection lost: memory layers flushed");
                                     hub.flush_all();
                                 }
@@ -103,8 +142,9 @@ impl Layer {
                             Some(ConnectionEvent::Reconnected) => {
                                 // A new connection tracks nothing: what was read
                                 // on the old one, or on this one before tracking
-                                // is back, may be stale.
-                                hub.tracking.store(false, Ordering::SeqCst);
+                                // is back, may be stale, and memory stops serving
+                                // until tracking is confirmed on it.
+                                hub.state.store(UNTRACKED, Ordering::SeqCst);
                                 hub.flush_all();
                                 track(&connection, &hub, &mut stopped).await;
                             }
@@ -181,6 +221,28 @@ impl Layer {
 }
 
 impl Hub {
+    /// Whether tracking is confirmed on the current connection (a value read
+    /// from Redis now will be invalidated when it changes).
+    pub(crate) fn tracking(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == TRACKED
+    }
+
+    /// Whether memory may serve values: tracking is confirmed, or the
+    /// connection is down (see [`DOWN`]). One load on the hit path.
+    #[inline]
+    pub(crate) fn serving(&self) -> bool {
+        self.state.load(Ordering::Acquire) != UNTRACKED
+    }
+
+    /// Tracking was confirmed on connection `id`: drop what was read before
+    /// (not tracked), then serve.
+    fn confirmed(&self, id: u64) {
+        self.flush_all();
+        self.tracked_id.store(id, Ordering::SeqCst);
+        self.state.store(TRACKED, Ordering::SeqCst);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Registers a namespace's memory layer for invalidations.
     pub(crate) fn register(&self, namespace: &str, memory: Weak<dyn Invalidate>) {
         let mut namespaces = self
@@ -263,7 +325,8 @@ impl std::fmt::Debug for Layer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Layer")
             .field("prefix", &self.hub.prefix)
-            .field("tracking", &self.hub.tracking.load(Ordering::Relaxed))
+            .field("tracking", &self.hub.tracking())
+            .field("tracked_id", &self.hub.tracked_id.load(Ordering::Relaxed))
             .finish()
     }
 }
@@ -274,8 +337,33 @@ impl Drop for Layer {
     }
 }
 
-/// (Re-)enables tracking, retrying with a back-off until it holds or the layer
-/// stops; flushes once it holds (reads made before were not tracked).
+/// After an event that may or may not concern the connection of the moment:
+/// nothing changes if tracking is confirmed on it already; otherwise memory is
+/// flushed and tracking enabled again (or the layer is down).
+async fn verify(
+    connection: &Connection,
+    hub: &Hub,
+    stopped: &mut tokio::sync::watch::Receiver<bool>,
+) {
+    match connection.ensure_tracking(&hub.prefix).await {
+        Ok(id) if hub.tracking() && id == hub.tracked_id.load(Ordering::SeqCst) => {}
+        Ok(id) => hub.confirmed(id),
+        Err(_) if !connection.is_connected() => {
+            if hub.state.swap(DOWN, Ordering::SeqCst) != DOWN {
+                hub.flush_all();
+            }
+        }
+        Err(_) => {
+            hub.state.store(UNTRACKED, Ordering::SeqCst);
+            hub.flush_all();
+            track(connection, hub, stopped).await;
+        }
+    }
+}
+
+/// (Re-)enables tracking, retrying with a back-off until it is confirmed on
+/// the connection of the moment or the layer stops; flushes once it holds
+/// (reads made before were not tracked).
 async fn track(
     connection: &Connection,
     hub: &Hub,
@@ -283,11 +371,16 @@ async fn track(
 ) {
     let mut delay = Duration::from_millis(20);
     loop {
-        match connection.track_prefix(&hub.prefix).await {
-            Ok(()) => {
-                hub.flush_all();
-                hub.tracking.store(true, Ordering::SeqCst);
-                hub.epoch.fetch_add(1, Ordering::SeqCst);
+        match connection.ensure_tracking(&hub.prefix).await {
+            Ok(id) => {
+                hub.confirmed(id);
+                return;
+            }
+            Err(error) if !connection.is_connected() => {
+                // Down again: nothing to track until it is back (the
+                // reconnect event, or the periodic check, tracks then).
+                tracing::debug!(%error, "cache connection down while enabling CLIENT TRACKING");
+                hub.state.store(DOWN, Ordering::SeqCst);
                 return;
             }
             Err(error) => {

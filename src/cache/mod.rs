@@ -548,6 +548,8 @@ where
     }
 
     /// The value of `key` in memory, without asking Redis (no I/O, no counters).
+    /// `None` also while memory does not serve (on a live bus whose cache
+    /// connection is back but its invalidations not yet confirmed).
     pub fn peek(&self, key: &str) -> Option<V> {
         self.memory_get(key).flatten()
     }
@@ -556,6 +558,11 @@ where
     /// `Some(None)` is a remembered "nothing".
     #[inline]
     fn memory_get(&self, key: &str) -> Option<Option<V>> {
+        if let Some(layer) = &self.inner.layer {
+            if !layer.hub.serving() {
+                return None;
+            }
+        }
         let slot = self.inner.memory.get(key)?;
         if (slot.value.is_none() || self.inner.clock.is_manual())
             && self.inner.clock.now_ns() >= slot.expires_ns
@@ -932,10 +939,7 @@ where
             // A value read from Redis is only as good as the tracking of its key;
             // a loaded or set one is good until a change is reported (a flush
             // when the connection comes back included).
-            Some(layer) => {
-                (!from_redis || layer.hub.tracking.load(Ordering::SeqCst))
-                    && self.ticket(key) == ticket
-            }
+            Some(layer) => (!from_redis || layer.hub.tracking()) && self.ticket(key) == ticket,
         };
         if !trusted {
             self.inner.memory.invalidate(key);

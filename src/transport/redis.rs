@@ -1643,14 +1643,98 @@ impl Connection {
         }
     }
 
-    /// `CLIENT TRACKING on BCAST PREFIX prefix NOLOOP`: the server pushes the
-    /// name of every key under `prefix` that another connection changes.
-    pub(crate) async fn track_prefix(&self, prefix: &str) -> Result<()> {
+    /// Makes sure the server tracks `prefix` for this connection (`CLIENT
+    /// TRACKING on BCAST PREFIX prefix NOLOOP`: it then pushes the name of
+    /// every key under `prefix` that another connection changes), and returns
+    /// the id of the connection it is confirmed on.
+    ///
+    /// Idempotent: `CLIENT TRACKINGINFO` says whether tracking is already on
+    /// (a `CLIENT TRACKING` queued during a reconnect may have run on this very
+    /// connection; sending it again is refused with "overlaps with an existing
+    /// prefix"), and a refusal is checked the same way. `CLIENT ID` before and
+    /// after proves that every step ran on one connection: a reconnect in
+    /// between fails the call (`Unavailable`), to be tried again.
+    pub(crate) async fn ensure_tracking(&self, prefix: &str) -> Result<u64> {
         use fred::interfaces::TrackingInterface as _;
-        self.client
-            .start_tracking(prefix, true, false, false, true)
+        let id = self.client_id().await?;
+        if !self.tracks(prefix).await? {
+            if let Err(error) = self
+                .client
+                .start_tracking(prefix, true, false, false, true)
+                .await
+            {
+                let error = self.fail(error, "CLIENT TRACKING");
+                if !self.tracks(prefix).await? {
+                    return Err(error);
+                }
+            }
+        }
+        let confirmed = self.tracks(prefix).await?;
+        if !confirmed || self.client_id().await? != id {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                self.context("CLIENT TRACKING: the connection changed while it was enabled"),
+            ));
+        }
+        Ok(id)
+    }
+
+    /// Whether fred has a working connection right now.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.client.is_connected()
+    }
+
+    /// `CLIENT ID`.
+    async fn client_id(&self) -> Result<u64> {
+        let value: Value = self
+            .client
+            .custom(cmd("CLIENT"), vec!["ID"])
             .await
-            .map_err(|error| self.fail(error, "CLIENT TRACKING"))
+            .map_err(|error| self.fail(error, "CLIENT ID"))?;
+        value.as_u64().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Redis,
+                self.context(&format!("CLIENT ID answered {value:?}")),
+            )
+        })
+    }
+
+    /// `CLIENT TRACKINGINFO`: whether this connection has broadcast tracking
+    /// on, covering `prefix`.
+    async fn tracks(&self, prefix: &str) -> Result<bool> {
+        let value: Value = self
+            .client
+            .custom(cmd("CLIENT"), vec!["TRACKINGINFO"])
+            .await
+            .map_err(|error| self.fail(error, "CLIENT TRACKINGINFO"))?;
+        let text = |value: &Value| value.as_bytes().map(|b| b.to_vec()).unwrap_or_default();
+        let field = |name: &[u8]| -> Vec<Vec<u8>> {
+            let pairs: Vec<(Vec<u8>, Value)> = match &value {
+                Value::Map(map) => map
+                    .iter()
+                    .map(|(key, value)| (key.as_bytes().to_vec(), value.clone()))
+                    .collect(),
+                Value::Array(items) => items
+                    .chunks(2)
+                    .filter(|pair| pair.len() == 2)
+                    .map(|pair| (text(&pair[0]), pair[1].clone()))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            pairs
+                .into_iter()
+                .find(|(key, _)| key.as_slice() == name)
+                .map(|(_, value)| match value {
+                    Value::Array(items) => items.iter().map(text).collect(),
+                    other => vec![text(&other)],
+                })
+                .unwrap_or_default()
+        };
+        let flags = field(b"flags");
+        let prefixes = field(b"prefixes");
+        Ok(flags.iter().any(|flag| flag == b"on")
+            && flags.iter().any(|flag| flag == b"bcast")
+            && prefixes.iter().any(|known| known == prefix.as_bytes()))
     }
 
     /// `GET key`.
