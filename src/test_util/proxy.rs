@@ -1,50 +1,4 @@
-//! A TCP proxy on loopback that injects network faults between a client and
-//! its Redis server.
-//!
-//! [`FaultProxy`] relays every connection made to its port to an upstream
-//! server, byte for byte, on two plain threads per connection (no runtime).
-//! On command it misbehaves the way real networks do:
-//!
-//! * [`stall`](FaultProxy::stall): a **half-open** network. Every open
-//!   connection stops relaying in both directions but stays open, as when a
-//!   middlebox or a NAT lost its state; connections made while stalled are
-//!   accepted and relay nothing either. [`heal`](FaultProxy::heal) lets *new*
-//!   connections through again; the stalled ones stay dead for good (the
-//!   middlebox does not remember them), so only a client that gives up on a
-//!   silent connection recovers.
-//! * [`lose_replies`](FaultProxy::lose_replies): commands still reach the
-//!   server and run, but each reply is discarded and its connection closed:
-//!   the client cannot know whether its commands ran.
-//! * [`lose_next_reply_containing`](FaultProxy::lose_next_reply_containing):
-//!   the same for one reply only, the next one holding a byte string (a stream
-//!   key, say, to lose exactly one `XREADGROUP` reply after the server handed
-//!   the entries out).
-//! * [`reset_all`](FaultProxy::reset_all): every open connection is closed at
-//!   once (a flapping link: call it in a loop).
-//!
-//! Dropping the proxy closes its listener and every connection.
-//!
-//! ```
-//! use std::io::{BufRead, BufReader, Write};
-//! use std::net::TcpStream;
-//! use std::time::Duration;
-//! use tickbus::test_util::{FaultProxy, RedisServer};
-//!
-//! let server = RedisServer::start()?;
-//! let proxy = FaultProxy::start(server.port())?;
-//! let mut client = TcpStream::connect(("127.0.0.1", proxy.port()))?;
-//! client.write_all(b"PING\r\n")?;
-//! let mut reply = String::new();
-//! BufReader::new(client.try_clone()?).read_line(&mut reply)?;
-//! assert_eq!(reply, "+PONG\r\n");
-//!
-//! // Half-open from now on: the command is swallowed, the socket stays open.
-//! proxy.stall();
-//! client.set_read_timeout(Some(Duration::from_millis(200)))?;
-//! client.write_all(b"PING\r\n")?;
-//! assert!(BufReader::new(client).read_line(&mut String::new()).is_err());
-//! # Ok::<(), std::io::Error>(())
-//! ```
+//! A TCP proxy on loopback that injects network faults (see [`FaultProxy`]).
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -53,8 +7,53 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread;
 
-/// A fault-injecting TCP proxy in front of a server on 127.0.0.1 (see the
-/// [module docs](self)).
+/// A TCP proxy on loopback that injects network faults between a client and
+/// its Redis server.
+///
+/// [`FaultProxy`] relays every connection made to its port to an upstream
+/// server, byte for byte, on two plain threads per connection (no runtime).
+/// On command it misbehaves the way real networks do:
+///
+/// * [`stall`](FaultProxy::stall): a **half-open** network. Every open
+///   connection stops relaying in both directions but stays open, as when a
+///   middlebox or a NAT lost its state; connections made while stalled are
+///   accepted and relay nothing either. [`heal`](FaultProxy::heal) lets *new*
+///   connections through again; the stalled ones stay dead for good (the
+///   middlebox does not remember them), so only a client that gives up on a
+///   silent connection recovers.
+/// * [`lose_replies`](FaultProxy::lose_replies): commands still reach the
+///   server and run, but each reply is discarded and its connection closed:
+///   the client cannot know whether its commands ran.
+/// * [`lose_next_reply_containing`](FaultProxy::lose_next_reply_containing):
+///   the same for one reply only, the next one holding a byte string (a stream
+///   key, say, to lose exactly one `XREADGROUP` reply after the server handed
+///   the entries out).
+/// * [`reset_all`](FaultProxy::reset_all): every open connection is closed at
+///   once (a flapping link: call it in a loop).
+///
+/// Dropping the proxy closes its listener and every connection.
+///
+/// ```
+/// use std::io::{BufRead, BufReader, Write};
+/// use std::net::TcpStream;
+/// use std::time::Duration;
+/// use tickbus::test_util::{FaultProxy, RedisServer};
+///
+/// let server = RedisServer::start()?;
+/// let proxy = FaultProxy::start(server.port())?;
+/// let mut client = TcpStream::connect(("127.0.0.1", proxy.port()))?;
+/// client.write_all(b"PING\r\n")?;
+/// let mut reply = String::new();
+/// BufReader::new(client.try_clone()?).read_line(&mut reply)?;
+/// assert_eq!(reply, "+PONG\r\n");
+///
+/// // Half-open from now on: the command is swallowed, the socket stays open.
+/// proxy.stall();
+/// client.set_read_timeout(Some(Duration::from_millis(200)))?;
+/// client.write_all(b"PING\r\n")?;
+/// assert!(BufReader::new(client).read_line(&mut String::new()).is_err());
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub struct FaultProxy {
     port: u16,
     shared: Arc<Shared>,
