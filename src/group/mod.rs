@@ -16,7 +16,7 @@ mod config;
 mod dead_letter;
 mod worker;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -260,6 +260,9 @@ pub(crate) struct GroupCore {
     pub(crate) limits: CodecLimits,
     /// The group's pending and lag as last read (see [`GroupObserved`]).
     pub(crate) observed: Mutex<Option<GroupObserved>>,
+    /// Per stream key, the entries trimmed unread already counted (the checks
+    /// run on the upkeep loop and on the reader: see `check_unread_trim`).
+    pub(crate) unread_seen: Mutex<HashMap<Arc<str>, u64>>,
 }
 
 impl GroupCore {
@@ -739,6 +742,7 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
             nacked: Mutex::new(HashSet::new()),
             queued: Mutex::new(HashSet::new()),
             observed: Mutex::new(None),
+            unread_seen: Mutex::new(HashMap::new()),
         });
         let worker = worker::Worker::start(Arc::clone(&core), command_rx, incoming_tx)?;
         Ok(Consumer {

@@ -105,6 +105,9 @@ async fn run(
         control.close().await;
         return;
     }
+    // Before the first read: a new group on a stream whose oldest entries were
+    // trimmed learns what it missed (later checks cannot tell once it read past).
+    check_unread_trim(&core, &control).await;
     let _ = setup.send(Ok(()));
     tracing::debug!(group = %core.group, consumer = %core.consumer, "tickbus: consumer started");
     let control_task = tokio::spawn(control_loop(
@@ -279,6 +282,13 @@ async fn reader_loop(
     // reading: a claim never starves behind a read blocked with all of them.
     let claim_every = claim_interval(&core);
     let mut next_claim = Instant::now();
+    // A member that waited for room (its application is behind) looks for
+    // entries trimmed unread before it reads again: once it reads past a trim,
+    // Redis counts the trimmed entries as read and nothing can tell them apart.
+    let mut stalled = false;
+    let mut trim_checked = Instant::now()
+        .checked_sub(STALL_TRIM_CHECK)
+        .unwrap_or_else(Instant::now);
     while !core.is_stopping() {
         let streams = core.streams();
         for stream in &streams {
@@ -300,6 +310,7 @@ async fn reader_loop(
         }
         let room = core.reserve(core.config.batch);
         if room == 0 {
+            stalled = true;
             // `release` calls `notify_one`, which keeps a permit when nobody
             // waits yet: no lost wake-up.
             tokio::select! {
@@ -307,6 +318,11 @@ async fn reader_loop(
                 () = core.stopped() => break,
             }
             continue;
+        }
+        // At most every `STALL_TRIM_CHECK`: a busy member stalls all the time.
+        if std::mem::take(&mut stalled) && trim_checked.elapsed() >= STALL_TRIM_CHECK {
+            check_unread_trim(&core, &connection).await;
+            trim_checked = Instant::now();
         }
         let draining: Vec<Arc<GroupStream>> = streams
             .iter()
@@ -951,7 +967,6 @@ async fn upkeep_loop(core: Arc<GroupCore>, connection: Connection) {
     let mut next_discover = start + core.config.discover_interval;
     let mut next_idle = start + idle_every.unwrap_or_default();
     let mut next_trim = start; // pending and lag known from the start
-    let mut unread_seen: HashMap<Arc<str>, u64> = HashMap::new();
     loop {
         let mut due = next_trim;
         if matches!(core.subject, Subject::Pattern(_)) {
@@ -978,7 +993,7 @@ async fn upkeep_loop(core: Arc<GroupCore>, connection: Connection) {
             }
         }
         if now >= next_trim {
-            check_unread_trim(&core, &connection, &mut unread_seen).await;
+            check_unread_trim(&core, &connection).await;
             next_trim = Instant::now() + trim_every;
         }
     }
@@ -1118,14 +1133,14 @@ async fn remove_idle(core: &GroupCore, connection: &Connection, idle: Duration) 
     }
 }
 
+/// How often at most a member that waited for room checks for unread trims
+/// before it reads again (two `XINFO` round trips per stream).
+const STALL_TRIM_CHECK: Duration = Duration::from_millis(10);
+
 /// Counts entries trimmed before the group read them: when the group's last
 /// delivered id is older than the stream's first entry, the entries removed from
 /// the stream beyond those the group read were never read.
-async fn check_unread_trim(
-    core: &GroupCore,
-    connection: &Connection,
-    seen: &mut HashMap<Arc<str>, u64>,
-) {
+async fn check_unread_trim(core: &GroupCore, connection: &Connection) {
     // The group's pending and lag, summed over its streams, as a by-product.
     let mut observed = super::GroupObserved {
         pending: 0,
@@ -1163,18 +1178,26 @@ async fn check_unread_trim(
         if last_delivered >= first || info_u64(info, "length") == Some(0) {
             continue;
         }
+        // A group created at `0` that read nothing yet has no `entries-read`.
+        let read =
+            info_u64(group, "entries-read").or((last_delivered == StreamId::ZERO).then_some(0));
         let (Some(added), Some(length), Some(read)) = (
             info_u64(info, "entries-added"),
             info_u64(info, "length"),
-            info_u64(group, "entries-read"),
+            read,
         ) else {
             continue;
         };
         let lost = added.saturating_sub(length).saturating_sub(read);
-        let before = seen.get(&stream.key).copied().unwrap_or(0);
-        if lost > before {
-            Counters::add(&core.counters.trimmed_unread, lost - before);
-            seen.insert(Arc::clone(&stream.key), lost);
+        let newly = {
+            let mut seen = lock(&core.unread_seen);
+            let before = seen.entry(Arc::clone(&stream.key)).or_default();
+            let newly = lost.saturating_sub(*before);
+            *before = (*before).max(lost);
+            newly
+        };
+        if newly > 0 {
+            Counters::add(&core.counters.trimmed_unread, newly);
             tracing::error!(group = %core.group, topic = %stream.topic, lost, "tickbus: retention trimmed entries this group had not read");
         }
     }

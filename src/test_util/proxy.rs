@@ -25,9 +25,10 @@ use std::thread;
 ///   server and run, but each reply is discarded and its connection closed:
 ///   the client cannot know whether its commands ran.
 /// * [`lose_next_reply_containing`](FaultProxy::lose_next_reply_containing):
-///   the same for one reply only, the next one holding a byte string (a stream
-///   key, say, to lose exactly one `XREADGROUP` reply after the server handed
-///   the entries out).
+///   the same for one reply only: the connection is cut where a byte string
+///   next appears in the replies (a stream key, say, to lose exactly one
+///   `XREADGROUP` reply after the server handed the entries out; or the start
+///   of one reply, to lose it and keep the pipelined replies before it).
 /// * [`reset_all`](FaultProxy::reset_all): every open connection is closed at
 ///   once (a flapping link: call it in a loop).
 ///
@@ -161,9 +162,9 @@ impl FaultProxy {
         self.shared.lose_replies.store(on, Ordering::SeqCst);
     }
 
-    /// Loses the next reply (a read of the server's side of any connection)
-    /// that holds `needle`, and closes that connection. Replaces a needle set
-    /// before and not yet met.
+    /// Loses the next reply that holds `needle` (from the needle on: replies
+    /// before it in the same read still get through), and closes that
+    /// connection. Replaces a needle set before and not yet met.
     pub fn lose_next_reply_containing(&self, needle: &[u8]) {
         *lock(&self.shared.lose_next) = Some(needle.to_vec());
     }
@@ -215,19 +216,27 @@ impl Shared {
         links.iter().filter_map(Weak::upgrade).collect()
     }
 
-    /// Whether this chunk of a reply is to be lost.
-    fn loses(&self, chunk: &[u8]) -> bool {
+    /// Where in this chunk of replies the loss starts, if it is to be lost:
+    /// what comes before a needle still reaches the client (replies read
+    /// together are cut exactly before the one to lose).
+    fn loses(&self, chunk: &[u8]) -> Option<usize> {
         if self.lose_replies.load(Ordering::SeqCst) {
-            return true;
+            return Some(0);
         }
         let mut next = lock(&self.lose_next);
-        let hit = next.as_deref().is_some_and(|needle| {
-            needle.is_empty() || chunk.windows(needle.len()).any(|window| window == needle)
+        let at = next.as_deref().and_then(|needle| {
+            if needle.is_empty() {
+                Some(0)
+            } else {
+                chunk
+                    .windows(needle.len())
+                    .position(|window| window == needle)
+            }
         });
-        if hit {
+        if at.is_some() {
             *next = None;
         }
-        hit
+        at
     }
 }
 
@@ -282,7 +291,8 @@ fn relay(mut from: TcpStream, link: &Link, replies: Option<&Shared>) {
             continue; // swallowed: the socket stays open, nothing gets through
         }
         if let Some(shared) = replies {
-            if shared.loses(&buffer[..n]) {
+            if let Some(at) = shared.loses(&buffer[..n]) {
+                let _ = to.write_all(&buffer[..at]);
                 shared.replies_lost.fetch_add(1, Ordering::SeqCst);
                 break;
             }

@@ -22,7 +22,12 @@ pub fn init_tracing() {
 }
 
 pub fn config(server: &RedisServer) -> RedisConfig {
-    let mut config = RedisConfig::from_url(&server.url()).unwrap();
+    config_for(&server.url())
+}
+
+/// Quick reconnects and short blocks for a server (or a proxy) at `url`.
+pub fn config_for(url: &str) -> RedisConfig {
+    let mut config = RedisConfig::from_url(url).unwrap();
     config.reconnect_min = Duration::from_millis(20);
     config.reconnect_max = Duration::from_millis(200);
     config.read_block = Duration::from_millis(200);
