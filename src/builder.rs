@@ -557,12 +557,7 @@ impl Bus {
                 let mut snapshot = Snapshot::live(live);
                 #[cfg(feature = "cache")]
                 {
-                    snapshot.cache_tracking = self
-                        .cache_layer
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .as_ref()
-                        .map(|layer| layer.hub.tracking());
+                    snapshot.cache_tracking = cache_tracking(&self.cache_layer);
                 }
                 let counts = live.dead_letter_counts(snapshot.topics.clone());
                 (snapshot, Some(counts))
@@ -591,6 +586,8 @@ impl Bus {
             &self.shared,
             #[cfg(feature = "redis")]
             self.live.as_deref(),
+            #[cfg(feature = "cache")]
+            cache_tracking(&self.cache_layer),
         );
     }
 
@@ -825,14 +822,34 @@ impl BusBuilder {
             // Weak: the sampler must not keep the bus alive.
             let shared = Arc::downgrade(&bus.shared);
             let weak_live = Arc::downgrade(live);
+            #[cfg(feature = "cache")]
+            let cache_layer = Arc::downgrade(&bus.cache_layer);
             live.every(METRICS_EVERY, move || {
                 let (Some(shared), Some(live)) = (shared.upgrade(), weak_live.upgrade()) else {
                     return false;
                 };
-                crate::metrics::record(&shared, Some(&live));
+                crate::metrics::record(
+                    &shared,
+                    Some(&live),
+                    #[cfg(feature = "cache")]
+                    cache_layer
+                        .upgrade()
+                        .and_then(|layer| cache_tracking(&layer)),
+                );
                 true
             });
         }
         Ok(bus)
     }
+}
+
+/// Whether the bus's cache invalidations are confirmed on its connection
+/// (`None` before the first cache of the bus).
+#[cfg(feature = "cache")]
+fn cache_tracking(layer: &std::sync::Mutex<Option<Arc<crate::cache::Layer>>>) -> Option<bool> {
+    layer
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+        .map(|layer| layer.hub.tracking())
 }

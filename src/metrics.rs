@@ -107,6 +107,10 @@ pub(crate) mod names {
     /// Loaded values not stored: their key changed while they loaded (`namespace`).
     #[cfg(feature = "cache")]
     pub(crate) const CACHE_FILLS_SUPERSEDED: &str = "tickbus_cache_fills_superseded_total";
+    /// Gauge: 1 while the caches' invalidations are confirmed on their
+    /// connection, 0 while not (memory is not served then).
+    #[cfg(feature = "cache")]
+    pub(crate) const CACHE_TRACKING: &str = "tickbus_cache_tracking";
 }
 
 /// Describes every metric to the installed recorder (units and help texts, which
@@ -241,6 +245,7 @@ fn labels(bus: Option<&str>, rest: &[(&'static str, &str)]) -> Vec<Label> {
 pub(crate) fn record(
     bus: &BusShared,
     #[cfg(feature = "redis")] live: Option<&crate::bridge::Live>,
+    #[cfg(feature = "cache")] cache_tracking: Option<bool>,
 ) {
     use metrics::counter;
     use names::*;
@@ -273,7 +278,11 @@ pub(crate) fn record(
         gauge!(OUTBOX_DEPTH, bus_wide.clone()).set(stats.outbox_depth as f64);
         gauge!(OUTBOX_CAPACITY, bus_wide.clone()).set(live.config().outbox_capacity as f64);
         let connected = matches!(live.health(), crate::Health::Connected);
-        gauge!(CONNECTED, bus_wide).set(if connected { 1.0 } else { 0.0 });
+        gauge!(CONNECTED, bus_wide.clone()).set(if connected { 1.0 } else { 0.0 });
+        #[cfg(feature = "cache")]
+        if let Some(tracking) = cache_tracking {
+            gauge!(CACHE_TRACKING, bus_wide).set(if tracking { 1.0 } else { 0.0 });
+        }
         for group in live.groups() {
             let stats = group.stats();
             let subject = group.subject.to_string();

@@ -30,6 +30,8 @@ fn prometheus() -> &'static PrometheusHandle {
 }
 
 /// The value of the sample `name` whose labels include `labels`, in a scrape.
+/// The `bus` label must match exactly: a series of a labelled bus is never
+/// taken for the unlabelled one.
 fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     scrape.lines().find_map(|line| {
         if line.starts_with('#') {
@@ -47,7 +49,9 @@ fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
             }
             None => (series, BTreeMap::new()),
         };
+        let bus_given = labels.iter().any(|(key, _)| *key == "bus");
         let matches = metric == name
+            && (bus_given || !found.contains_key("bus"))
             && labels
                 .iter()
                 .all(|(key, value)| found.get(*key).map(String::as_str) == Some(*value));
@@ -297,4 +301,36 @@ fn cache_hits_per_layer_and_loads_reach_the_scrape() {
         Some(2.0)
     );
     assert!(sample(&scrape, "tickbus_cache_load_seconds_total", &[ns]).unwrap() > 0.0);
+}
+
+/// `tickbus_cache_tracking` is 1 while the bus's cache invalidations are
+/// confirmed on its connection, 0 while Redis is away (memory is not served
+/// then), and 1 again once tracking is back.
+#[cfg(feature = "cache")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_tracking_gauge_follows_the_connection() {
+    prometheus();
+    let mut server = RedisServer::start().unwrap();
+    let bus = Bus::builder()
+        .redis(config(&server))
+        .metrics_label("tracking-test")
+        .build()
+        .unwrap();
+    let cache = bus
+        .cache::<u64>("tracking_test", tickbus::CacheConfig::default())
+        .unwrap();
+    cache.set("k", 1).await.unwrap();
+    let gauge = || {
+        bus.record_metrics();
+        sample(
+            &prometheus().render(),
+            "tickbus_cache_tracking",
+            &[("bus", "tracking-test")],
+        )
+    };
+    eventually("tracking confirmed", || gauge() == Some(1.0)).await;
+    server.kill();
+    eventually("tracking lost with the connection", || gauge() == Some(0.0)).await;
+    server.restart().unwrap();
+    eventually("tracking confirmed again", || gauge() == Some(1.0)).await;
 }
