@@ -28,11 +28,12 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use crate::bridge::spawn_io_thread;
 use crate::config::RedisConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Pattern, StreamId, TopicName};
 use crate::group::ConsumerInfo;
+use crate::io::spawn_io_thread;
+use crate::transport::keys;
 use crate::transport::redis::{info_stream_id, info_text, info_u64, Connection, InfoRow};
 
 /// A topic's stream in Redis ([`Admin::stream_stats`]).
@@ -226,7 +227,7 @@ impl Admin {
     /// `InvalidTopic` / `InvalidPattern` for a bad filter; the Redis errors.
     pub fn topics(&self, filter: Option<&str>) -> Result<Vec<TopicName>> {
         let filter = filter.map(Filter::parse).transpose()?;
-        let pattern = format!("{}:stream:*", self.prefix);
+        let pattern = keys::scan_pattern(&self.prefix, "stream");
         let keys = self.run(move |c| async move { c.scan_streams(&pattern).await })?;
         Ok(self.topics_of(&keys, "stream", filter.as_ref()))
     }
@@ -239,7 +240,7 @@ impl Admin {
     /// `InvalidTopic` / `InvalidPattern` for a bad filter; the Redis errors.
     pub fn dead_letter_topics(&self, filter: Option<&str>) -> Result<Vec<TopicName>> {
         let filter = filter.map(Filter::parse).transpose()?;
-        let pattern = format!("{}:dlq:*", self.prefix);
+        let pattern = keys::scan_pattern(&self.prefix, "dlq");
         let keys = self.run(move |c| async move { c.scan_streams(&pattern).await })?;
         Ok(self.topics_of(&keys, "dlq", filter.as_ref()))
     }
@@ -368,9 +369,9 @@ impl Admin {
     ///
     /// The Redis errors.
     pub fn cache_namespaces(&self) -> Result<Vec<CacheNamespace>> {
-        let pattern = format!("{}:cache:*", self.prefix);
+        let pattern = keys::scan_pattern(&self.prefix, "cache");
         let keys = self.run(move |c| async move { c.scan_keys(&pattern, None).await })?;
-        let start = format!("{}:cache:", self.prefix);
+        let start = keys::cache_prefix(&self.prefix);
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
         for key in &keys {
             if let Some((namespace, _)) = key

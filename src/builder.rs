@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-#[cfg(feature = "redis")]
-use crate::bridge::{Health, Live, RedisStats};
 use crate::bus::registry::BusShared;
 use crate::bus::{PatternSubscriber, Topic};
 use crate::clock::Clock;
@@ -18,6 +16,8 @@ use crate::event::{InstanceId, TopicName};
 use crate::group::{Consumer, DeadLetter, GroupConfig, Redrive};
 #[cfg(feature = "redis")]
 use crate::health::{DeadLetterCount, HealthReport, HealthThresholds, Snapshot};
+#[cfg(feature = "redis")]
+use crate::live::{Health, Live, RedisStats};
 
 /// How often a live bus samples its metrics (feature `metrics`).
 #[cfg(all(feature = "metrics", feature = "redis"))]
@@ -71,6 +71,9 @@ pub struct Bus {
     /// Live mode: the Redis side (outbox writer, cross-instance reader).
     #[cfg(feature = "redis")]
     live: Option<Arc<Live>>,
+    /// Live mode: the consumer groups joined through this bus.
+    #[cfg(feature = "redis")]
+    groups: Arc<crate::group::GroupRegistry>,
     /// Live mode: the caches' connection, started by the first `cache` or `state`.
     #[cfg(feature = "cache")]
     cache_layer: Arc<std::sync::Mutex<Option<Arc<crate::cache::Layer>>>>,
@@ -465,7 +468,7 @@ impl Bus {
             crate::group::Subject::parse(topics)?,
             config,
         )?;
-        live.add_group(consumer.core());
+        self.groups.add(consumer.core());
         Ok(consumer)
     }
 
@@ -554,7 +557,7 @@ impl Bus {
             None => (Snapshot::embedded(self.health()), None),
             Some(live) => {
                 #[allow(unused_mut)] // without `cache`
-                let mut snapshot = Snapshot::live(live);
+                let mut snapshot = Snapshot::live(live, &self.groups.running());
                 #[cfg(feature = "cache")]
                 {
                     snapshot.cache_tracking = cache_tracking(&self.cache_layer);
@@ -585,7 +588,9 @@ impl Bus {
         crate::metrics::record(
             &self.shared,
             #[cfg(feature = "redis")]
-            self.live.as_deref(),
+            self.live
+                .as_deref()
+                .map(|live| (live, self.groups.running())),
             #[cfg(feature = "cache")]
             cache_tracking(&self.cache_layer),
         );
@@ -814,6 +819,8 @@ impl BusBuilder {
             shared: Arc::new(shared),
             #[cfg(feature = "redis")]
             live,
+            #[cfg(feature = "redis")]
+            groups: Arc::default(),
             #[cfg(feature = "cache")]
             cache_layer: Arc::default(),
         };
@@ -822,15 +829,18 @@ impl BusBuilder {
             // Weak: the sampler must not keep the bus alive.
             let shared = Arc::downgrade(&bus.shared);
             let weak_live = Arc::downgrade(live);
+            let groups = Arc::downgrade(&bus.groups);
             #[cfg(feature = "cache")]
             let cache_layer = Arc::downgrade(&bus.cache_layer);
             live.every(METRICS_EVERY, move || {
-                let (Some(shared), Some(live)) = (shared.upgrade(), weak_live.upgrade()) else {
+                let (Some(shared), Some(live), Some(groups)) =
+                    (shared.upgrade(), weak_live.upgrade(), groups.upgrade())
+                else {
                     return false;
                 };
                 crate::metrics::record(
                     &shared,
-                    Some(&live),
+                    Some((&live, groups.running())),
                     #[cfg(feature = "cache")]
                     cache_layer
                         .upgrade()

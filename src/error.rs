@@ -62,7 +62,7 @@ pub enum ErrorKind {
     /// A cache loader failed (its error is in the message).
     Loader,
     /// Something asked for by name does not exist in Redis: a topic's stream, a
-    /// consumer group, a dead letter (the admin queries of [`crate::admin`]).
+    /// consumer group, a dead letter (the admin queries, `Admin`).
     NotFound,
 }
 

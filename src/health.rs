@@ -3,11 +3,13 @@
 //! outbox, the consumer groups joined through the bus and their dead letters,
 //! judged against [`HealthThresholds`].
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::bridge::{Health, Live};
+use crate::group::GroupCore;
+use crate::live::{Health, Live};
 
 /// Limits past which [`HealthReport::is_healthy`] says `false`. Each default is
 /// chosen so that a blip does not fail a health check (a failing check often
@@ -213,10 +215,10 @@ impl Snapshot {
         }
     }
 
-    pub(crate) fn live(live: &Live) -> Snapshot {
+    pub(crate) fn live(live: &Live, running: &[Arc<GroupCore>]) -> Snapshot {
         let mut groups = Vec::new();
         let mut topics = Vec::new();
-        for core in live.groups() {
+        for core in running {
             let stats = core.stats();
             let observed = core.observed();
             topics.extend(core.topics());

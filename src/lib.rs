@@ -160,8 +160,6 @@
 #[cfg(feature = "redis")]
 pub mod admin;
 mod backtest;
-#[cfg(feature = "redis")]
-mod bridge;
 mod builder;
 mod bus;
 #[cfg(feature = "cache")]
@@ -175,7 +173,11 @@ mod event;
 mod group;
 #[cfg(feature = "redis")]
 mod health;
+#[cfg(feature = "redis")]
+mod io;
 mod json;
+#[cfg(feature = "redis")]
+mod live;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod receipt;
@@ -205,8 +207,6 @@ pub use recording::{export, import, Import, RecordingFormat, ReplayedEvent};
 
 #[cfg(feature = "redis")]
 pub use admin::Admin;
-#[cfg(feature = "redis")]
-pub use bridge::{Health, RedisStats};
 #[cfg(feature = "cache")]
 pub use cache::{Cache, CacheConfig, CacheStats, PublishedWithState, StatePolicy, StateStore};
 #[cfg(feature = "redis")]
@@ -218,6 +218,8 @@ pub use group::{
 };
 #[cfg(feature = "redis")]
 pub use health::{ConnectionState, DeadLetterCount, GroupHealth, HealthReport, HealthThresholds};
+#[cfg(feature = "redis")]
+pub use live::{Health, RedisStats};
 #[cfg(feature = "redis")]
 pub use replay::{OnTrimmed, Position, Replay, ReplayOptions, TrimmedRange};
 

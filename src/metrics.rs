@@ -51,10 +51,6 @@ pub(crate) mod names {
     pub(crate) const RECONNECTS: &str = "tickbus_reconnects_total";
     /// 1 when Redis answers, 0 when degraded or closed.
     pub(crate) const CONNECTED: &str = "tickbus_connected";
-    /// Entries per write pipeline (histogram).
-    pub(crate) const WRITE_BATCH_SIZE: &str = "tickbus_write_batch_size";
-    /// Publish → confirmed by Redis, the oldest entry of each pipeline (histogram, s).
-    pub(crate) const DURABLE_LATENCY: &str = "tickbus_durable_latency_seconds";
     /// Group deliveries handed to the application (`group`, `consumer`, `topic`).
     pub(crate) const GROUP_DELIVERED: &str = "tickbus_group_delivered_total";
     /// Group acks Redis confirmed.
@@ -117,7 +113,7 @@ pub(crate) mod names {
 /// the Prometheus exporter prints as `# HELP`). Called at each sample: cheap,
 /// and a recorder installed late still gets the descriptions.
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    use metrics::{describe_counter, describe_gauge, Unit};
     use names::*;
     describe_counter!(
         PUBLISHED,
@@ -185,9 +181,16 @@ fn describe() {
         CONNECTED,
         "1 when Redis answers, 0 when degraded or shut down."
     );
-    describe_histogram!(WRITE_BATCH_SIZE, Unit::Count, "Entries per XADD pipeline.");
-    describe_histogram!(
-        DURABLE_LATENCY,
+    // Recorded by the writer itself, per pipeline.
+    #[cfg(feature = "redis")]
+    metrics::describe_histogram!(
+        crate::live::WRITE_BATCH_SIZE,
+        Unit::Count,
+        "Entries per XADD pipeline."
+    );
+    #[cfg(feature = "redis")]
+    metrics::describe_histogram!(
+        crate::live::DURABLE_LATENCY,
         Unit::Seconds,
         "Publish to Redis confirmation, the oldest entry of each pipeline."
     );
@@ -244,7 +247,10 @@ fn labels(bus: Option<&str>, rest: &[(&'static str, &str)]) -> Vec<Label> {
 /// Samples every figure of `bus` into the installed recorder.
 pub(crate) fn record(
     bus: &BusShared,
-    #[cfg(feature = "redis")] live: Option<&crate::bridge::Live>,
+    #[cfg(feature = "redis")] live: Option<(
+        &crate::live::Live,
+        Vec<std::sync::Arc<crate::group::GroupCore>>,
+    )>,
     #[cfg(feature = "cache")] cache_tracking: Option<bool>,
 ) {
     use metrics::counter;
@@ -262,7 +268,7 @@ pub(crate) fn record(
     #[cfg(feature = "cache")]
     record_caches();
     #[cfg(feature = "redis")]
-    if let Some(live) = live {
+    if let Some((live, groups)) = live {
         use metrics::gauge;
         let stats = live.stats();
         let bus_wide = labels(label, &[]);
@@ -283,7 +289,7 @@ pub(crate) fn record(
         if let Some(tracking) = cache_tracking {
             gauge!(CACHE_TRACKING, bus_wide).set(if tracking { 1.0 } else { 0.0 });
         }
-        for group in live.groups() {
+        for group in groups {
             let stats = group.stats();
             let subject = group.subject.to_string();
             let labels = labels(
@@ -308,21 +314,6 @@ pub(crate) fn record(
                 }
             }
         }
-    }
-}
-
-/// The writer's per-pipeline figures: the batch size, and the publish → durable
-/// latency of the oldest entry confirmed.
-#[cfg(feature = "redis")]
-pub(crate) fn record_write(
-    bus: Option<&str>,
-    batch_size: usize,
-    oldest: Option<std::time::Duration>,
-) {
-    let labels = labels(bus, &[]);
-    metrics::histogram!(names::WRITE_BATCH_SIZE, labels.clone()).record(batch_size as f64);
-    if let Some(latency) = oldest {
-        metrics::histogram!(names::DURABLE_LATENCY, labels).record(latency.as_secs_f64());
     }
 }
 

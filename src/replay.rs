@@ -20,11 +20,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::bridge::spawn_io_thread;
 use crate::config::RedisConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{EventId, InstanceId, Pattern, StreamId, TopicName};
+use crate::io::spawn_io_thread;
 use crate::recording::ReplayedEvent;
+use crate::transport::keys;
 use crate::transport::redis::{
     info_stream_id, info_u64, Connection, PageEntries, PageEntry, RangePage,
 };
@@ -490,7 +491,7 @@ async fn plan(
     let prefix = &redis.key_prefix;
     if !patterns.is_empty() {
         for key in connection
-            .scan_streams(&format!("{prefix}:stream:*"))
+            .scan_streams(&keys::scan_pattern(&prefix, "stream"))
             .await?
         {
             let topic = key

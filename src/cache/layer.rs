@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
-use crate::bridge::{spawn_io_thread_with, IoThread};
 use crate::config::RedisConfig;
 use crate::error::{Error, ErrorKind, Result};
+use crate::io::{spawn_io_thread_with, IoThread};
+use crate::transport::keys;
 use crate::transport::redis::{Connection, ConnectionEvent, Invalidation};
 
 /// What a namespace's memory layer must do when Redis says a key changed.
@@ -69,7 +70,7 @@ impl Layer {
     pub(crate) fn start(config: &RedisConfig) -> Result<Layer> {
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let hub = Arc::new(Hub {
-            prefix: format!("{}:cache:", config.key_prefix),
+            prefix: keys::cache_prefix(&config.key_prefix),
             epoch: AtomicU64::new(0),
             state: AtomicU8::new(UNTRACKED),
             tracked_id: AtomicU64::new(0),
@@ -175,7 +176,7 @@ impl Layer {
         }
         Ok(Layer {
             io,
-            lock_prefix: format!("{}:lock:cache:", config.key_prefix),
+            lock_prefix: keys::cache_lock_prefix(&config.key_prefix),
             hub,
             stop,
         })

@@ -1145,7 +1145,10 @@ where
         let Some(layer) = &self.inner.layer else {
             return Ok(0);
         };
-        let pattern = format!("{}*", escape_glob(&self.inner.key_prefix));
+        let pattern = format!(
+            "{}*",
+            crate::transport::keys::escape_glob(&self.inner.key_prefix)
+        );
         let result = layer
             .run(move |c| async move {
                 let keys = c.scan_keys(&pattern, None).await?;
@@ -1191,18 +1194,6 @@ enum Waited<V> {
     Locked(String),
     Load,
     RedisDown,
-}
-
-/// Escapes the glob characters of a `SCAN MATCH` pattern.
-fn escape_glob(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 impl ErrorKind {

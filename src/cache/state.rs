@@ -205,7 +205,7 @@ impl StateStore {
     }
 
     fn redis_key(&self, name: &str) -> String {
-        format!("{}:state:{name}", self.key_prefix)
+        crate::transport::keys::state(&self.key_prefix, name)
     }
 
     fn expiry(&self, ttl: Option<Duration>) -> Option<u64> {

@@ -40,6 +40,7 @@ use crate::config::RedisConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{EventId, InstanceId, Pattern, StreamId, TopicName};
 use crate::transport::decode_entry;
+use crate::transport::keys;
 
 /// What a group reads: one topic, or every topic matching a pattern.
 #[derive(Clone, Debug)]
@@ -96,15 +97,10 @@ impl GroupStream {
     pub(crate) fn new(prefix: &str, topic: TopicName) -> Self {
         GroupStream {
             key: crate::transport::stream_key(prefix, &topic).into(),
-            dlq_key: dlq_key(prefix, &topic).into(),
+            dlq_key: keys::dlq(prefix, &topic).into(),
             topic,
         }
     }
-}
-
-/// `<prefix>:dlq:{<topic>}`: same hash tag as the topic's stream (one cluster slot).
-pub(crate) fn dlq_key(prefix: &str, topic: &TopicName) -> String {
-    format!("{prefix}:dlq:{{{topic}}}")
 }
 
 /// Counters of one consumer, since it started ([`Consumer::stats`]).
@@ -225,6 +221,34 @@ pub(crate) enum Incoming {
 const RECEIVED_BATCH: usize = 64;
 
 /// What a consumer's handle and its I/O thread share.
+/// The consumer groups joined through one bus (weak: a dropped consumer
+/// leaves), for metrics and the health report.
+#[derive(Debug, Default)]
+pub(crate) struct GroupRegistry(Mutex<Vec<std::sync::Weak<GroupCore>>>);
+
+impl GroupRegistry {
+    /// Remembers a consumer group joined through this bus.
+    pub(crate) fn add(&self, core: &Arc<GroupCore>) {
+        let mut groups = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        groups.retain(|group| group.strong_count() > 0);
+        groups.push(Arc::downgrade(core));
+    }
+
+    /// The consumer groups joined through this bus that still run.
+    pub(crate) fn running(&self) -> Vec<Arc<GroupCore>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .filter(|group| !group.is_stopping())
+            .collect()
+    }
+}
+
 pub(crate) struct GroupCore {
     pub(crate) group: String,
     pub(crate) consumer: String,

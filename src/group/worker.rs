@@ -19,9 +19,10 @@ use super::{
     Command, ConsumerInfo, Counters, DeadLetterOrder, GroupCore, GroupInfo, GroupStream,
     GroupStreamInfo, Incoming, ReadEntry, Subject,
 };
-use crate::bridge::spawn_io_thread;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{StreamId, TopicName};
+use crate::io::spawn_io_thread;
+use crate::transport::keys;
 use crate::transport::redis::{info_stream_id, info_text, info_u64, Connection};
 use crate::transport::RawEntry;
 
@@ -182,7 +183,9 @@ async fn discover(core: &GroupCore, control: &Connection, first: bool) -> Result
         return Ok(());
     };
     let prefix = key_prefix(core);
-    let keys = control.scan_streams(&format!("{prefix}:stream:*")).await?;
+    let keys = control
+        .scan_streams(&keys::scan_pattern(prefix, "stream"))
+        .await?;
     let mut streams = core.streams();
     let known: HashSet<Arc<str>> = streams.iter().map(|s| Arc::clone(&s.key)).collect();
     let mut added = false;
@@ -728,11 +731,10 @@ fn take(
             });
         }
         Command::SeenBefore { event, ttl, done } => {
-            let key = format!(
-                "{}:seen:{{{}}}:{}",
-                core.redis.key_prefix,
-                core.group,
-                event.as_uuid().hyphenated()
+            let key = keys::seen(
+                &core.redis.key_prefix,
+                &core.group,
+                event.as_uuid().hyphenated(),
             );
             let connection = connection.clone();
             tokio::spawn(async move {

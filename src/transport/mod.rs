@@ -2,6 +2,7 @@
 //! user types; `redis.rs` is the only file that imports fred or names a Redis
 //! command.
 
+pub(crate) mod keys;
 pub(crate) mod redis;
 
 use bytes::Bytes;
@@ -11,11 +12,7 @@ use crate::codec::{self, CodecLimits};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{EventId, InstanceId, StreamId};
 
-/// The stream key of `topic`: `<prefix>:stream:{<topic>}` (the braces are a
-/// Cluster hash tag, `docs/redis-layout.md`).
-pub(crate) fn stream_key(prefix: &str, topic: impl std::fmt::Display) -> String {
-    format!("{prefix}:stream:{{{topic}}}")
-}
+pub(crate) use keys::stream as stream_key;
 
 /// A UUID as the hyphenated lower-case text of the `id` and `src` fields.
 pub(crate) fn uuid_text(uuid: &uuid::Uuid) -> [u8; 36] {

@@ -1,0 +1,173 @@
+//! The I/O plumbing every Redis-facing part shares, one copy each: the I/O
+//! thread (its own single-threaded runtime and connection), the reconnect
+//! back-off, and small clock and lock helpers.
+//!
+//! Layer: above [`transport`](crate::transport) (it opens a
+//! [`Connection`]), below the live layer, groups, replay, the cache and admin.
+
+use std::future::Future;
+use std::sync::{mpsc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::config::RedisConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::transport::redis::Connection;
+
+/// Locks `mutex`, through a poisoned lock too (every critical section in
+/// tickbus leaves its data consistent before anything that could panic).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Milliseconds since the Unix epoch by this machine's clock (0 before 1970).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+/// Exponential back-off with jitter, from `reconnect_min` doubling to
+/// `reconnect_max`, plus up to 20 %.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(config: &RedisConfig) -> Self {
+        Backoff {
+            next: config.reconnect_min,
+            min: config.reconnect_min,
+            max: config.reconnect_max,
+        }
+    }
+
+    /// The next delay, jittered; the one after doubles.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let delay = self.next + self.next.mul_f64(fastrand::f64() * 0.2);
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+
+    /// Sleeps the next delay.
+    pub(crate) async fn sleep(&mut self) {
+        tokio::time::sleep(self.next_delay()).await;
+    }
+
+    /// Sleeps the next delay unless `stop` completes first; `true` if it slept
+    /// the whole delay.
+    pub(crate) async fn sleep_unless(&mut self, stop: impl Future<Output = ()>) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(self.next_delay()) => true,
+            () = stop => false,
+        }
+    }
+
+    /// Back to the shortest delay (after a success).
+    pub(crate) fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+/// A started I/O thread: its connection, its runtime, what the server said.
+pub(crate) struct IoThread {
+    pub(crate) connection: Connection,
+    pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) version: (u32, u32, u32),
+    pub(crate) thread: JoinHandle<()>,
+}
+
+/// Starts an I/O thread with its own single-threaded runtime and connection,
+/// and runs `body` on it once connected.
+pub(crate) fn spawn_io_thread<F, Fut>(
+    name: &str,
+    config: &RedisConfig,
+    role: &'static str,
+    body: F,
+) -> Result<IoThread>
+where
+    F: FnOnce(Connection) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    spawn_io_thread_with(name, config, role, false, body)
+}
+
+/// As [`spawn_io_thread`], with a RESP3 connection when `resp3`.
+pub(crate) fn spawn_io_thread_with<F, Fut>(
+    name: &str,
+    config: &RedisConfig,
+    role: &'static str,
+    resp3: bool,
+    body: F,
+) -> Result<IoThread>
+where
+    F: FnOnce(Connection) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let config = config.clone();
+    let thread = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = ready_tx.send(Err(Error::new(
+                        ErrorKind::Unavailable,
+                        format!("cannot start the tickbus I/O runtime: {error}"),
+                    )));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match Connection::open_with(&config, role, resp3).await {
+                    Ok((connection, version)) => {
+                        let handle = tokio::runtime::Handle::current();
+                        if ready_tx
+                            .send(Ok((connection.clone(), handle, version)))
+                            .is_ok()
+                        {
+                            body(connection.clone()).await;
+                        }
+                        connection.close().await;
+                    }
+                    Err(error) => {
+                        let _ = ready_tx.send(Err(error));
+                    }
+                }
+            });
+        })
+        .map_err(|error| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("cannot start the tickbus I/O thread: {error}"),
+            )
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok((connection, runtime, version))) => Ok(IoThread {
+            connection,
+            runtime,
+            version,
+            thread,
+        }),
+        Ok(Err(error)) => {
+            let _ = thread.join();
+            Err(error)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(Error::new(
+                ErrorKind::Unavailable,
+                "the tickbus I/O thread stopped during start-up",
+            ))
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The publish side of a durable topic: encode, take an outbox place, queue.
+
+use crate::bus::topic::{Persist, PersistMode, TopicShared};
+use crate::bus::PublishError;
+use crate::codec::{self, CodecLimits};
+use crate::config::OutboxFull;
+use crate::event::EventId;
+use crate::io::lock;
+use crate::receipt::Receipt;
+use crate::transport::{uuid_text, WireEntry};
+use bytes::Bytes;
+use serde::Serialize;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+
+use super::outbox::{Pending, Refused};
+use super::{Core, FollowGate};
+
+/// The publish side of a durable topic.
+pub(super) struct DurablePersist<T> {
+    /// The read target, until the first subscriber.
+    pub(super) gate: Arc<Mutex<FollowGate>>,
+    pub(super) core: Arc<Core>,
+    pub(super) key: Arc<str>,
+    pub(super) max_len: Option<u64>,
+    pub(super) fsync: bool,
+    pub(super) limits: CodecLimits,
+    /// One order for the ring and the outbox.
+    pub(super) order: Mutex<()>,
+    pub(super) _payload: PhantomData<fn(T)>,
+}
+
+impl<T: Serialize + Clone + Send + Sync + 'static> Persist<T> for DurablePersist<T> {
+    fn publish(
+        &self,
+        topic: &TopicShared<T>,
+        value: T,
+        mode: PersistMode,
+    ) -> std::result::Result<(u64, Option<Receipt>), PublishError<T>> {
+        let span = tracing::trace_span!(
+            target: "tickbus::publish",
+            "tickbus.publish",
+            topic = %topic.name,
+            durable = true,
+            seq = tracing::field::Empty,
+            event_id = tracing::field::Empty,
+        );
+        let _entered = span.enter();
+        // Encode first: an event that cannot be persisted is refused before any
+        // subscriber sees it.
+        let data = match codec::encode_payload(&value, &self.limits) {
+            Ok(data) => data,
+            Err(error) => return Err(PublishError::Rejected(value, error)),
+        };
+        let outbox = &self.core.outbox;
+        let wait = mode != PersistMode::Try && outbox.policy == OutboxFull::Wait;
+        match outbox.reserve(wait) {
+            Ok(()) => {}
+            Err(Refused::Full) => return Err(PublishError::Backpressure(value)),
+            Err(Refused::Closed) => return Err(PublishError::Closed(value)),
+        }
+        let order = lock(&self.order);
+        let stored = topic.stored(value);
+        let timestamp_ns = stored.timestamp_ns;
+        let published = match mode {
+            PersistMode::Try => {
+                topic
+                    .try_publish_stored(stored)
+                    .map_err(|(error, stored)| match error {
+                        crate::bus::ring::ClaimError::Full => {
+                            PublishError::Backpressure(stored.into_value())
+                        }
+                        crate::bus::ring::ClaimError::Closed => {
+                            PublishError::Closed(stored.into_value())
+                        }
+                    })
+            }
+            _ => topic
+                .publish_stored(stored)
+                .map_err(|stored| PublishError::Closed(stored.into_value())),
+        };
+        let seq = match published {
+            Ok(seq) => seq,
+            Err(error) => {
+                drop(order);
+                outbox.release(1);
+                return Err(error);
+            }
+        };
+        let id = EventId::derive(timestamp_ns, topic.salt, seq);
+        if !span.is_disabled() {
+            span.record("seq", seq);
+            span.record("event_id", tracing::field::display(id));
+        }
+        let (receipt, sender) = match mode {
+            PersistMode::Receipt => {
+                let (receipt, sender) = Receipt::pair();
+                (Some(receipt), Some(sender))
+            }
+            _ => (None, None),
+        };
+        outbox.push(Pending {
+            entry: WireEntry {
+                key: Arc::clone(&self.key),
+                id: uuid_text(id.as_uuid()),
+                src: self.core.src.clone(),
+                ts: timestamp_ns,
+                data: Bytes::from(data),
+                max_len: self.max_len,
+            },
+            fsync: self.fsync,
+            receipt: sender,
+            unknown: false,
+            #[cfg(feature = "metrics")]
+            queued_at: quanta::Instant::now(),
+        });
+        drop(order);
+        Ok((seq, receipt))
+    }
+
+    fn subscribed(&self) {
+        let mut gate = lock(&self.gate);
+        gate.subscribed = true;
+        if let Some(target) = gate.target.take() {
+            drop(gate);
+            self.core.follow(target);
+        }
+    }
+}
