@@ -1256,7 +1256,7 @@ mod tests {
     #[test]
     fn glob_characters_are_escaped() {
         assert_eq!(
-            escape_glob("tickbus:cache:a*b?:"),
+            crate::transport::keys::escape_glob("tickbus:cache:a*b?:"),
             "tickbus:cache:a\\*b\\?:"
         );
     }
