@@ -29,13 +29,13 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use crate::builder::Bus;
-use crate::bus::topic::{Remote, Stored};
-use crate::bus::{Event, Subscriber, Topic, TryRecvError};
+use crate::bus::Bus;
 use crate::clock::Clock;
 use crate::config::{SlowPolicy, SubscribeOptions, TopicOptions};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{InstanceId, TopicName};
+use crate::local::topic::{Remote, Stored};
+use crate::local::{Event, Subscriber, Topic, TryRecvError};
 use crate::recording::ReplayedEvent;
 
 /// How fast a backtest feeds recorded events.

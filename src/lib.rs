@@ -160,7 +160,6 @@
 #[cfg(feature = "redis")]
 pub mod admin;
 mod backtest;
-mod builder;
 mod bus;
 #[cfg(feature = "cache")]
 mod cache;
@@ -178,6 +177,7 @@ mod io;
 mod json;
 #[cfg(feature = "redis")]
 mod live;
+mod local;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod receipt;
@@ -191,17 +191,17 @@ pub mod test_util;
 mod transport;
 
 pub use backtest::{Backtest, BacktestReport, Pace};
-pub use builder::{Bus, BusBuilder};
-pub use bus::{
-    AnyEvent, AnyEventRef, BusySpin, Event, EventRef, PatternSubscriber, PublishError, RecvError,
-    SpinThenYield, SpinYieldPark, Subscriber, Topic, TryPublishError, TryRecvError,
-    UndecodableEvent, WaitStep, WaitStrategy,
-};
+pub use bus::{Bus, BusBuilder};
 pub use clock::Clock;
 pub use config::{SlowPolicy, SubscribeOptions, TopicOptions};
 pub use error::{Error, ErrorKind, Result};
 pub use event::{EventId, InstanceId, Meta, Pattern, StreamId, TopicName};
 pub use json::payload_json;
+pub use local::{
+    AnyEvent, AnyEventRef, BusySpin, Event, EventRef, PatternSubscriber, PublishError, RecvError,
+    SpinThenYield, SpinYieldPark, Subscriber, Topic, TryPublishError, TryRecvError,
+    UndecodableEvent, WaitStep, WaitStrategy,
+};
 pub use receipt::Receipt;
 pub use recording::{export, import, Import, RecordingFormat, ReplayedEvent};
 

@@ -17,7 +17,7 @@
 
 use metrics::Label;
 
-use crate::bus::registry::BusShared;
+use crate::local::registry::BusShared;
 
 /// Metric names: one place, so that `docs/operations.md` and the code agree.
 pub(crate) mod names {

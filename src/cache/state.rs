@@ -12,12 +12,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::Layer;
-use crate::bus::topic::{Remote, Stored};
-use crate::bus::Topic;
 use crate::clock::Clock;
 use crate::codec::{self, CodecLimits};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{EventId, InstanceId, StreamId, TopicName};
+use crate::local::topic::{Remote, Stored};
+use crate::local::Topic;
 use crate::transport::{stream_key, uuid_text, WireEntry};
 
 /// TTLs of state keys by key pattern: the first rule whose pattern matches

@@ -42,12 +42,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::Notify as AsyncNotify;
 
-use crate::bus::topic::{Persist, TopicShared};
 use crate::codec::CodecLimits;
 use crate::config::{Durability, DurableOptions, RedisConfig, RemoteStart};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{InstanceId, StreamId, TopicName};
 use crate::io::{lock, spawn_io_thread};
+use crate::local::topic::{Persist, TopicShared};
 use crate::transport::keys;
 use crate::transport::redis::{Connection, ConnectionEvent, WAITAOF_VERSION};
 use crate::transport::uuid_text;

@@ -1,11 +1,11 @@
 //! The publish side of a durable topic: encode, take an outbox place, queue.
 
-use crate::bus::topic::{Persist, PersistMode, TopicShared};
-use crate::bus::PublishError;
 use crate::codec::{self, CodecLimits};
 use crate::config::OutboxFull;
 use crate::event::EventId;
 use crate::io::lock;
+use crate::local::topic::{Persist, PersistMode, TopicShared};
+use crate::local::PublishError;
 use crate::receipt::Receipt;
 use crate::transport::{uuid_text, WireEntry};
 use bytes::Bytes;
@@ -67,10 +67,10 @@ impl<T: Serialize + Clone + Send + Sync + 'static> Persist<T> for DurablePersist
                 topic
                     .try_publish_stored(stored)
                     .map_err(|(error, stored)| match error {
-                        crate::bus::ring::ClaimError::Full => {
+                        crate::local::ring::ClaimError::Full => {
                             PublishError::Backpressure(stored.into_value())
                         }
-                        crate::bus::ring::ClaimError::Closed => {
+                        crate::local::ring::ClaimError::Closed => {
                             PublishError::Closed(stored.into_value())
                         }
                     })

@@ -1,13 +1,13 @@
 //! The fan-in: `XREAD BLOCK` over every followed stream, entries turned into
 //! events of the local topics (self-filtered, deduplicated, decoded).
 
-use crate::bus::topic::{Remote, Stored, TopicShared};
-use crate::bus::UndecodableEvent;
 use crate::codec::{self, CodecLimits};
 use crate::config::RemoteStart;
 use crate::error::{Error, ErrorKind};
 use crate::event::{EventId, InstanceId, StreamId};
 use crate::io::{lock, Backoff};
+use crate::local::topic::{Remote, Stored, TopicShared};
+use crate::local::UndecodableEvent;
 use crate::transport::redis::Connection;
 use crate::transport::RawEntry;
 use bytes::Bytes;

@@ -26,6 +26,7 @@ pub(crate) fn seen(prefix: &str, group: &str, event: impl Display) -> String {
 }
 
 /// `<prefix>:state:<component>:<data type>`: a latest-state key.
+#[cfg_attr(not(feature = "cache"), allow(dead_code))] // the cache's keys
 pub(crate) fn state(prefix: &str, name: &str) -> String {
     format!("{prefix}:state:{name}")
 }
@@ -36,6 +37,7 @@ pub(crate) fn cache_prefix(prefix: &str) -> String {
 }
 
 /// `<prefix>:lock:cache:`: the start of every cache load lock.
+#[cfg_attr(not(feature = "cache"), allow(dead_code))] // the cache's keys
 pub(crate) fn cache_lock_prefix(prefix: &str) -> String {
     format!("{prefix}:lock:cache:")
 }
