@@ -491,7 +491,7 @@ async fn plan(
     let prefix = &redis.key_prefix;
     if !patterns.is_empty() {
         for key in connection
-            .scan_streams(&keys::scan_pattern(&prefix, "stream"))
+            .scan_streams(&keys::scan_pattern(prefix, "stream"))
             .await?
         {
             let topic = key

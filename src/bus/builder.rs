@@ -96,7 +96,7 @@ impl BusBuilder {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidConfig`] when the variable holds a malformed URL.
+    /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) when the variable holds a malformed URL.
     #[cfg(feature = "redis")]
     pub fn redis_from_env(mut self) -> Result<Self> {
         self.redis = RedisConfig::from_env()?;

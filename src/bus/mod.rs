@@ -23,8 +23,6 @@ use crate::live::{Health, Live, RedisStats};
 use crate::local::registry::BusShared;
 use crate::local::{PatternSubscriber, Topic};
 
-/// How often a live bus samples its metrics (feature `metrics`).
-
 #[cfg(feature = "redis")]
 fn finish_report(
     snapshot: Snapshot,
@@ -180,7 +178,7 @@ impl Bus {
 
     /// Closes every topic. See [Shutdown](Bus#shutdown). Idempotent.
     ///
-    /// In live mode it then waits (up to [`RedisConfig::shutdown_timeout`]) for the
+    /// In live mode it then waits (up to [`RedisConfig::shutdown_timeout`](crate::RedisConfig::shutdown_timeout)) for the
     /// outbox to be written, and stops the I/O threads.
     pub fn shutdown(&self) {
         self.shared.shutdown();
@@ -482,7 +480,7 @@ impl Bus {
     ///
     /// The dead-letter counts are the only part that asks Redis now (`XLEN`,
     /// on the writer's connection): the report is complete within
-    /// [`RedisConfig::command_timeout`] whatever Redis does (counts it could not
+    /// [`RedisConfig::command_timeout`](crate::RedisConfig::command_timeout) whatever Redis does (counts it could not
     /// get are `None`; while Redis is away it is not asked). Runtime-agnostic:
     /// await it from any executor; [`health_report_blocking`](Bus::health_report_blocking)
     /// from a thread.
@@ -524,7 +522,7 @@ impl Bus {
     }
 
     /// As [`health_report_with`](Bus::health_report_with), blocking this
-    /// thread (at most about [`RedisConfig::command_timeout`]). Called from
+    /// thread (at most about [`RedisConfig::command_timeout`](crate::RedisConfig::command_timeout)). Called from
     /// async code it still works (the Redis part runs on the bus's own I/O
     /// thread), but it blocks the caller's executor thread meanwhile: prefer
     /// [`health_report_with`](Bus::health_report_with) there.
