@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tickbus::{
     Backtest, Bus, DurableOptions, EventId, RecvError, RedisConfig, ReplayOptions, SlowPolicy,
@@ -43,29 +44,20 @@ struct Trade {
 /// How long any one wait may take before the example gives up.
 const PATIENCE: Duration = Duration::from_secs(60);
 
+/// Record N trades on a durable topic, replay them into a backtest, compare.
+#[derive(Parser)]
 struct Args {
+    /// The Redis to record into.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     redis: String,
+    /// How many trades to record and replay.
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     events: u64,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        redis: std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
-        events: 100_000,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--redis" => args.redis = value()?,
-            "--events" => args.events = value()?.parse().map_err(|e| format!("--events: {e}"))?,
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    if args.events == 0 {
-        return Err("--events must be above 0".into());
-    }
-    Ok(args)
 }
 
 /// The trades, a deterministic random walk.
@@ -95,14 +87,7 @@ struct Recorded {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(error) => {
-            eprintln!("backtest_replay: {error}");
-            eprintln!("usage: backtest_replay --redis URL [--events N]");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
     match run(&args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

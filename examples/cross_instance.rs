@@ -25,6 +25,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tickbus::{Bus, DurableOptions, RecvError, RedisConfig, Retention};
@@ -40,38 +41,36 @@ struct Tick {
 /// How long the subscriber waits for the next event before it gives up.
 const IDLE_LIMIT: Duration = Duration::from_secs(30);
 
+/// Two processes, one durable topic: every event sent by one reaches the other once.
+#[derive(Parser)]
 struct Args {
+    /// The Redis both processes use.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     redis: String,
+    /// How many events the publisher sends.
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     events: u64,
+    /// Events per second the publisher sends.
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     rate: u64,
-    role: Option<String>,
+    /// Set in a child process: what it is (how the parent starts its children).
+    #[arg(long, hide = true, value_enum, requires = "topic")]
+    role: Option<Role>,
+    /// Set in a child process: the run's topic.
+    #[arg(long, hide = true, requires = "role")]
     topic: Option<String>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        redis: std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
-        events: 100_000,
-        rate: 20_000,
-        role: None,
-        topic: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--redis" => args.redis = value()?,
-            "--events" => args.events = value()?.parse().map_err(|e| format!("--events: {e}"))?,
-            "--rate" => args.rate = value()?.parse().map_err(|e| format!("--rate: {e}"))?,
-            "--role" => args.role = Some(value()?),
-            "--topic" => args.topic = Some(value()?),
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    if args.events == 0 || args.rate == 0 {
-        return Err("--events and --rate must be above 0".into());
-    }
-    Ok(args)
+/// The part a child process plays.
+#[derive(Clone, Copy, ValueEnum)]
+enum Role {
+    Subscriber,
+    Publisher,
 }
 
 fn live_bus(url: &str) -> Result<Bus, tickbus::Error> {
@@ -240,20 +239,11 @@ fn fastrand_u32() -> u32 {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(error) => {
-            eprintln!(
-                "{error}\nusage: cross_instance [--redis URL] [--events N] [--rate PER_SECOND]"
-            );
-            return ExitCode::from(2);
-        }
-    };
-    let result = match (args.role.as_deref(), args.topic.as_deref()) {
-        (Some("subscriber"), Some(topic)) => subscriber(&args, topic).map(|()| true),
-        (Some("publisher"), Some(topic)) => publisher(&args, topic).map(|()| true),
-        (None, _) => parent(&args),
-        _ => Err("--role needs --topic".into()),
+    let args = Args::parse();
+    let result = match (args.role, args.topic.as_deref()) {
+        (Some(Role::Subscriber), Some(topic)) => subscriber(&args, topic).map(|()| true),
+        (Some(Role::Publisher), Some(topic)) => publisher(&args, topic).map(|()| true),
+        _ => parent(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -21,58 +21,33 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tickbus::{Bus, DurableOptions, GroupConfig, GroupStart, RedisConfig, TopicOptions};
 
+/// tickbus's metrics on a Prometheus endpoint at 127.0.0.1:PORT.
+#[derive(Parser)]
 struct Args {
+    /// The port of the metrics endpoint (listening on 127.0.0.1 only).
+    #[arg(value_name = "PORT", default_value_t = 9091)]
     port: u16,
+    /// The same port, as a flag.
+    #[arg(long = "port", value_name = "PORT", conflicts_with = "port")]
+    port_flag: Option<u16>,
+    /// Live mode: publish durable fills that a consumer group acks.
+    #[arg(long, value_name = "URL")]
     redis: Option<String>,
+    /// Stop after this many seconds (default: run until killed).
+    #[arg(long, value_name = "N")]
     seconds: Option<u64>,
+    /// Events published per second.
+    #[arg(long, value_name = "N", default_value_t = 1_000)]
     rate: u64,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        port: 9091,
-        redis: None,
-        seconds: None,
-        rate: 1_000,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
-        match arg.as_str() {
-            "--redis" => args.redis = Some(value("--redis")?),
-            "--seconds" => {
-                args.seconds = Some(
-                    value("--seconds")?
-                        .parse()
-                        .map_err(|e| format!("--seconds: {e}"))?,
-                )
-            }
-            "--rate" => {
-                args.rate = value("--rate")?
-                    .parse()
-                    .map_err(|e| format!("--rate: {e}"))?
-            }
-            "--port" => {
-                args.port = value("--port")?
-                    .parse()
-                    .map_err(|e| format!("--port: {e}"))?
-            }
-            port if port.parse::<u16>().is_ok() => args.port = port.parse().unwrap_or(9091),
-            other => {
-                return Err(format!(
-                    "unknown argument {other:?} (PORT, --redis URL, --seconds N, --rate N)"
-                ))
-            }
-        }
-    }
-    Ok(args)
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = parse_args()?;
+    let mut args = Args::parse();
+    args.port = args.port_flag.unwrap_or(args.port);
     // Install the recorder first: everything tickbus records goes to it.
     PrometheusBuilder::new()
         .with_http_listener(([127, 0, 0, 1], args.port))

@@ -18,46 +18,40 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::builder::RangedU64ValueParser;
+use clap::Parser;
 use tickbus::{Bus, Cache, CacheConfig, CacheStats, RedisConfig};
 
 const LOADER_TIME: Duration = Duration::from_millis(50);
 
+/// Two instances look up labels through one tiered cache in front of a 50 ms loader.
+#[derive(Parser)]
 struct Options {
+    /// The Redis of the cache's second layer (its `tickbus:cache:event_label:*`
+    /// keys are cleared first and last).
+    #[arg(long, value_name = "URL")]
     redis: String,
+    /// How many lookups, over both instances.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
     lookups: u64,
+    /// How many distinct events (keys).
+    #[arg(long, value_name = "N", default_value_t = 2_000, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     keys: usize,
+    /// The Zipf exponent of the keys' popularity.
+    #[arg(long, value_name = "S", default_value_t = 1.1, value_parser = positive)]
     zipf: f64,
+    /// Lookups in flight per instance.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     concurrency: usize,
 }
 
-fn options() -> Result<Options, String> {
-    let mut options = Options {
-        redis: String::new(),
-        lookups: 10_000,
-        keys: 2_000,
-        zipf: 1.1,
-        concurrency: 64,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
-        let bad = |e: &dyn std::fmt::Display| format!("bad value for {flag}: {e}");
-        match flag.as_str() {
-            "--redis" => options.redis = value()?,
-            "--lookups" => options.lookups = value()?.parse().map_err(|e| bad(&e))?,
-            "--keys" => options.keys = value()?.parse().map_err(|e| bad(&e))?,
-            "--zipf" => options.zipf = value()?.parse().map_err(|e| bad(&e))?,
-            "--concurrency" => options.concurrency = value()?.parse().map_err(|e| bad(&e))?,
-            other => return Err(format!("unknown argument {other}")),
-        }
+/// A float above zero (clap's ranged parsers are for integers).
+fn positive(text: &str) -> Result<f64, String> {
+    match text.parse() {
+        Ok(s) if s > 0.0 => Ok(s),
+        Ok(_) => Err("must be above zero".into()),
+        Err(e) => Err(format!("{e}")),
     }
-    if options.redis.is_empty() {
-        return Err("--redis URL is required".into());
-    }
-    if options.keys == 0 || options.concurrency == 0 || options.zipf <= 0.0 {
-        return Err("--keys, --concurrency and --zipf must be above zero".into());
-    }
-    Ok(options)
 }
 
 /// Samples key ranks 0..n with P(k) ∝ 1 / (k + 1)^s (inverse CDF, binary search).
@@ -86,13 +80,7 @@ impl Zipf {
 }
 
 fn main() {
-    let options = match options() {
-        Ok(options) => options,
-        Err(error) => {
-            eprintln!("tiered_cache: {error}");
-            std::process::exit(2);
-        }
-    };
+    let options = Options::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

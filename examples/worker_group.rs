@@ -33,6 +33,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use clap::builder::RangedU64ValueParser;
+use clap::Parser;
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use tickbus::{Bus, DurableOptions, GroupConfig, GroupStart, RedisConfig};
@@ -51,47 +53,32 @@ const STALL_LIMIT: Duration = Duration::from_secs(60);
 /// How often an idle worker asks Redis whether the group is done.
 const DONE_CHECK: Duration = Duration::from_millis(200);
 
+/// A producer and worker processes sharing one durable topic through a consumer group.
+#[derive(Parser)]
 struct Args {
+    /// The Redis the producer and the workers use.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     redis: String,
+    /// How many jobs the producer publishes.
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     events: u64,
+    /// How many worker processes to start.
+    #[arg(long, value_name = "K", default_value_t = 3, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     workers: usize,
-    /// Set in a worker process: (its name, the topic, the group).
-    worker: Option<(String, String, String)>,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        redis: std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
-        events: 100_000,
-        workers: 3,
-        worker: None,
-    };
-    let (mut name, mut topic, mut group) = (None, None, None);
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--redis" => args.redis = value()?,
-            "--events" => args.events = value()?.parse().map_err(|e| format!("--events: {e}"))?,
-            "--workers" => {
-                args.workers = value()?.parse().map_err(|e| format!("--workers: {e}"))?;
-            }
-            // Hidden: how the parent starts its workers.
-            "--worker" => name = Some(value()?),
-            "--topic" => topic = Some(value()?),
-            "--group" => group = Some(value()?),
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    if args.events == 0 || args.workers == 0 {
-        return Err("--events and --workers must be above 0".into());
-    }
-    args.worker = match (name, topic, group) {
-        (Some(name), Some(topic), Some(group)) => Some((name, topic, group)),
-        (None, None, None) => None,
-        _ => return Err("--worker needs --topic and --group".into()),
-    };
-    Ok(args)
+    /// Set in a worker process: its name (how the parent starts its workers).
+    #[arg(long, value_name = "NAME", hide = true, requires_all = ["topic", "group"])]
+    worker: Option<String>,
+    /// Set in a worker process: the run's topic.
+    #[arg(long, hide = true, requires = "worker")]
+    topic: Option<String>,
+    /// Set in a worker process: the run's group.
+    #[arg(long, hide = true, requires = "worker")]
+    group: Option<String>,
 }
 
 fn live_bus(url: &str) -> Result<Bus, tickbus::Error> {
@@ -472,16 +459,10 @@ fn parent(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(error) => {
-            eprintln!("{error}\nusage: worker_group [--redis URL] [--events N] [--workers K]");
-            return ExitCode::from(2);
-        }
-    };
-    let result = match &args.worker {
-        Some((name, topic, group)) => worker(&args, name, topic, group).map(|()| true),
-        None => parent(&args),
+    let args = Args::parse();
+    let result = match (&args.worker, &args.topic, &args.group) {
+        (Some(name), Some(topic), Some(group)) => worker(&args, name, topic, group).map(|()| true),
+        _ => parent(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

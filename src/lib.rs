@@ -139,21 +139,7 @@
 //!
 //! ## Cargo features
 //!
-//! * `redis` (default): live mode (fred, and two private tokio I/O threads per
-//!   live bus). Without it the crate is the embedded bus alone: no tokio, no
-//!   fred, no network.
-//! * `cache` (default): the tiered cache ([`Bus::cache`]) and the latest-state
-//!   keys ([`Bus::state`]); needs `redis`.
-//! * `tracing` (on with `redis`): spans and events through `tracing` (publish,
-//!   write batches, group deliveries, the I/O threads' warnings). Disabled, a
-//!   local publish pays one level check.
-//! * `metrics`: counters, gauges and histograms through the `metrics` facade,
-//!   sampled from tickbus's own counters (never per event); see
-//!   `Bus::record_metrics` and `docs/operations.md`.
-//! * `test-util`: `test_util::RedisServer`, a private `redis-server` per test.
-//! * `cli`: the `tickbus` command-line tool (tail, replay, publish, groups,
-//!   pending, dead letters, stats); see `docs/cli.md`. Its read-only queries
-//!   are [`admin::Admin`], available with `redis` alone.
+#![doc = document_features::document_features!()]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![deny(unsafe_op_in_unsafe_fn)]
 

@@ -28,12 +28,14 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use redis_protocol::resp2::types::{BorrowedFrame, OwnedFrame as Resp2Frame};
+use redis_protocol::{resp2, resp3};
 use tempfile::TempDir;
 
 mod proxy;
@@ -453,11 +455,11 @@ impl RedisServer {
         stream.set_read_timeout(Some(COMMAND_TIMEOUT))?;
         stream.set_write_timeout(Some(COMMAND_TIMEOUT))?;
         stream.set_nodelay(true)?;
-        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut replies = Replies::new(stream.try_clone()?);
         let mut writer = stream;
         if let Some(password) = &self.options.password {
             writer.write_all(&encode_command(&[b"AUTH", password.as_bytes()]))?;
-            let reply = read_reply(&mut reader)?;
+            let reply = replies.next()?;
             if !reply.starts_with(b"+OK") {
                 return Err(io::Error::new(
                     io::ErrorKind::PermissionDenied,
@@ -469,7 +471,7 @@ impl RedisServer {
             }
         }
         writer.write_all(&encode_command(args))?;
-        read_reply(&mut reader)
+        replies.next()
     }
 
     /// The server's version, from `INFO server`: `redis_version`, or
@@ -683,19 +685,19 @@ fn probe(port: u16, password: Option<&str>) -> Probe {
         }
         request.extend(encode_command(&[b"PING"]));
         request.extend(encode_command(&[b"INFO", b"server"]));
-        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut replies = Replies::new(&stream);
         (&stream).write_all(&request)?;
-        if password.is_some() && !read_reply(&mut reader)?.starts_with(b"+OK") {
+        if password.is_some() && !replies.next()?.starts_with(b"+OK") {
             return Ok(Probe::NotYet);
         }
-        let pong = read_reply(&mut reader)?;
+        let pong = replies.next()?;
         if pong.starts_with(b"-NOAUTH") {
             return Ok(Probe::NoAuth);
         }
         if !pong.starts_with(b"+PONG") {
             return Ok(Probe::NotYet); // e.g. -LOADING
         }
-        let info = read_reply(&mut reader)?;
+        let info = replies.next()?;
         let pid = bulk_string(&info)?
             .lines()
             .find_map(|line| line.strip_prefix("process_id:")?.trim().parse().ok());
@@ -710,105 +712,74 @@ fn free_port() -> io::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// A command as a RESP array of bulk strings.
+/// A command as a RESP array of bulk strings (redis-protocol's encoder).
 fn encode_command(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        out.extend(format!("${}\r\n", arg.len()).into_bytes());
-        out.extend_from_slice(arg);
-        out.extend_from_slice(b"\r\n");
-    }
+    let bulks: Vec<BorrowedFrame<'_>> = args
+        .iter()
+        .map(|arg| BorrowedFrame::BulkString(arg))
+        .collect();
+    let frame = BorrowedFrame::Array(&bulks);
+    let mut out = vec![0; frame.encode_len(false)];
+    let written = resp2::encode::encode_borrowed(&mut out, &frame, false)
+        .expect("the buffer has the frame's encoded length");
+    out.truncate(written);
     out
 }
 
-/// Reads one whole reply (RESP2, and RESP3's types should `HELLO 3` be sent),
-/// returning its raw bytes.
-fn read_reply(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
-    let mut raw = Vec::new();
-    read_reply_into(reader, &mut raw)?;
-    Ok(raw)
+/// Replies read off a connection one whole RESP frame at a time, with
+/// redis-protocol's decoder. Bytes past a reply (pipelined replies) stay for
+/// the next one.
+struct Replies<R> {
+    source: R,
+    buffer: Vec<u8>,
 }
 
-fn read_reply_into(reader: &mut impl BufRead, raw: &mut Vec<u8>) -> io::Result<()> {
-    let start = raw.len();
-    let n = reader.read_until(b'\n', raw)?;
-    if n == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "connection closed before a reply",
-        ));
-    }
-    let line = &raw[start..];
-    if line.len() < 3 || !line.ends_with(b"\r\n") {
-        return Err(invalid_data(&format!(
-            "malformed reply line {:?}",
-            String::from_utf8_lossy(line)
-        )));
-    }
-    let kind = line[0];
-    let length = || -> io::Result<i64> {
-        std::str::from_utf8(&line[1..line.len() - 2])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| invalid_data("malformed length in reply"))
-    };
-    match kind {
-        // Simple string, error, integer; RESP3 null, double, boolean, big number.
-        b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => Ok(()),
-        // Bulk string; RESP3 blob error, verbatim string.
-        b'$' | b'!' | b'=' => {
-            let len = length()?;
-            if len < 0 {
-                return Ok(());
-            }
-            let len = usize::try_from(len).map_err(|_| invalid_data("bulk too long"))?;
-            let body = raw.len();
-            raw.resize(body + len + 2, 0);
-            reader.read_exact(&mut raw[body..])?;
-            if !raw.ends_with(b"\r\n") {
-                return Err(invalid_data("bulk string not followed by CRLF"));
-            }
-            Ok(())
+impl<R: Read> Replies<R> {
+    fn new(source: R) -> Self {
+        Replies {
+            source,
+            buffer: Vec::new(),
         }
-        // Array; RESP3 set, push, map (two replies per entry), attribute.
-        b'*' | b'~' | b'>' | b'%' | b'|' => {
-            let len = length()?;
-            if len < 0 {
-                return Ok(());
+    }
+
+    /// The raw bytes of the next reply (RESP2, and RESP3's types should
+    /// `HELLO 3` be sent).
+    fn next(&mut self) -> io::Result<Vec<u8>> {
+        let mut chunk = [0; 16 * 1024];
+        loop {
+            if let Some(len) = frame_len(&self.buffer)? {
+                return Ok(self.buffer.drain(..len).collect());
             }
-            let count = if matches!(kind, b'%' | b'|') {
-                len * 2
-            } else {
-                len
-            };
-            for _ in 0..count {
-                read_reply_into(reader, raw)?;
+            let n = self.source.read(&mut chunk)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed before a whole reply",
+                ));
             }
-            if kind == b'|' {
-                // An attribute precedes the reply it describes.
-                read_reply_into(reader, raw)?;
-            }
-            Ok(())
+            self.buffer.extend_from_slice(&chunk[..n]);
         }
-        _ => Err(invalid_data(&format!(
-            "unknown reply type {:?}",
-            char::from(kind)
-        ))),
+    }
+}
+
+/// The length of the whole frame at the start of `buf`, `None` if more bytes
+/// are needed. RESP2 first; a frame RESP2 does not know (a map after `HELLO 3`)
+/// is tried as RESP3.
+fn frame_len(buf: &[u8]) -> io::Result<Option<usize>> {
+    match resp2::decode::decode_range(buf) {
+        Ok(found) => Ok(found.map(|(_, len)| len)),
+        Err(resp2_error) => match resp3::decode::complete::decode_range(buf) {
+            Ok(found) => Ok(found.map(|(_, len)| len)),
+            Err(_) => Err(invalid_data(&format!("malformed reply: {resp2_error}"))),
+        },
     }
 }
 
 /// The text of a bulk-string reply, or the error the server replied.
 fn bulk_string(reply: &[u8]) -> io::Result<String> {
-    match reply.first() {
-        Some(b'$') | Some(b'=') => {
-            let body_start = reply
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(reply.len(), |i| i + 1);
-            let body = reply
-                .get(body_start..reply.len().saturating_sub(2))
-                .unwrap_or_default();
-            Ok(String::from_utf8_lossy(body).into_owned())
+    match resp2::decode::decode(reply) {
+        Ok(Some((Resp2Frame::BulkString(body), _))) => {
+            Ok(String::from_utf8_lossy(&body).into_owned())
         }
         _ => Err(io::Error::other(format!(
             "unexpected reply: {}",
@@ -879,16 +850,50 @@ mod tests {
 
     #[test]
     fn reads_nested_replies_whole() {
-        let input: &[u8] = b"*2\r\n$3\r\na\r\n\r\n*1\r\n:5\r\n+OK\r\n";
-        let mut reader = BufReader::new(input);
+        let input: &[u8] = b"*2\r\n$3\r\na\r\n\r\n*1\r\n:5\r\n+OK\r\n$-1\r\n%1\r\n+k\r\n_\r\n";
+        // Whole, and one byte per read (a reply split across reads).
+        let mut replies = Replies::new(input);
+        let mut one_by_one = Replies::new(OneByte(input));
+        for next in [
+            &b"*2\r\n$3\r\na\r\n\r\n*1\r\n:5\r\n"[..],
+            b"+OK\r\n",
+            b"$-1\r\n",
+            b"%1\r\n+k\r\n_\r\n",
+        ] {
+            assert_eq!(replies.next().unwrap(), next);
+            assert_eq!(one_by_one.next().unwrap(), next);
+        }
         assert_eq!(
-            read_reply(&mut reader).unwrap(),
-            b"*2\r\n$3\r\na\r\n\r\n*1\r\n:5\r\n"
-        );
-        assert_eq!(read_reply(&mut reader).unwrap(), b"+OK\r\n");
-        assert_eq!(
-            read_reply(&mut reader).unwrap_err().kind(),
+            replies.next().unwrap_err().kind(),
             io::ErrorKind::UnexpectedEof
+        );
+        assert_eq!(
+            Replies::new(&b"?what\r\n"[..]).next().unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+    }
+
+    /// A reader that hands out one byte per read.
+    struct OneByte<'a>(&'a [u8]);
+
+    impl Read for OneByte<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match (self.0.split_first(), buf.first_mut()) {
+                (Some((&byte, rest)), Some(slot)) => {
+                    *slot = byte;
+                    self.0 = rest;
+                    Ok(1)
+                }
+                _ => Ok(0),
+            }
+        }
+    }
+
+    #[test]
+    fn encodes_commands_as_arrays_of_bulk_strings() {
+        assert_eq!(
+            encode_command(&[b"SET", b"k\r\n", b""]),
+            b"*3\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$0\r\n\r\n"
         );
     }
 

@@ -673,52 +673,44 @@ fn publish_with_state_is_atomic_for_concurrent_readers() {
     assert_eq!(error.kind(), ErrorKind::InvalidConfig);
 }
 
-/// `EVAL script 2 state stream` over a raw RESP2 connection: the state (a
-/// MessagePack unsigned integer, 0 when absent) and the stream length.
+/// `EVAL script 2 state stream` over a raw RESP2 connection (redis-protocol's
+/// encoder and decoder): the state (a MessagePack unsigned integer, 0 when
+/// absent) and the stream length.
 fn eval_snapshot(
     tcp: &mut std::net::TcpStream,
     script: &str,
     state_key: &str,
     stream: &str,
 ) -> (u64, u64) {
+    use redis_protocol::resp2::decode::decode;
+    use redis_protocol::resp2::encode::encode_borrowed;
+    use redis_protocol::resp2::types::{BorrowedFrame, OwnedFrame};
     use std::io::{Read, Write};
-    let args = ["EVAL", script, "2", state_key, stream];
-    let mut request = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
-    }
-    tcp.write_all(&request).unwrap();
-    // Reply: *2 then a bulk string (or $-1 / a nil) then :len.
+    let args = ["EVAL", script, "2", state_key, stream]
+        .map(|arg| BorrowedFrame::BulkString(arg.as_bytes()));
+    let request = BorrowedFrame::Array(&args);
+    let mut bytes = vec![0; request.encode_len(false)];
+    encode_borrowed(&mut bytes, &request, false).unwrap();
+    tcp.write_all(&bytes).unwrap();
     let mut reply = Vec::new();
     let mut buf = [0u8; 512];
-    loop {
+    let frame = loop {
+        if let Some((frame, _)) = decode(&reply).unwrap() {
+            break frame;
+        }
         let n = tcp.read(&mut buf).unwrap();
         assert!(n > 0, "connection closed");
         reply.extend_from_slice(&buf[..n]);
-        if let Some(parsed) = parse_snapshot(&reply) {
-            return parsed;
-        }
-    }
-}
-
-fn parse_snapshot(reply: &[u8]) -> Option<(u64, u64)> {
-    let rest = reply.strip_prefix(b"*2\r\n")?;
-    let (state, rest) = if let Some(rest) = rest.strip_prefix(b"$-1\r\n") {
-        (0, rest)
-    } else if let Some(rest) = rest.strip_prefix(b"_\r\n") {
-        (0, rest)
-    } else {
-        let rest = rest.strip_prefix(b"$")?;
-        let end = rest.iter().position(|&b| b == b'\r')?;
-        let len: usize = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
-        let body = rest.get(end + 2..end + 2 + len)?;
-        let rest = rest.get(end + 4 + len..)?;
-        (rmp_serde::from_slice::<u64>(body).ok()?, rest)
     };
-    // (A missing key is a Lua false: a nil bulk.) The length is `:n\r\n`.
-    let rest = rest.strip_prefix(b":")?;
-    let end = rest.iter().position(|&b| b == b'\r')?;
-    let len = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
-    rest.get(end + 1)?;
-    Some((state, len))
+    // The state's bulk string (nil for a missing key: a Lua false), then the length.
+    match frame {
+        OwnedFrame::Array(items) => match items.as_slice() {
+            [OwnedFrame::Null, OwnedFrame::Integer(len)] => (0, *len as u64),
+            [OwnedFrame::BulkString(state), OwnedFrame::Integer(len)] => {
+                (rmp_serde::from_slice(state).unwrap(), *len as u64)
+            }
+            other => panic!("unexpected EVAL reply {other:?}"),
+        },
+        other => panic!("unexpected EVAL reply {other:?}"),
+    }
 }

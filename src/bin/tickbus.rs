@@ -21,6 +21,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 use tickbus::admin::{Admin, GroupSummary};
 use tickbus::{
@@ -468,7 +469,6 @@ fn replay(config: RedisConfig, args: ReplayArgs) -> Outcome {
         );
     }
     let mut printer = Printer::new(args.json, false);
-    let mut progress = progress;
     let mut count = 0_u64;
     for item in replay {
         if let Err(error) = &item {
@@ -479,7 +479,7 @@ fn replay(config: RedisConfig, args: ReplayArgs) -> Outcome {
         let at = item.as_ref().ok().map(|event| event.stream_id);
         output_result(printer.item(item))?;
         count += 1;
-        if let (Some(progress), Some(at)) = (&mut progress, at) {
+        if let (Some(progress), Some(at)) = (&progress, at) {
             progress.show(count, at);
         }
     }
@@ -499,15 +499,15 @@ fn replay(config: RedisConfig, args: ReplayArgs) -> Outcome {
     Ok(())
 }
 
-/// A progress bar on stderr for long replays, by stream-id time.
+/// A progress bar on stderr for long replays (indicatif: redrawn at most 20
+/// times a second, hidden when stderr is not a terminal).
 struct Progress {
+    bar: ProgressBar,
     /// The whole of each stream: done is the count over the streams' lengths;
     /// otherwise the position in the range by stream-id time.
     by_count: bool,
     from_ms: u64,
-    to_ms: u64,
     total: u64,
-    last_draw: std::time::Instant,
 }
 
 impl Progress {
@@ -534,41 +534,41 @@ impl Progress {
         if total <= 10_000 || first > last {
             return Ok(None);
         }
+        let by_count = from.ms().is_none() && to.ms().is_none();
         let from_ms = from.ms().unwrap_or(first).max(first);
-        let to_ms = to.ms().unwrap_or(last).min(last);
+        let to_ms = to.ms().unwrap_or(last).min(last).max(from_ms + 1);
+        let length = if by_count { total } else { to_ms - from_ms };
+        let bar = ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("[{bar:30}] {percent:>3}%  {msg}")
+                .expect("a valid template")
+                .progress_chars("## "),
+        );
         Ok(Some(Progress {
-            by_count: from.ms().is_none() && to.ms().is_none(),
+            bar,
+            by_count,
             from_ms,
-            to_ms: to_ms.max(from_ms + 1),
             total,
-            last_draw: std::time::Instant::now(),
         }))
     }
 
-    fn show(&mut self, count: u64, at: StreamId) {
-        if count % 1024 != 0 || self.last_draw.elapsed() < Duration::from_millis(100) {
+    fn show(&self, count: u64, at: StreamId) {
+        if count % 1024 != 0 {
             return;
         }
-        self.last_draw = std::time::Instant::now();
         let done = if self.by_count {
-            count as f64 / self.total as f64
+            count
         } else {
-            at.ms.saturating_sub(self.from_ms) as f64 / (self.to_ms - self.from_ms) as f64
+            at.ms.saturating_sub(self.from_ms)
         };
-        let done = done.clamp(0.0, 1.0);
-        let width = 30;
-        let filled = (done * width as f64) as usize;
-        eprint!(
-            "\r\x1b[K[{}{}] {:>3}%  {count} events (streams hold {})",
-            "#".repeat(filled),
-            " ".repeat(width - filled),
-            (done * 100.0) as u32,
-            self.total
-        );
+        self.bar.set_position(done);
+        self.bar
+            .set_message(format!("{count} events (streams hold {})", self.total));
     }
 
     fn finish(&self, count: u64) {
-        eprintln!("\r\x1b[K[{}] 100%  {count} events", "#".repeat(30));
+        self.bar.set_position(self.bar.length().unwrap_or(0));
+        self.bar.finish_with_message(format!("{count} events"));
     }
 }
 

@@ -1,9 +1,12 @@
 //! Parsing of the tool's position arguments (`--from`, `--to`): keywords,
-//! stream ids, unix milliseconds and RFC 3339 times. Pure, unit-tested.
+//! stream ids, unix milliseconds and RFC 3339 times (the `time` crate's
+//! parser). Pure, unit-tested.
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use tickbus::{Position, StreamId};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
 /// A position as given on the command line (`--from`, `--to`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,110 +78,15 @@ fn is_digits(text: &str) -> bool {
     !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` as ms since the Unix epoch
-/// (a space may stand for the `T`; the fraction is cut to milliseconds).
+/// An RFC 3339 time (`2026-12-02T05:00:00Z`, `2026-12-02T06:00:00.250+01:00`)
+/// as ms since the Unix epoch, through the `time` crate's RFC 3339 parser (any
+/// single character may stand for the `T`, `z` for `Z`; a leap second counts
+/// as the second before it; the fraction is cut to milliseconds).
 pub(crate) fn rfc3339_ms(text: &str) -> Result<u64, String> {
-    let bad = |what: &str| format!("not a valid time ({what}): {text:?}");
-    let bytes = text.as_bytes();
-    if bytes.len() < 20 || !text.is_ascii() {
-        return Err(bad("too short"));
-    }
-    let number = |range: std::ops::Range<usize>, what: &str| -> Result<u64, String> {
-        let part = &text[range];
-        if is_digits(part) {
-            part.parse().map_err(|_| bad(what))
-        } else {
-            Err(bad(what))
-        }
-    };
-    let separators = [(4, b'-'), (7, b'-'), (13, b':'), (16, b':')];
-    if separators.iter().any(|&(at, sep)| bytes[at] != sep)
-        || !matches!(bytes[10], b'T' | b't' | b' ')
-    {
-        return Err(bad("layout"));
-    }
-    let year = number(0..4, "year")?;
-    let month = number(5..7, "month")?;
-    let day = number(8..10, "day")?;
-    let hour = number(11..13, "hour")?;
-    let minute = number(14..16, "minute")?;
-    let second = number(17..19, "second")?;
-    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
-        return Err(bad("no such date"));
-    }
-    if hour > 23 || minute > 59 || second > 60 {
-        return Err(bad("no such time of day"));
-    }
-    let mut rest = &text[19..];
-    let mut millis = 0_u64;
-    if let Some(fraction) = rest.strip_prefix('.') {
-        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(bad("empty fraction of a second"));
-        }
-        let mut padded = fraction[..digits.min(3)].to_string();
-        while padded.len() < 3 {
-            padded.push('0');
-        }
-        millis = padded.parse().map_err(|_| bad("fraction"))?;
-        rest = &fraction[digits..];
-    }
-    let offset_s: i64 = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6
-            && matches!(rest.as_bytes()[0], b'+' | b'-')
-            && rest.as_bytes()[3] == b':' =>
-        {
-            let hours = number_in(rest, 1..3).ok_or_else(|| bad("offset"))?;
-            let minutes = number_in(rest, 4..6).ok_or_else(|| bad("offset"))?;
-            if hours > 23 || minutes > 59 {
-                return Err(bad("offset"));
-            }
-            let sign = if rest.starts_with('-') { -1 } else { 1 };
-            sign * (hours * 3600 + minutes * 60)
-        }
-        _ => return Err(bad("time zone: `Z` or `+HH:MM`")),
-    };
-    let days = days_from_civil(year as i64, month as i64, day as i64);
-    let seconds = days * 86_400 + (hour * 3600 + minute * 60 + second.min(59)) as i64 - offset_s;
-    if seconds < 0 {
-        return Err(bad("before 1970"));
-    }
-    Ok(seconds as u64 * 1000 + millis)
-}
-
-fn number_in(text: &str, range: std::ops::Range<usize>) -> Option<i64> {
-    let part = text.get(range)?;
-    if is_digits(part) {
-        part.parse().ok()
-    } else {
-        None
-    }
-}
-
-fn is_leap(year: u64) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
-}
-
-fn days_in_month(year: u64, month: u64) -> u64 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days from 1970-01-01 to the date (proleptic Gregorian; Howard Hinnant's
-/// `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month_index = (month + 9) % 12;
-    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+    let time = OffsetDateTime::parse(text, &Rfc3339)
+        .map_err(|error| format!("not a valid time ({error}): {text:?}"))?;
+    u64::try_from(time.unix_timestamp_nanos().div_euclid(1_000_000))
+        .map_err(|_| format!("not a valid time (before 1970): {text:?}"))
 }
 
 /// A duration for people: `850ms`, `12.3s`, `4m05s`, `3h12m`, `2d04h`.
@@ -263,6 +171,8 @@ mod tests {
         );
         assert_eq!(rfc3339_ms("2023-11-14 22:13:20z"), Ok(1_700_000_000_000));
         assert_eq!(rfc3339_ms("2024-02-29T00:00:00Z"), Ok(1_709_164_800_000));
+        // A leap second stands for the last millisecond before it.
+        assert_eq!(rfc3339_ms("2016-12-31T23:59:60Z"), Ok(1_483_228_799_999));
         assert_eq!(
             spot("2026-12-02T05:00:00Z"),
             Ok(Spot::Time(1_796_187_600_000))
