@@ -507,7 +507,11 @@ fn with_redis_down_the_loader_serves_and_the_layers_fill_again_when_it_is_back()
     // The cache layer flushes memory once when it learns its connection is
     // lost: wait for that, or the flush could fall between the two lookups.
     let noticed = Instant::now();
-    while bus.health_report_blocking(Default::default()).cache_tracking != Some(false) {
+    while bus
+        .health_report_blocking(Default::default())
+        .cache_tracking
+        != Some(false)
+    {
         assert!(noticed.elapsed() < PATIENCE, "the cache never saw Redis go");
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -1,4 +1,4 @@
-//! The bridge between the local bus and Redis: the outbox (local → Redis) and the
+//! The live layer: the bridge between the local bus and Redis: the outbox (local → Redis) and the
 //! fan-in (Redis → local, self-filtered). The only module that knows both.
 //!
 //! ## Outbox

@@ -11,7 +11,7 @@
 //! Both are built with `max_command_attempts = 1`: fred must never re-send an
 //! `XADD` by itself after a reconnect (the reply may have been lost after the entry
 //! was written). The outbox decides instead, after checking the stream (see
-//! `bridge.rs`).
+//! `live/writer.rs`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
