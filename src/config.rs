@@ -79,6 +79,16 @@ pub struct TopicOptions {
     /// Most backpressure subscribers the topic accepts at once. Default 32, at most
     /// [`TopicOptions::MAX_BACKPRESSURE_SUBSCRIBERS`].
     pub max_backpressure_subscribers: usize,
+    /// One publisher at a time: events come from the topic's
+    /// [`Publisher`](crate::Publisher) (see [`Topic::publisher`](crate::Topic::publisher)),
+    /// and the ring drops every atomic read-modify-write and fence from the publish
+    /// and receive paths (the single-producer ring of the LMAX Disruptor). While
+    /// no `Publisher` is held, [`Topic::publish`](crate::Topic::publish) still
+    /// works (it takes the role for one event); while one is held, it is refused
+    /// with [`ErrorKind::ExclusivePublisher`](crate::ErrorKind::ExclusivePublisher).
+    /// Local topics only: a durable topic's ring also takes other instances'
+    /// events. Default `false`.
+    pub exclusive_publisher: bool,
 }
 
 impl TopicOptions {
@@ -130,6 +140,7 @@ impl Default for TopicOptions {
         TopicOptions {
             capacity: 4096,
             max_backpressure_subscribers: 32,
+            exclusive_publisher: false,
         }
     }
 }

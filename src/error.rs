@@ -64,6 +64,11 @@ pub enum ErrorKind {
     /// Something asked for by name does not exist in Redis: a topic's stream, a
     /// consumer group, a dead letter (the admin queries, `Admin`).
     NotFound,
+    /// A topic created for an exclusive publisher
+    /// ([`TopicOptions::exclusive_publisher`](crate::TopicOptions::exclusive_publisher))
+    /// was published to through another handle, or its publisher is already taken;
+    /// or a shared topic was asked for one.
+    ExclusivePublisher,
 }
 
 impl ErrorKind {
@@ -85,6 +90,7 @@ impl ErrorKind {
             ErrorKind::Backpressure => "outbox full",
             ErrorKind::Redis => "redis error",
             ErrorKind::Timeout => "timed out",
+            ErrorKind::ExclusivePublisher => "exclusive publisher",
             ErrorKind::GroupMissing => "consumer group missing",
             ErrorKind::Trimmed => "range trimmed",
             ErrorKind::Loader => "cache loader failed",

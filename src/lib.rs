@@ -184,8 +184,8 @@ pub use error::{Error, ErrorKind, Result};
 pub use event::{EventId, InstanceId, Meta, Pattern, StreamId, TopicName};
 pub use json::payload_json;
 pub use local::{
-    AnyEvent, AnyEventRef, BusySpin, Event, EventRef, PatternSubscriber, PublishError, RecvError,
-    SpinThenYield, SpinYieldPark, Subscriber, Topic, TryPublishError, TryRecvError,
+    AnyEvent, AnyEventRef, BusySpin, Event, EventRef, PatternSubscriber, PublishError, Publisher,
+    RecvError, SpinThenYield, SpinYieldPark, Subscriber, Topic, TryPublishError, TryRecvError,
     UndecodableEvent, WaitStep, WaitStrategy,
 };
 pub use receipt::Receipt;

@@ -11,6 +11,33 @@ pub(crate) use self::cell::{ConstPtr, UnsafeCell};
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{fence, AtomicU64, Ordering};
 
+#[cfg(loom)]
+pub(crate) use loom::sync::{Arc, Mutex};
+#[cfg(not(loom))]
+pub(crate) use std::sync::{Arc, Mutex};
+
+/// The fast side of an asymmetric barrier pair: a compiler fence, no instruction.
+///
+/// Paired with [`heavy_barrier`] on another thread it acts as a `SeqCst` fence on
+/// both sides (the Dekker pattern: each stores, barriers, then loads what the other
+/// stored), at no run-time cost here. `membarrier(2)` underneath
+/// (`MEMBARRIER_CMD_PRIVATE_EXPEDITED`), through the `membarrier2` crate; where the
+/// OS has none, both sides fall back to a `SeqCst` fence. Under loom both sides are
+/// loom's `SeqCst` fence, which is how the models check every protocol built on it.
+#[inline(always)]
+pub(crate) fn light_barrier() {
+    membarrier2::light();
+}
+
+/// The slow side of an asymmetric barrier pair (see [`light_barrier`]): a system
+/// call that makes every thread of the process run a full barrier (microseconds).
+/// Only on cold paths: a subscriber going to sleep, a close, a lag subscriber
+/// registering, a publisher widening its window while lag subscribers exist.
+#[inline(never)]
+pub(crate) fn heavy_barrier() {
+    membarrier2::heavy();
+}
+
 /// One step of a short wait inside the lock-free core (a slot another thread is
 /// finishing). Under loom it yields, so the model checker can schedule the other
 /// thread; otherwise it spins, then yields the core after `SPINS_BEFORE_YIELD` tries.

@@ -34,3 +34,10 @@ fn public_types_are_send_and_sync() {
     // Errors box into `Box<dyn Error + Send + Sync>`.
     let _: Box<dyn std::error::Error + Send + Sync> = Box::new(TopicName::new("x").unwrap_err());
 }
+
+#[test]
+fn the_exclusive_publisher_moves_between_threads() {
+    // Send, so the feed handler's thread can own it; not Sync nor Clone (see the
+    // compile_fail examples on `Publisher`).
+    send::<Publisher<Payload>>();
+}

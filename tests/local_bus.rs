@@ -174,6 +174,7 @@ fn too_many_backpressure_subscribers_is_a_clear_error() {
     let options = TopicOptions {
         capacity: 8,
         max_backpressure_subscribers: 1,
+        ..TopicOptions::default()
     };
     let topic = bus.topic_with::<u8>("job:categorize", options).unwrap();
     let _first = topic.subscribe_with(BACKPRESSURE).unwrap();
@@ -299,6 +300,7 @@ fn topics_check_names_and_types() {
     let huge = TopicOptions {
         capacity: 8,
         max_backpressure_subscribers: usize::MAX,
+        ..TopicOptions::default()
     };
     let err = bus.topic_with::<u8>("a:c", huge).unwrap_err();
     assert_eq!(
@@ -636,4 +638,268 @@ fn a_publish_racing_shutdown_is_delivered_or_handed_back() {
             "accepted events are exactly the delivered ones"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// The exclusive publisher and batch receive (a single-publisher topic)
+// ---------------------------------------------------------------------------
+
+fn exclusive(capacity: usize) -> TopicOptions {
+    TopicOptions {
+        capacity,
+        exclusive_publisher: true,
+        ..TopicOptions::default()
+    }
+}
+
+#[test]
+fn one_exclusive_publisher_at_a_time_and_the_handle_waits_its_turn() {
+    let bus = Bus::builder().build().unwrap();
+    let shared = bus.topic::<u64>("md:shared").unwrap();
+    assert_eq!(
+        shared.publisher().unwrap_err().kind(),
+        ErrorKind::ExclusivePublisher,
+        "a shared topic has no exclusive publisher"
+    );
+    let topic = bus.topic_with::<u64>("md:solo", exclusive(8)).unwrap();
+    let mut sub = topic.subscribe();
+    topic.publish(1).unwrap(); // no Publisher held: the handle takes the role once
+    let mut publisher = topic.publisher().unwrap();
+    let second = topic.publisher().unwrap_err();
+    assert_eq!(second.kind(), ErrorKind::ExclusivePublisher);
+    assert!(second.to_string().contains("md:solo"), "{second}");
+    match topic.publish(2) {
+        Err(PublishError::Rejected(2, error)) => {
+            assert_eq!(error.kind(), ErrorKind::ExclusivePublisher);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(matches!(
+        topic.try_publish(3),
+        Err(TryPublishError::Rejected(3, _))
+    ));
+    assert_eq!(publisher.publish(4).unwrap(), 1);
+    drop(publisher);
+    assert_eq!(topic.publish(5).unwrap(), 2);
+    let mut seen = Vec::new();
+    sub.recv_batch(10, |event| seen.push((*event, event.meta().seq())))
+        .unwrap();
+    assert_eq!(seen, [(1, 0), (4, 1), (5, 2)]);
+}
+
+#[test]
+fn exclusive_backpressure_never_loses_non_copy_events() {
+    const N: u64 = 200_000;
+    let bus = Bus::builder().build().unwrap();
+    let topic = bus
+        .topic_with::<Checked>("stress:solo", exclusive(64))
+        .unwrap();
+    let subscribers: Vec<_> = (0..2)
+        .map(|reader| {
+            let mut sub = topic.subscribe_with(BACKPRESSURE).unwrap();
+            thread::spawn(move || {
+                let mut next = 0u64;
+                let mut check = |value: &Checked, seq: u64| {
+                    assert!(value.is_intact(), "a torn or freed payload was read");
+                    assert_eq!((value.n, seq), (next, next), "order or loss");
+                    next += 1;
+                };
+                loop {
+                    let result = if reader == 0 {
+                        sub.recv_batch(17, |event| check(&event, event.meta().seq()))
+                    } else {
+                        sub.try_recv()
+                            .map(|event| check(&event.value, event.meta.seq()))
+                            .map(|()| 1)
+                    };
+                    match result {
+                        Ok(_) => {}
+                        Err(TryRecvError::Empty) => thread::yield_now(),
+                        Err(TryRecvError::Closed) => return next,
+                        Err(error) => panic!("unexpected {error}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut publisher = topic.publisher().unwrap();
+    let mut n = 0;
+    while n < N {
+        if n % 3 == 0 {
+            publisher.publish(Checked::new(n)).unwrap();
+            n += 1;
+        } else {
+            let end = (n + 50).min(N);
+            assert_eq!(
+                publisher.publish_batch((n..end).map(Checked::new)).unwrap(),
+                end - n
+            );
+            n = end;
+        }
+    }
+    bus.shutdown();
+    for subscriber in subscribers {
+        assert_eq!(subscriber.join().unwrap(), N, "every event, in order");
+    }
+}
+
+#[test]
+fn exclusive_lag_subscribers_are_never_torn_and_count_what_they_missed() {
+    const N: u64 = 200_000;
+    let bus = Bus::builder().build().unwrap();
+    // A tiny ring: the publisher laps the lag readers all the time.
+    let topic = bus
+        .topic_with::<Checked>("stress:solo", exclusive(4))
+        .unwrap();
+    let readers: Vec<_> = (0..2)
+        .map(|reader| {
+            let mut sub = topic.subscribe();
+            thread::spawn(move || {
+                let (mut received, mut missed, mut last) = (0u64, 0u64, None);
+                loop {
+                    let mut check = |value: &Checked| {
+                        assert!(value.is_intact(), "a torn or freed payload was read");
+                        assert!(last < Some(value.n), "out of order");
+                        last = Some(value.n);
+                        received += 1;
+                    };
+                    let result = match reader {
+                        0 => sub.recv_batch(3, |event| check(&event)),
+                        _ => sub.try_recv_ref().map(|event| check(&event)).map(|()| 1),
+                    };
+                    match result {
+                        Ok(_) => {}
+                        Err(TryRecvError::Lagged(n)) => missed += n,
+                        Err(TryRecvError::Empty) => thread::yield_now(),
+                        Err(TryRecvError::Closed) => return (received, missed, last),
+                        Err(error) => panic!("unexpected {error}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut publisher = topic.publisher().unwrap();
+    for n in 0..N {
+        publisher.publish(Checked::new(n)).unwrap();
+    }
+    bus.shutdown();
+    for reader in readers {
+        let (received, missed, last) = reader.join().unwrap();
+        assert_eq!(
+            received + missed,
+            N,
+            "every event received or counted missed"
+        );
+        assert_eq!(last, Some(N - 1), "the newest event is never skipped");
+    }
+}
+
+#[test]
+fn a_parked_batch_receiver_wakes_and_close_ends_it() {
+    let bus = Bus::builder().build().unwrap();
+    let topic = bus.topic_with::<u64>("md:solo", exclusive(16)).unwrap();
+    let mut sub = topic.subscribe_with(BACKPRESSURE).unwrap();
+    let mut publisher = topic.publisher().unwrap();
+    let reader = thread::spawn(move || {
+        let mut sum = 0;
+        loop {
+            // The default strategy parks within ~10 ms of nothing to read.
+            match sub
+                .recv_batch_blocking_with(8, &mut tickbus::SpinYieldPark::default(), |v| sum += *v)
+            {
+                Ok(n) => assert!((1..=8).contains(&n)),
+                Err(RecvError::Closed) => return sum,
+                Err(error) => panic!("unexpected {error}"),
+            }
+        }
+    });
+    for round in 0..5u64 {
+        // Give the reader time to park between rounds: it must be woken.
+        thread::sleep(std::time::Duration::from_millis(30));
+        publisher
+            .publish_batch(round * 10..round * 10 + 10)
+            .unwrap();
+    }
+    topic.close();
+    assert_eq!(reader.join().unwrap(), (0..50).sum::<u64>());
+    let rest = publisher.publish_batch([1, 2]).unwrap_err().into_inner();
+    assert_eq!(rest.count(), 2, "a closed topic takes nothing");
+}
+
+#[test]
+fn a_publish_racing_close_is_delivered_or_handed_back() {
+    for _ in 0..200 {
+        let bus = Bus::builder().build().unwrap();
+        let topic = bus.topic_with::<u64>("md:solo", exclusive(1024)).unwrap();
+        let mut sub = topic.subscribe_with(BACKPRESSURE).unwrap();
+        let mut publisher = topic.publisher().unwrap();
+        let writer = thread::spawn(move || {
+            let mut accepted = 0;
+            // A full ring makes it wait: the close must wake it with a refusal.
+            while publisher.publish(accepted).is_ok() {
+                accepted += 1;
+            }
+            accepted
+        });
+        thread::yield_now();
+        topic.close();
+        let accepted = writer.join().unwrap();
+        let mut received = 0;
+        loop {
+            match sub.recv_batch(64, |v| assert_eq!(*v, received_plus(&mut received))) {
+                Ok(_) => {}
+                Err(TryRecvError::Closed) => break,
+                Err(error) => panic!("unexpected {error}"),
+            }
+        }
+        assert_eq!(received, accepted, "every accepted publish, nothing else");
+    }
+}
+
+/// Returns `*n` and counts one more.
+fn received_plus(n: &mut u64) -> u64 {
+    *n += 1;
+    *n - 1
+}
+
+#[test]
+fn batch_receive_on_a_shared_topic_keeps_lag_counts() {
+    let bus = Bus::builder().build().unwrap();
+    let topic = bus.topic_with::<u64>("md:shared", small(4)).unwrap();
+    let mut sub = topic.subscribe();
+    for n in 0..3 {
+        topic.publish(n).unwrap();
+    }
+    let mut seen = Vec::new();
+    assert_eq!(sub.recv_batch(2, |v| seen.push(*v)), Ok(2));
+    for n in 3..10 {
+        topic.publish(n).unwrap();
+    }
+    // 2 is still there? No: the ring of 4 holds 6..10; 2..6 were overwritten.
+    assert_eq!(
+        sub.recv_batch(8, |v| seen.push(*v)),
+        Err(TryRecvError::Lagged(4))
+    );
+    assert_eq!(sub.recv_batch(8, |v| seen.push(*v)), Ok(4));
+    assert_eq!(seen, [0, 1, 6, 7, 8, 9]);
+    assert_eq!(sub.recv_batch(0, |_| unreachable!()), Ok(0));
+}
+
+#[tokio::test]
+async fn async_batch_receive_waits_for_the_first_event() {
+    let bus = Bus::builder().build().unwrap();
+    let topic = bus.topic_with::<u64>("md:solo", exclusive(16)).unwrap();
+    let mut sub = topic.subscribe();
+    let mut publisher = topic.publisher().unwrap();
+    let reader = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while seen.len() < 6 {
+            sub.recv_batch_async(4, |v| seen.push(*v)).await.unwrap();
+        }
+        seen
+    });
+    tokio::task::yield_now().await;
+    publisher.publish_batch(0..3).unwrap();
+    publisher.publish_batch(3..6).unwrap();
+    assert_eq!(reader.await.unwrap(), [0, 1, 2, 3, 4, 5]);
 }

@@ -53,6 +53,22 @@ fn publish_and_receive_do_not_allocate() {
     by_value.try_recv().unwrap();
     by_ref.try_recv_ref().unwrap();
     all.try_recv_with(|_| ()).unwrap();
+    // The exclusive publisher and the batch receive.
+    let options = tickbus::TopicOptions {
+        exclusive_publisher: true,
+        ..Default::default()
+    };
+    let book = bus.topic_with::<Quote>("book:btc", options).unwrap();
+    let mut batch = book.subscribe();
+    let mut publisher = book.publisher().unwrap();
+    publisher
+        .publish(Quote {
+            bid: 0.0,
+            ask: 0.0,
+            size: [0; 6],
+        })
+        .unwrap();
+    batch.recv_batch(8, |_| ()).unwrap();
 
     COUNTING.store(true, Ordering::SeqCst);
     for n in 0..10_000u64 {
@@ -72,6 +88,17 @@ fn publish_and_receive_do_not_allocate() {
             .try_recv_with(|event| event.downcast_ref::<Quote>().map(|q| q.bid))
             .unwrap();
         assert_eq!(bid, Some(n as f64));
+        publisher.publish(quote).unwrap();
+        publisher.publish_batch([quote, quote]).unwrap();
+        let mut handled = 0;
+        batch
+            .recv_batch(8, |event| {
+                assert_eq!(*event, quote);
+                assert!(event.meta().timestamp_ns() > 0);
+                handled += 1;
+            })
+            .unwrap();
+        assert_eq!(handled, 3);
     }
     COUNTING.store(false, Ordering::SeqCst);
     assert_eq!(

@@ -63,21 +63,12 @@ impl<T: Serialize + Clone + Send + Sync + 'static> Persist<T> for DurablePersist
         let stored = topic.stored(value);
         let timestamp_ns = stored.timestamp_ns;
         let published = match mode {
-            PersistMode::Try => {
-                topic
-                    .try_publish_stored(stored)
-                    .map_err(|(error, stored)| match error {
-                        crate::local::ring::ClaimError::Full => {
-                            PublishError::Backpressure(stored.into_value())
-                        }
-                        crate::local::ring::ClaimError::Closed => {
-                            PublishError::Closed(stored.into_value())
-                        }
-                    })
-            }
+            PersistMode::Try => topic
+                .try_publish_stored(stored)
+                .map_err(|(error, stored)| topic.publish_error(error, stored.into_value())),
             _ => topic
                 .publish_stored(stored)
-                .map_err(|stored| PublishError::Closed(stored.into_value())),
+                .map_err(|(error, stored)| topic.publish_error(error, stored.into_value())),
         };
         let seq = match published {
             Ok(seq) => seq,

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::ops::ControlFlow;
 use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -9,7 +10,8 @@ use crossbeam_utils::CachePadded;
 use event_listener::{Event as Notify, Listener as _};
 
 use super::error::{PublishError, TryPublishError, UndecodableEvent};
-use super::ring::{ClaimError, Ring};
+use super::publisher::Publisher;
+use super::ring::{ClaimError, Ring, SlotValue, Taken};
 use super::subscriber::Subscriber;
 use super::wait::{SpinYieldPark, WaitStep, WaitStrategy};
 use crate::clock::Clock;
@@ -36,6 +38,13 @@ pub(crate) struct Remote {
     pub(crate) id: EventId,
     pub(crate) source: InstanceId,
     pub(crate) stream_id: StreamId,
+}
+
+impl<T> SlotValue for Stored<T> {
+    #[inline(always)]
+    fn drop_is_trivial(&self) -> bool {
+        !std::mem::needs_drop::<T>() && self.remote.is_none()
+    }
 }
 
 impl<T> Stored<T> {
@@ -139,12 +148,24 @@ impl<T> TopicShared<T> {
                 format!("topic {name}: {}", error.message()),
             )
         })?;
+        if options.exclusive_publisher && persist.is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "topic {name}: TopicOptions::exclusive_publisher is for local topics \
+                     (a durable topic's ring also takes other instances' events)"
+                ),
+            ));
+        }
+        let capacity = options.capacity.next_power_of_two();
+        let ring = if options.exclusive_publisher {
+            Ring::new_exclusive(capacity, options.max_backpressure_subscribers)
+        } else {
+            Ring::new(capacity, options.max_backpressure_subscribers)
+        };
         Ok(TopicShared {
             salt: topic_salt(&instance, &name),
-            ring: Ring::new(
-                options.capacity.next_power_of_two(),
-                options.max_backpressure_subscribers,
-            ),
+            ring,
             name,
             data_ready: Notify::new(),
             space: Notify::new(),
@@ -303,6 +324,9 @@ impl<T> TopicShared<T> {
         &self,
         stored: Stored<T>,
     ) -> Result<u64, (ClaimError, Stored<T>)> {
+        if self.ring.is_exclusive() {
+            return self.try_publish_once(stored);
+        }
         match self.ring.try_claim() {
             Ok(seq) => {
                 if self.ring.write(seq, stored) {
@@ -315,52 +339,120 @@ impl<T> TopicShared<T> {
         }
     }
 
-    /// Publishes, waiting while a backpressure subscriber blocks the ring.
-    #[inline]
-    pub(crate) fn publish_stored(&self, stored: Stored<T>) -> Result<u64, Stored<T>> {
-        match self.try_publish_stored(stored) {
-            Ok(seq) => Ok(seq),
-            Err((ClaimError::Closed, back)) => Err(back),
-            Err((ClaimError::Full, back)) => self.publish_when_room(back),
+    /// `try_publish_stored` on a single-publisher ring: takes the publisher's role
+    /// for this one event (waiting while another thread has it for one event), or
+    /// fails with `Exclusive` while a `Publisher` handle holds it.
+    #[cold]
+    #[inline(never)]
+    fn try_publish_once(&self, stored: Stored<T>) -> Result<u64, (ClaimError, Stored<T>)> {
+        let mut attempt = 0;
+        let mut claimer = loop {
+            match self.ring.take_claimer(false) {
+                Ok(claimer) => break claimer,
+                Err(Taken::Held) => return Err((ClaimError::Exclusive, stored)),
+                Err(Taken::Once) => crate::sync::backoff(&mut attempt),
+            }
+        };
+        let seq = claimer.next();
+        let mut value = Some(stored);
+        let result = self.ring.claimable(&mut claimer).and_then(|_| {
+            self.ring
+                .publish_exclusive(&mut claimer, 1, || value.take())
+        });
+        self.ring.return_claimer(claimer);
+        match (result, value) {
+            (Ok((_, wake)), None) => {
+                if wake {
+                    self.data_ready.notify(usize::MAX);
+                }
+                Ok(seq)
+            }
+            (Err(error), Some(stored)) => Err((error, stored)),
+            _ => unreachable!("the value is taken exactly when the publish succeeds"),
         }
+    }
+
+    /// Publishes, waiting while a backpressure subscriber blocks the ring. Fails
+    /// with `Closed`, or `Exclusive` on a single-publisher topic.
+    #[inline]
+    pub(crate) fn publish_stored(&self, stored: Stored<T>) -> Result<u64, (ClaimError, Stored<T>)> {
+        match self.try_publish_stored(stored) {
+            Err((ClaimError::Full, back)) => self.publish_when_room(back),
+            other => other,
+        }
+    }
+
+    /// The error of a publish the ring refused, with the value handed back.
+    #[cold]
+    pub(crate) fn publish_error(&self, error: ClaimError, value: T) -> PublishError<T> {
+        match error {
+            ClaimError::Full => PublishError::Backpressure(value),
+            ClaimError::Closed => PublishError::Closed(value),
+            ClaimError::Exclusive => PublishError::Rejected(value, self.exclusive_error()),
+        }
+    }
+
+    /// Why a publish through the topic handle is refused on a single-publisher topic.
+    #[cold]
+    pub(crate) fn exclusive_error(&self) -> Error {
+        Error::new(
+            ErrorKind::ExclusivePublisher,
+            format!(
+                "topic {} takes events only from its exclusive publisher (Topic::publisher)",
+                self.name
+            ),
+        )
     }
 
     /// The slow path of `publish_stored`: a backpressure subscriber holds the ring.
     #[cold]
     #[inline(never)]
-    fn publish_when_room(&self, stored: Stored<T>) -> Result<u64, Stored<T>> {
-        // Room comes back a gate flush (a few dozen events) at a time: spin and
-        // yield through that (as a disruptor producer spins on a full ring), and
-        // park only when the subscriber has really stalled (~10 ms of yields).
-        let mut wait = SpinYieldPark::new(1_000, 10_000);
-        let mut stored = stored;
-        loop {
-            match self.try_publish_stored(stored) {
-                Ok(seq) => return Ok(seq),
-                Err((ClaimError::Closed, back)) => return Err(back),
+    fn publish_when_room(&self, stored: Stored<T>) -> Result<u64, (ClaimError, Stored<T>)> {
+        let mut stored = Some(stored);
+        self.wait_for_room(|| {
+            let Some(value) = stored.take() else {
+                unreachable!("the value is put back after every full attempt")
+            };
+            match self.try_publish_stored(value) {
                 Err((ClaimError::Full, back)) => {
-                    stored = back;
-                    match wait.next_step() {
-                        WaitStep::Retry => {}
-                        WaitStep::Spin => std::hint::spin_loop(),
-                        WaitStep::Yield => std::thread::yield_now(),
-                        WaitStep::Park => {
-                            // Listen, count ourselves as waiting, fence, look again:
-                            // see `wake_publishers`.
-                            let listener = self.space.listen();
-                            self.space_waiters.fetch_add(1, Ordering::SeqCst);
-                            fence(Ordering::SeqCst);
-                            let again = self.try_publish_stored(stored);
-                            if let Err((ClaimError::Full, _)) = &again {
-                                listener.wait();
-                            }
-                            self.space_waiters.fetch_sub(1, Ordering::SeqCst);
-                            match again {
-                                Err((ClaimError::Full, back)) => stored = back,
-                                Err((ClaimError::Closed, back)) => return Err(back),
-                                Ok(seq) => return Ok(seq),
-                            }
-                        }
+                    stored = Some(back);
+                    ControlFlow::Continue(())
+                }
+                other => ControlFlow::Break(other),
+            }
+        })
+    }
+
+    /// Repeats `attempt` until it breaks, waiting between attempts for a
+    /// backpressure subscriber to make room.
+    ///
+    /// Room comes back a gate flush (a few dozen events) at a time: spin and yield
+    /// through that (as a disruptor producer spins on a full ring), and park only
+    /// when the subscriber has really stalled (~10 ms of yields).
+    #[cold]
+    pub(crate) fn wait_for_room<R>(&self, mut attempt: impl FnMut() -> ControlFlow<R>) -> R {
+        let mut wait = SpinYieldPark::new(1_000, 10_000);
+        loop {
+            if let ControlFlow::Break(result) = attempt() {
+                return result;
+            }
+            match wait.next_step() {
+                WaitStep::Retry => {}
+                WaitStep::Spin => std::hint::spin_loop(),
+                WaitStep::Yield => std::thread::yield_now(),
+                WaitStep::Park => {
+                    // Listen, count ourselves as waiting, fence, look again: see
+                    // `wake_publishers`.
+                    let listener = self.space.listen();
+                    self.space_waiters.fetch_add(1, Ordering::SeqCst);
+                    fence(Ordering::SeqCst);
+                    let again = attempt();
+                    if let ControlFlow::Continue(()) = again {
+                        listener.wait();
+                    }
+                    self.space_waiters.fetch_sub(1, Ordering::SeqCst);
+                    if let ControlFlow::Break(result) = again {
+                        return result;
                     }
                 }
             }
@@ -450,7 +542,7 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
         let published = self
             .shared
             .publish_stored(stored)
-            .map_err(|stored| PublishError::Closed(stored.into_value()));
+            .map_err(|(error, stored)| self.shared.publish_error(error, stored.into_value()));
         #[cfg(feature = "tracing")]
         if let Ok(seq) = published {
             self.shared.trace_publish(seq, timestamp_ns);
@@ -552,6 +644,10 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
                 .map_err(|(error, stored)| match error {
                     ClaimError::Full => TryPublishError::Full(stored.into_value()),
                     ClaimError::Closed => TryPublishError::Closed(stored.into_value()),
+                    ClaimError::Exclusive => TryPublishError::Rejected(
+                        stored.into_value(),
+                        self.shared.exclusive_error(),
+                    ),
                 });
         #[cfg(feature = "tracing")]
         if let Ok(seq) = published {
@@ -590,6 +686,36 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
     /// Whether the topic is closed (by [`close`](Topic::close) or bus shutdown).
     pub fn is_closed(&self) -> bool {
         self.shared.ring.tail().1
+    }
+
+    /// Takes the topic's exclusive [`Publisher`]: the fastest way to publish, for
+    /// the one thread that feeds the topic (a market-data handler, a strategy's
+    /// order flow). The topic must have been created with
+    /// [`TopicOptions::exclusive_publisher`].
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::ExclusivePublisher`] when the topic was created with shared
+    /// publishers, or its `Publisher` is already taken (drop it to take it again).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tickbus::{Bus, ErrorKind, TopicOptions};
+    ///
+    /// let bus = Bus::builder().build()?;
+    /// let options = TopicOptions { exclusive_publisher: true, ..Default::default() };
+    /// let book = bus.topic_with::<[f64; 4]>("md:book:eth", options)?;
+    /// let mut handler = book.publisher()?;
+    /// assert_eq!(book.publisher().unwrap_err().kind(), ErrorKind::ExclusivePublisher);
+    /// assert!(book.publish([0.0; 4]).is_err(), "the handle's publish is refused while it lives");
+    /// handler.publish([1.0, 2.0, 3.0, 4.0])?;
+    /// drop(handler);
+    /// book.publish([0.0; 4])?; // the role is free again
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn publisher(&self) -> Result<Publisher<T>> {
+        Publisher::new(Arc::clone(&self.shared))
     }
 
     /// Subscribes to events published from now on, with the default

@@ -74,7 +74,17 @@ use std::mem::MaybeUninit;
 
 use crossbeam_utils::CachePadded;
 
-use crate::sync::{backoff, fence, AtomicU64, ConstPtr, Ordering, UnsafeCell};
+use crate::sync::{backoff, fence, AtomicU64, Ordering, UnsafeCell};
+
+mod cursor;
+mod exclusive;
+
+use cursor::Hold;
+pub(crate) use cursor::{Cursor, Pinned};
+
+pub(crate) use exclusive::{Claimer, Taken};
+
+use exclusive::Exclusive;
 
 const READER_BITS: u32 = 16;
 const READER_MASK: u64 = (1 << READER_BITS) - 1;
@@ -86,6 +96,17 @@ const STAMP_MASK: u64 = (1 << (64 - STAMP_SHIFT)) - 1;
 const CLOSED: u64 = 1 << 63;
 const SEQ_MASK: u64 = CLOSED - 1;
 const GATE_FREE: u64 = u64::MAX;
+
+/// What an exclusive ring asks of a value it writes: whether dropping it would do
+/// anything. A slot whose value's drop does nothing is overwritten without being
+/// read first (the disruptor's plain overwrite).
+pub(crate) trait SlotValue {
+    /// `true` when dropping this value runs no code and frees nothing.
+    #[inline(always)]
+    fn drop_is_trivial(&self) -> bool {
+        !std::mem::needs_drop::<Self>()
+    }
+}
 
 /// Why a read found no event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +127,9 @@ pub(crate) enum ClaimError {
     Full,
     /// The ring is closed.
     Closed,
+    /// The ring takes events only from its exclusive publisher
+    /// ([`Ring::new_exclusive`]).
+    Exclusive,
 }
 
 /// All gates are taken: the topic already has its maximum of backpressure subscribers.
@@ -132,6 +156,9 @@ pub(crate) struct Ring<V> {
     slots: Box<[Slot<V>]>,
     lap_shift: u32,
     mask: u64,
+    /// Set for a single-publisher ring (`exclusive.rs`): one cursor instead of
+    /// slot states, hazards instead of pins. Fixed at creation.
+    exclusive: Option<Box<Exclusive>>,
 }
 
 // SAFETY: values move into the ring from publishing threads (`V: Send`) and are read
@@ -205,6 +232,28 @@ impl<V> Ring<V> {
             slots,
             lap_shift: capacity.trailing_zeros(),
             mask: capacity as u64 - 1,
+            exclusive: None,
+        }
+    }
+
+    /// A ring that one [`Claimer`] at a time publishes to (see `exclusive.rs`).
+    pub(crate) fn new_exclusive(capacity: usize, max_gates: usize) -> Self {
+        let mut ring = Ring::new(capacity, max_gates);
+        ring.exclusive = Some(Box::new(Exclusive::new(capacity as u64)));
+        ring
+    }
+
+    /// Whether this ring has a single publisher.
+    pub(crate) fn is_exclusive(&self) -> bool {
+        self.exclusive.is_some()
+    }
+
+    /// The next sequence to be claimed (shared ring) or published (exclusive).
+    #[inline]
+    fn head(&self) -> u64 {
+        match &self.exclusive {
+            Some(exclusive) => exclusive.published.load(Ordering::Acquire),
+            None => self.tail.load(Ordering::Acquire) & SEQ_MASK,
         }
     }
 
@@ -227,6 +276,9 @@ impl<V> Ring<V> {
 
     /// The next sequence to be claimed, and whether the ring is closed.
     pub(crate) fn tail(&self) -> (u64, bool) {
+        if let Some(exclusive) = &self.exclusive {
+            return exclusive.tail();
+        }
         let tail = self.tail.load(Ordering::Acquire);
         (tail & SEQ_MASK, tail & CLOSED != 0)
     }
@@ -234,6 +286,11 @@ impl<V> Ring<V> {
     /// Closes the ring: no claim succeeds afterwards; what was claimed is still
     /// written and can be read. Returns `false` if it was already closed.
     pub(crate) fn close(&self) -> bool {
+        if let Some(exclusive) = &self.exclusive {
+            let first = exclusive.close();
+            self.closed_hint.store(1, Ordering::Release);
+            return first;
+        }
         let first = self.tail.fetch_or(CLOSED, Ordering::SeqCst) & CLOSED == 0;
         self.closed_hint.store(1, Ordering::Release);
         first
@@ -262,7 +319,7 @@ impl<V> Ring<V> {
     /// order, so its tail load saw at least our `tail` (see [`Ring::subscribe`]).
     #[cold]
     fn rescan_gates(&self) -> u64 {
-        let mut bound = self.tail.load(Ordering::Acquire) & SEQ_MASK;
+        let mut bound = self.head();
         // Pairs with the fence in `subscribe` (store gate; fence; load tail): one of
         // the two fences comes first, and the thread after it sees the other's
         // write (our gate load sees the gate, or its tail load sees our tail).
@@ -284,6 +341,9 @@ impl<V> Ring<V> {
     /// sequence: readers wait for every claimed sequence.
     #[inline]
     pub(crate) fn try_claim(&self) -> Result<u64, ClaimError> {
+        if self.exclusive.is_some() {
+            return Err(ClaimError::Exclusive);
+        }
         let mut tail = self.tail.load(Ordering::Acquire);
         loop {
             if tail & CLOSED != 0 {
@@ -367,6 +427,9 @@ impl<V> Ring<V> {
     /// (being written), the subscriber was overrun, or the ring is closed and
     /// drained. The caller then looks again instead.
     pub(crate) fn mark_waiting(&self, cursor: &Cursor) -> bool {
+        if let Some(exclusive) = &self.exclusive {
+            return exclusive.mark_waiting(cursor.next);
+        }
         let seq = cursor.next;
         let slot = self.slot(seq);
         let stamp = self.stamp(seq);
@@ -397,11 +460,17 @@ impl<V> Ring<V> {
     /// `gated` subscriber takes a gate and applies backpressure to publishers.
     pub(crate) fn subscribe(&self, gated: bool) -> Result<Cursor, NoFreeGate> {
         if !gated {
+            let mut hazard = None;
+            if let Some(exclusive) = &self.exclusive {
+                hazard = Some(exclusive.register_hazard());
+            }
             let (next, _) = self.tail();
-            return Ok(Cursor::new(next, None, self.capacity()));
+            let mut cursor = Cursor::new(next, None, self.capacity());
+            cursor.hazard = hazard;
+            return Ok(cursor);
         }
         // Take a free gate, at a position no later than where we will start.
-        let first = self.tail.load(Ordering::Acquire) & SEQ_MASK;
+        let first = self.head();
         let index = self
             .gates
             .iter()
@@ -415,7 +484,7 @@ impl<V> Ring<V> {
         // bound it caches is at most `next`, and no claim it allows can overwrite an
         // event at or after `next`.
         fence(Ordering::SeqCst);
-        let next = self.tail.load(Ordering::Acquire) & SEQ_MASK;
+        let next = self.head();
         self.gates[index].store(next, Ordering::Release);
         Ok(Cursor::new(next, Some(index), self.capacity()))
     }
@@ -424,6 +493,9 @@ impl<V> Ring<V> {
     pub(crate) fn unsubscribe(&self, cursor: &mut Cursor) {
         if let Some(index) = cursor.gate.take() {
             self.gates[index].store(GATE_FREE, Ordering::Release);
+        }
+        if let (Some(hazard), Some(exclusive)) = (cursor.hazard.take(), &self.exclusive) {
+            exclusive.deregister_hazard(&hazard);
         }
     }
 
@@ -496,6 +568,9 @@ impl<V> Ring<V> {
         &'a self,
         cursor: &'a mut Cursor,
     ) -> Result<Pinned<'a, V>, (Miss, bool)> {
+        if let Some(exclusive) = &self.exclusive {
+            return self.try_pin_exclusive(exclusive, cursor);
+        }
         let seq = cursor.next;
         let slot = self.slot(seq);
         let stamp = self.stamp(seq);
@@ -551,9 +626,63 @@ impl<V> Ring<V> {
     }
 }
 
+impl<V> Ring<V> {
+    /// Reads up to `max` events at the cursor in place, in order, calling `read`
+    /// with each sequence and value. Returns how many were read (at least one), or
+    /// the miss when there was none; a miss after some events (an overrun, the end)
+    /// is reported by the next call.
+    ///
+    /// On an exclusive ring the batch costs one `Acquire` load of the published
+    /// count; on the shared ring each event is pinned as by [`Ring::try_pin`].
+    #[inline]
+    pub(crate) fn read_batch(
+        &self,
+        cursor: &mut Cursor,
+        max: u64,
+        mut read: impl FnMut(u64, &V),
+    ) -> Result<u64, Miss> {
+        if let Some(exclusive) = &self.exclusive {
+            return self.read_batch_exclusive(exclusive, cursor, max, read);
+        }
+        let mut count = 0;
+        let mut moved = false;
+        while count < max {
+            let seq = cursor.next;
+            let outcome = match self.try_pin(cursor) {
+                Ok(pinned) => {
+                    read(seq, pinned.get());
+                    Ok(pinned.release())
+                }
+                Err(miss) => Err(miss),
+            };
+            match outcome {
+                Ok(gate_moved) => {
+                    moved |= gate_moved;
+                    count += 1;
+                }
+                Err((miss, gate_moved)) => {
+                    moved |= gate_moved;
+                    if count == 0 {
+                        cursor.gate_moved |= moved;
+                        return Err(miss);
+                    }
+                    if let Miss::Lagged(_) = miss {
+                        // Undo the skip: the next call finds the overrun again and
+                        // reports it, with the count as it is then.
+                        cursor.next = seq;
+                    }
+                    break;
+                }
+            }
+        }
+        cursor.gate_moved |= moved;
+        Ok(count)
+    }
+}
+
 impl<V> Drop for Ring<V> {
     fn drop(&mut self) {
-        let written = (self.tail.load(Ordering::Relaxed) & SEQ_MASK).min(self.capacity());
+        let written = self.head().min(self.capacity());
         for slot in self.slots.iter().take(written as usize) {
             slot.value.get_mut().with(|cell| {
                 // SAFETY: `&mut self`: no publisher or subscriber remains, and every
@@ -564,125 +693,6 @@ impl<V> Drop for Ring<V> {
                 unsafe { (*cell).assume_init_drop() }
             });
         }
-    }
-}
-
-/// A subscriber's private position in a ring.
-#[derive(Debug)]
-pub(crate) struct Cursor {
-    /// The next sequence to read.
-    next: u64,
-    /// Index of this subscriber's gate (backpressure mode).
-    gate: Option<usize>,
-    /// Reads since the gate was last published.
-    unflushed: u32,
-    /// Publish the gate every this many reads.
-    flush_every: u32,
-    /// A read reached `flush_every`; publish the gate once the value is released.
-    flush_pending: bool,
-    /// The gate was published by a read (`try_read`) since `take_gate_moved`.
-    gate_moved: bool,
-}
-
-impl Cursor {
-    fn new(next: u64, gate: Option<usize>, capacity: u64) -> Self {
-        // A quarter of the ring, at most 32: publishers see progress often enough to
-        // keep the ring from looking full, and the gate store stays off the hot path.
-        let flush_every = (capacity / 4).clamp(1, 32) as u32;
-        Cursor {
-            next,
-            gate,
-            unflushed: 0,
-            flush_every,
-            flush_pending: false,
-            gate_moved: false,
-        }
-    }
-
-    /// The next sequence this cursor will read.
-    pub(crate) fn next(&self) -> u64 {
-        self.next
-    }
-
-    /// Whether a `try_read` moved the gate since the last call: blocked publishers
-    /// should be woken.
-    pub(crate) fn take_gate_moved(&mut self) -> bool {
-        std::mem::take(&mut self.gate_moved)
-    }
-
-    /// Whether this cursor holds a gate (backpressure mode).
-    pub(crate) fn is_gated(&self) -> bool {
-        self.gate.is_some()
-    }
-}
-
-/// What holds a pinned slot, and so how it is released.
-enum Hold<'a> {
-    /// Lag mode: decrement the slot's reader count.
-    Reader,
-    /// Backpressure mode: maybe publish the gate.
-    Gate(&'a mut Cursor),
-}
-
-/// A pinned event in the ring, lent out without copying.
-pub(crate) struct Pinned<'a, V> {
-    ring: &'a Ring<V>,
-    slot: &'a Slot<V>,
-    /// The shared access to the value: `Some` until unpinned, and dropped *before*
-    /// the slot is released (loom tracks the access for as long as it lives).
-    value: Option<ConstPtr<MaybeUninit<V>>>,
-    hold: Hold<'a>,
-}
-
-impl<V> Pinned<'_, V> {
-    /// The event.
-    #[inline]
-    pub(crate) fn get(&self) -> &V {
-        // SAFETY: the slot is published for the lap we expect (checked in `try_pin`),
-        // so its value is initialised; and it cannot be written until this `Pinned`
-        // is dropped: in lag mode our reader count blocks the writer's CAS, in
-        // backpressure mode our gate (not yet past this sequence) blocks the claim.
-        match &self.value {
-            Some(value) => unsafe { value.deref().assume_init_ref() },
-            None => unreachable!("a Pinned is unpinned only when consumed or dropped"),
-        }
-    }
-}
-
-impl<V> Pinned<'_, V> {
-    /// Unpins now and says whether a backpressure gate moved (publishers to wake).
-    #[inline]
-    pub(crate) fn release(mut self) -> bool {
-        self.unpin() // `Drop` then finds it unpinned.
-    }
-
-    #[inline]
-    fn unpin(&mut self) -> bool {
-        if self.value.take().is_none() {
-            return false; // Already unpinned.
-        }
-        match &mut self.hold {
-            Hold::Reader => {
-                // Release: our reads of the value happen before the writer's Acquire CAS.
-                self.slot.state.fetch_sub(1, Ordering::Release);
-                false
-            }
-            Hold::Gate(cursor) => {
-                if cursor.flush_pending {
-                    cursor.flush_pending = false;
-                    self.ring.flush_gate(cursor)
-                } else {
-                    false
-                }
-            }
-        }
-    }
-}
-
-impl<V> Drop for Pinned<'_, V> {
-    #[inline]
-    fn drop(&mut self) {
-        self.unpin();
     }
 }
 
@@ -849,7 +859,9 @@ mod loom_models {
                     return;
                 }
                 Err(ClaimError::Full) => thread::yield_now(),
-                Err(ClaimError::Closed) => unreachable!("nobody closes this ring"),
+                Err(ClaimError::Closed | ClaimError::Exclusive) => {
+                    unreachable!("a shared ring nobody closes")
+                }
             }
         }
     }
