@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::ops::ControlFlow;
-use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam_utils::CachePadded;
@@ -300,10 +300,12 @@ impl<T> TopicShared<T> {
     /// Wakes publishers parked for room, if there are any. Called by backpressure
     /// subscribers after their gate moved (every few reads), never per event.
     pub(crate) fn wake_publishers(&self) {
-        // Pairs with the fence in `publish_when_room` (count ourselves as waiting;
-        // fence; look at the gates again): either that look sees the moved gate, or
-        // this load sees the waiter.
-        fence(Ordering::SeqCst);
+        // Pairs with the barrier in `wait_for_room` (count ourselves as waiting;
+        // barrier; look at the gates again): either that look sees the moved gate,
+        // or this load sees the waiter. Asymmetric: subscribers call this every few
+        // dozen reads (or each time they run dry), a publisher parks rarely, so the
+        // fence is the parking publisher's (`membarrier(2)`), and this is free.
+        crate::sync::light_barrier();
         if self.space_waiters.load(Ordering::Relaxed) > 0 {
             self.space.notify(usize::MAX);
         }
@@ -441,11 +443,11 @@ impl<T> TopicShared<T> {
                 WaitStep::Spin => std::hint::spin_loop(),
                 WaitStep::Yield => std::thread::yield_now(),
                 WaitStep::Park => {
-                    // Listen, count ourselves as waiting, fence, look again: see
+                    // Listen, count ourselves as waiting, barrier, look again: see
                     // `wake_publishers`.
                     let listener = self.space.listen();
                     self.space_waiters.fetch_add(1, Ordering::SeqCst);
-                    fence(Ordering::SeqCst);
+                    crate::sync::heavy_barrier();
                     let again = attempt();
                     if let ControlFlow::Continue(()) = again {
                         listener.wait();
