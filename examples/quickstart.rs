@@ -18,7 +18,9 @@ use std::time::Instant;
 
 use clap::Parser;
 use hdrhistogram::Histogram;
-use tickbus::{Bus, Event, RecvError, SlowPolicy, SubscribeOptions, Subscriber, Topic};
+use tickbus::{
+    Bus, Event, Publisher, RecvError, SlowPolicy, SubscribeOptions, Subscriber, TopicOptions,
+};
 
 /// The position monitor's output: one symbol's position after a fill or a mark.
 #[derive(Clone, Copy, Debug)]
@@ -89,8 +91,18 @@ fn run<T: Clone + Send + Sync + 'static>(
     }
 }
 
-fn publish<T: Clone + Send + Sync + 'static>(topic: &Topic<T>, value: T) {
-    topic
+/// Each topic of the chain has one writer (the component that owns it): its
+/// exclusive publisher is the fastest way in (plain stores, no atomic
+/// read-modify-write on the publish path).
+fn one_publisher() -> TopicOptions {
+    TopicOptions {
+        exclusive_publisher: true,
+        ..TopicOptions::default()
+    }
+}
+
+fn publish<T: Clone + Send + Sync + 'static>(publisher: &mut Publisher<T>, value: T) {
+    publisher
         .publish(value)
         .expect("the bus is open while components run");
 }
@@ -199,11 +211,12 @@ fn run_chain(
     rate: Option<f64>,
 ) -> Result<Summary, Box<dyn std::error::Error>> {
     let name = |topic: &str| format!("{prefix}{topic}");
-    let positions = bus.topic::<Position>(&name("position:updated"))?;
-    let exposures = bus.topic::<Exposure>(&name("exposure:calculated"))?;
-    let risks = bus.topic::<Risk>(&name("risk:calculated"))?;
-    let pnls = bus.topic::<Pnl>(&name("pnl:calculated"))?;
-    let instructions = bus.topic::<Instruction>(&name("strategy:instructions"))?;
+    let positions = bus.topic_with::<Position>(&name("position:updated"), one_publisher())?;
+    let exposures = bus.topic_with::<Exposure>(&name("exposure:calculated"), one_publisher())?;
+    let risks = bus.topic_with::<Risk>(&name("risk:calculated"), one_publisher())?;
+    let pnls = bus.topic_with::<Pnl>(&name("pnl:calculated"), one_publisher())?;
+    let instructions =
+        bus.topic_with::<Instruction>(&name("strategy:instructions"), one_publisher())?;
 
     // Subscribe before anything is published, so every stage sees every event.
     let exposure_in = positions.subscribe_with(MUST_SEE_ALL)?;
@@ -214,7 +227,7 @@ fn run_chain(
     let instructions_out = instructions.subscribe_with(MUST_SEE_ALL)?;
 
     let exposure_monitor = thread::spawn({
-        let (bus, exposures) = (bus.clone(), exposures.clone());
+        let (bus, mut exposures) = (bus.clone(), exposures.publisher()?);
         move || {
             let mut book = [(0.0f64, 0.0f64); SYMBOLS];
             run(&bus, exposure_in, |event, _| {
@@ -223,7 +236,7 @@ fn run_chain(
                 let net_delta = book.iter().map(|(q, m)| q * m).sum();
                 let gross = book.iter().map(|(q, m)| (q * m).abs()).sum();
                 publish(
-                    &exposures,
+                    &mut exposures,
                     Exposure {
                         net_delta,
                         gross,
@@ -234,7 +247,7 @@ fn run_chain(
         }
     });
     let risk_monitor = thread::spawn({
-        let (bus, risks) = (bus.clone(), risks.clone());
+        let (bus, mut risks) = (bus.clone(), risks.publisher()?);
         move || {
             run(&bus, risk_in, |event, _| {
                 let e = event.value;
@@ -245,7 +258,7 @@ fn run_chain(
                     _ => RiskStatus::Ok,
                 };
                 publish(
-                    &risks,
+                    &mut risks,
                     Risk {
                         status,
                         utilization,
@@ -257,19 +270,19 @@ fn run_chain(
         }
     });
     let pnl_calculator = thread::spawn({
-        let (bus, pnls) = (bus.clone(), pnls.clone());
+        let (bus, mut pnls) = (bus.clone(), pnls.publisher()?);
         move || {
             let (mut last_delta, mut cumulative) = (0.0, 0.0);
             run(&bus, pnl_in, |event, _| {
                 let r = event.value;
                 cumulative += r.net_delta - last_delta;
                 last_delta = r.net_delta;
-                publish(&pnls, Pnl { cumulative });
+                publish(&mut pnls, Pnl { cumulative });
             })
         }
     });
     let strategy_manager = thread::spawn({
-        let (bus, instructions) = (bus.clone(), instructions.clone());
+        let (bus, mut instructions) = (bus.clone(), instructions.publisher()?);
         move || {
             let mut end_to_end =
                 Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("bounds");
@@ -279,7 +292,7 @@ fn run_chain(
                 if r.status != RiskStatus::Ok {
                     let reduce_by = (r.utilization - 0.7).max(0.0) * GROSS_LIMIT;
                     publish(
-                        &instructions,
+                        &mut instructions,
                         Instruction {
                             reduce_by,
                             critical: r.status == RiskStatus::Critical,
@@ -312,6 +325,7 @@ fn run_chain(
     });
 
     // The position monitor: a deterministic random walk of fills and marks.
+    let mut position_out = positions.publisher()?;
     let started = Instant::now();
     let interval_ns = rate.map(|r| (1e9 / r) as u64);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
@@ -334,7 +348,7 @@ fn run_chain(
             }
         }
         publish(
-            &positions,
+            &mut position_out,
             Position {
                 symbol,
                 qty: *qty,
