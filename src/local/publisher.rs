@@ -271,3 +271,32 @@ impl<T: Clone + Send + Sync + 'static> Publisher<T> {
         Ok(published)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{Bus, TopicOptions};
+
+    #[test]
+    fn dropped_lag_subscribers_leave_no_hazard_behind() {
+        // Each registration left behind would cost the publisher a process-wide
+        // barrier per half ring, for ever.
+        let bus = Bus::builder().build().unwrap();
+        let options = TopicOptions {
+            exclusive_publisher: true,
+            capacity: 8,
+            ..TopicOptions::default()
+        };
+        let topic = bus.topic_with::<u64>("md:solo", options).unwrap();
+        let mut publisher = topic.publisher().unwrap();
+        let ring = &topic.shared.ring;
+        for round in 0..10u64 {
+            let mut sub = topic.subscribe();
+            let pattern = bus.subscribe_pattern("md:>").unwrap();
+            assert_eq!(ring.registered_lag_subscribers(), 2);
+            publisher.publish_batch(round * 4..round * 4 + 4).unwrap();
+            assert_eq!(sub.recv_batch(2, |_| ()), Ok(2));
+            drop((sub, pattern));
+            assert_eq!(ring.registered_lag_subscribers(), 0);
+        }
+    }
+}

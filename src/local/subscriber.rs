@@ -133,8 +133,10 @@ impl<T> fmt::Debug for Subscriber<T> {
 
 impl<T> Drop for Subscriber<T> {
     fn drop(&mut self) {
-        if self.cursor.is_gated() {
-            self.shared.ring.unsubscribe(&mut self.cursor);
+        let gated = self.cursor.is_gated();
+        // Frees the gate, or (single-publisher topic, lag mode) the hazard.
+        self.shared.ring.unsubscribe(&mut self.cursor);
+        if gated {
             self.shared.wake_publishers();
         }
     }

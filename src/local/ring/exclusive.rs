@@ -335,6 +335,12 @@ impl<V> Ring<V> {
         Ok(claimer)
     }
 
+    /// Lag subscribers registered (for tests of their owners' `Drop`).
+    #[cfg(test)]
+    pub(crate) fn registered_lag_subscribers(&self) -> u64 {
+        self.exclusive().lag_subscribers.load(Ordering::Relaxed)
+    }
+
     /// Gives the publisher's role back.
     pub(crate) fn return_claimer(&self, claimer: Claimer) {
         drop(claimer);
@@ -714,6 +720,20 @@ mod tests {
             Ok((1, false))
         );
         assert!(!ring.mark_waiting(&cursor), "events wait: do not sleep");
+    }
+
+    #[test]
+    fn lag_subscribers_come_and_go() {
+        let ring = Ring::<String>::new_exclusive(4, 0);
+        let exclusive = ring.exclusive();
+        let mut first = ring.subscribe(false).unwrap();
+        let mut second = ring.subscribe(false).unwrap();
+        assert_eq!(exclusive.lag_subscribers.load(Ordering::Relaxed), 2);
+        ring.unsubscribe(&mut first);
+        ring.unsubscribe(&mut second);
+        ring.unsubscribe(&mut second); // twice is harmless
+        assert_eq!(exclusive.lag_subscribers.load(Ordering::Relaxed), 0);
+        assert!(exclusive.hazards.lock().unwrap().is_empty());
     }
 
     #[test]
