@@ -96,11 +96,11 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> Route for TypedRoute<T
                 stream_id: event.stream_id,
             })),
         };
-        self.topic
-            .shared
+        let shared = &self.topic.shared;
+        shared
             .publish_stored(stored)
             .map(|_| ())
-            .map_err(|_| Error::new(ErrorKind::Closed, "the backtest bus is shut down"))
+            .map_err(|(error, _)| shared.refusal(error, "the backtest bus is shut down"))
     }
 }
 

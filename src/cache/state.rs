@@ -322,7 +322,12 @@ impl StateStore {
                     .insert(name, (state_bytes, expires));
                 let stored = shared.stored(value);
                 let timestamp_ns = stored.timestamp_ns;
-                let seq = shared.publish_stored(stored).map_err(|_| closed())?;
+                let seq = shared
+                    .publish_stored(stored)
+                    .map_err(|(error, _)| match error {
+                        crate::local::ring::ClaimError::Exclusive => shared.exclusive_error(),
+                        _ => closed(),
+                    })?;
                 return Ok(PublishedWithState {
                     event_id: EventId::derive(timestamp_ns, shared.salt, seq),
                     stream_id: None,

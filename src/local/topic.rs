@@ -394,6 +394,16 @@ impl<T> TopicShared<T> {
         }
     }
 
+    /// A refused `publish_stored` as an `Error`: `Closed` with `closed` as its
+    /// message, or `ExclusivePublisher` while a `Publisher` holds the topic.
+    #[cold]
+    pub(crate) fn refusal(&self, error: ClaimError, closed: &str) -> Error {
+        match error {
+            ClaimError::Exclusive => self.exclusive_error(),
+            _ => Error::new(ErrorKind::Closed, closed.to_string()),
+        }
+    }
+
     /// Why a publish through the topic handle is refused on a single-publisher topic.
     #[cold]
     pub(crate) fn exclusive_error(&self) -> Error {
