@@ -1,5 +1,6 @@
 //! Typed subscriptions: synchronous, blocking and async receives over one topic.
 
+use std::cell::OnceCell;
 use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
@@ -42,7 +43,10 @@ impl<T> Event<T> {
 pub struct EventRef<'a, T> {
     /// Always `Some` until dropped.
     lent: Option<Lent<'a, T>>,
-    meta: Meta,
+    seq: u64,
+    /// Built on the first `meta()`: a batch whose handler reads only values
+    /// does not pay for it.
+    meta: OnceCell<Meta>,
     shared: &'a TopicShared<T>,
 }
 
@@ -55,6 +59,7 @@ enum Lent<'a, T> {
 }
 
 impl<T> Drop for EventRef<'_, T> {
+    #[inline]
     fn drop(&mut self) {
         if let Some(Lent::Pinned(pinned)) = self.lent.take() {
             if pinned.release() {
@@ -67,8 +72,19 @@ impl<T> Drop for EventRef<'_, T> {
 
 impl<'a, T> EventRef<'a, T> {
     /// Id, sequence, source and timestamp.
+    #[inline]
     pub fn meta(&self) -> &Meta {
-        &self.meta
+        self.meta
+            .get_or_init(|| self.shared.meta(self.seq, self.stored()))
+    }
+
+    #[inline]
+    fn stored(&self) -> &Stored<T> {
+        match &self.lent {
+            Some(Lent::Pinned(pinned)) => pinned.get(),
+            Some(Lent::Borrowed(stored)) => stored,
+            None => unreachable!("an EventRef holds its slot until dropped"),
+        }
     }
 
     /// The topic the event was published to.
@@ -81,11 +97,7 @@ impl<T> Deref for EventRef<'_, T> {
     type Target = T;
     #[inline]
     fn deref(&self) -> &T {
-        match &self.lent {
-            Some(Lent::Pinned(pinned)) => &pinned.get().value,
-            Some(Lent::Borrowed(stored)) => &stored.value,
-            None => unreachable!("an EventRef holds its slot until dropped"),
-        }
+        &self.stored().value
     }
 }
 
@@ -93,7 +105,7 @@ impl<T: fmt::Debug> fmt::Debug for EventRef<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventRef")
             .field("value", &**self)
-            .field("meta", &self.meta)
+            .field("meta", self.meta())
             .finish()
     }
 }
@@ -261,14 +273,12 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
         let seq = self.cursor.next();
         let shared = &*self.shared;
         match shared.ring.try_pin(&mut self.cursor) {
-            Ok(pinned) => {
-                let meta = shared.meta(seq, pinned.get());
-                Ok(EventRef {
-                    lent: Some(Lent::Pinned(pinned)),
-                    meta,
-                    shared,
-                })
-            }
+            Ok(pinned) => Ok(EventRef {
+                lent: Some(Lent::Pinned(pinned)),
+                seq,
+                meta: OnceCell::new(),
+                shared,
+            }),
             Err((miss, gate_moved)) => {
                 if gate_moved {
                     // The subscriber ran dry and published its gate.
@@ -369,7 +379,8 @@ impl<T: Clone + Send + Sync + 'static> Subscriber<T> {
             .read_batch(&mut self.cursor, max, |seq, stored| {
                 handle(EventRef {
                     lent: Some(Lent::Borrowed(stored)),
-                    meta: shared.meta(seq, stored),
+                    seq,
+                    meta: OnceCell::new(),
                     shared,
                 });
             });
