@@ -359,7 +359,7 @@ fn parse_decimal(text: &[u8]) -> Option<u64> {
 
 /// The headers of an `h` field: its size, then the map's claimed length, are
 /// checked before the list is allocated.
-pub(crate) fn parse_headers(field: &[u8], limits: &EntryLimits) -> Result<Headers, EntryError> {
+fn parse_headers(field: &[u8], limits: &EntryLimits) -> Result<Headers, EntryError> {
     if field.len() > limits.max_headers_size {
         return Err(EntryError::HeadersTooLarge {
             size: field.len(),
