@@ -4,13 +4,13 @@
 #
 #   bash .ci/fuzz-smoke.sh                       # each target for 30 s
 #   FUZZ_SECONDS=300 bash .ci/fuzz-smoke.sh      # longer
-#   FUZZ_TARGETS=envelope bash .ci/fuzz-smoke.sh # one target
+#   FUZZ_TARGETS=entry bash .ci/fuzz-smoke.sh    # one target
 #
 # See docs/fuzzing.md.
 set -euo pipefail
 
 seconds="${FUZZ_SECONDS:-30}"
-targets="${FUZZ_TARGETS:-envelope payload}"
+targets="${FUZZ_TARGETS:-entry payload}"
 cargo_fuzz_version="0.13.2"
 
 if [[ ! -f fuzz/Cargo.toml ]]; then

@@ -175,6 +175,7 @@ mod sync;
 pub mod test_util;
 #[cfg(feature = "redis")]
 mod transport;
+mod wire;
 
 pub use backtest::{Backtest, BacktestReport, Pace};
 pub use bus::{Bus, BusBuilder};
@@ -211,7 +212,10 @@ pub use replay::{OnTrimmed, Position, Replay, ReplayOptions, TrimmedRange};
 
 /// Entry points for the fuzz targets in `fuzz/` (not part of the API).
 #[doc(hidden)]
-pub use codec::fuzz;
+pub mod fuzz {
+    pub use crate::codec::fuzz::decode_payload_value;
+    pub use crate::wire::fuzz::parse_entry;
+}
 
 /// The README's examples compile and run as doctests.
 #[cfg(doctest)]

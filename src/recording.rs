@@ -4,10 +4,12 @@
 //! Two formats ([`RecordingFormat`]):
 //!
 //! * **MessagePack**: one map per event, concatenated (`{"v": 1, "topic", "stream_id",
-//!   "event_id", "source", "ts", "data"}`, the payload as `bin`). Exact: an
-//!   import gives back the same events, payload bytes included.
+//!   "event_id", "source", "ts", "data"}`, the payload as `bin`, and `"h"`, the
+//!   headers as a map of strings, when the event has some). Exact: an import
+//!   gives back the same events, payload bytes and headers included.
 //! * **JSON lines**, for people: one object per line, the payload decoded from
-//!   MessagePack and shown as JSON under `"payload"`. An import encodes it to
+//!   MessagePack and shown as JSON under `"payload"` (headers, if any, under
+//!   `"headers"`, an object). An import encodes it to
 //!   MessagePack again: the same values, though not always the same bytes (a
 //!   `bin` comes back as an array of numbers, integer widths may change), so
 //!   prefer MessagePack for backtests.
@@ -22,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{self, CodecLimits};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{EventId, InstanceId, StreamId, TopicName};
+use crate::wire::{self, Headers};
 
 /// One recorded event: where it was, and its MessagePack payload, decoded with
 /// [`decode`](ReplayedEvent::decode) into the topic's type. Yielded by a replay
@@ -39,6 +42,7 @@ pub struct ReplayedEvent {
     /// Publish time, ns since the Unix epoch (the publisher's clock).
     pub timestamp_ns: u64,
     pub(crate) data: Bytes,
+    pub(crate) headers: Headers,
 }
 
 impl ReplayedEvent {
@@ -60,7 +64,39 @@ impl ReplayedEvent {
             source,
             timestamp_ns,
             data: Bytes::from(payload),
+            headers: Vec::new(),
         }
+    }
+
+    /// The same event with these headers (name, value), in order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tickbus::{EventId, InstanceId, ReplayedEvent, StreamId, TopicName};
+    ///
+    /// let event = ReplayedEvent::new(
+    ///     TopicName::new("execution:fill")?,
+    ///     StreamId::new(1, 0),
+    ///     EventId::from_uuid(uuid::Uuid::from_u128(7)),
+    ///     InstanceId::from_uuid(uuid::Uuid::from_u128(9)),
+    ///     42,
+    ///     vec![0xc0],
+    /// )
+    /// .with_headers(vec![("trace".into(), "abc".into())]);
+    /// assert_eq!(event.headers(), [("trace".to_string(), "abc".to_string())]);
+    /// # Ok::<(), tickbus::Error>(())
+    /// ```
+    #[must_use]
+    pub fn with_headers(mut self, headers: Vec<(String, String)>) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// The event's headers (field `h` of its stream entry), in order, repeated
+    /// names kept; empty when it has none.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
     }
 
     /// The MessagePack payload.
@@ -109,6 +145,12 @@ struct Record<'a> {
     ts: u64,
     #[serde(with = "serde_bytes", borrow)]
     data: Cow<'a, [u8]>,
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "wire::headers_as_map"
+    )]
+    h: Headers,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -121,6 +163,12 @@ struct JsonRecord {
     source: String,
     ts: u64,
     payload: serde_json::Value,
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "wire::headers_as_map"
+    )]
+    headers: Headers,
 }
 
 fn io_error(what: &str, error: std::io::Error) -> Error {
@@ -180,6 +228,7 @@ where
                     source: Cow::Owned(source),
                     ts: event.timestamp_ns,
                     data: Cow::Borrowed(&event.data),
+                    h: event.headers.clone(),
                 };
                 rmp_serde::encode::write_named(&mut writer, &record).map_err(|error| {
                     Error::new(ErrorKind::Encode, format!("cannot write a record: {error}"))
@@ -204,6 +253,7 @@ where
                     source,
                     ts: event.timestamp_ns,
                     payload,
+                    headers: event.headers.clone(),
                 };
                 serde_json::to_writer(&mut writer, &record).map_err(|error| {
                     Error::new(ErrorKind::Encode, format!("cannot write a record: {error}"))
@@ -345,6 +395,7 @@ impl<R: Read> Import<R> {
             record.ts,
             record.data.into_owned(),
         )
+        .map(|event| event.with_headers(record.h))
     }
 
     fn next_json(&mut self) -> Next {
@@ -378,6 +429,7 @@ impl<R: Read> Import<R> {
                 record.ts,
                 payload,
             )
+            .map(|event| event.with_headers(record.headers))
             .map_err(|e| (e, false)),
         )
     }
@@ -402,8 +454,10 @@ impl<R: Read> Import<R> {
                 ),
             ));
         }
+        // The same reading of a UUID as a stream entry's `id` and `src`.
         let uuid = |text: &str, what: &str| {
-            uuid::Uuid::try_parse(text).map_err(|_| self.bad(format!("{what} is not a UUID")))
+            wire::parse_uuid(text.as_bytes())
+                .ok_or_else(|| self.bad(format!("{what} is not a UUID")))
         };
         Ok(ReplayedEvent {
             topic: TopicName::new(topic).map_err(|e| self.bad(e))?,
@@ -412,6 +466,7 @@ impl<R: Read> Import<R> {
             source: InstanceId::from_uuid(uuid(source, "source")?),
             timestamp_ns: ts,
             data: Bytes::from(payload),
+            headers: Vec::new(),
         })
     }
 }

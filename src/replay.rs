@@ -17,12 +17,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::config::RedisConfig;
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::{EventId, InstanceId, Pattern, StreamId, TopicName};
+use crate::event::{Pattern, StreamId, TopicName};
 use crate::io::spawn_io_thread;
 use crate::recording::ReplayedEvent;
 use crate::transport::keys;
@@ -30,6 +29,7 @@ use crate::transport::redis::{
     info_stream_id, info_u64, Connection, PageEntries, PageEntry, RangePage,
 };
 use crate::transport::RawEntry;
+use crate::wire::{self, EntryLimits, Fields};
 
 /// One end of a replay range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -290,7 +290,7 @@ impl Replay {
         };
         let cursor = &mut self.cursors[i];
         let (id, entry) = cursor.head.take().expect("a head was found");
-        Poll::Ready(Some(to_event(&cursor.topic, id, |name| entry.field(name))))
+        Poll::Ready(Some(to_event(&cursor.topic, id, &entry)))
     }
 }
 
@@ -334,7 +334,7 @@ impl Replay {
         loop {
             if let Some((i, entry)) = live.buffer.pop_front() {
                 let topic = &self.cursors[i].topic;
-                return Poll::Ready(Some(to_event(topic, entry.id, |name| entry.field(name))));
+                return Poll::Ready(Some(to_event(topic, entry.id, entry.fields())));
             }
             match live.batches.poll_recv(cx) {
                 Poll::Ready(Some(Ok(batch))) => live.buffer.extend(batch),
@@ -371,40 +371,20 @@ impl futures_core::Stream for Replay {
     }
 }
 
-/// The event of one entry (its id, and its fields by name), without decoding
-/// its payload.
-fn to_event<'a>(
-    topic: &TopicName,
-    id: StreamId,
-    field: impl Fn(&[u8]) -> Option<&'a Bytes>,
-) -> Result<ReplayedEvent> {
-    let not_ours = |what: &str| {
-        Error::new(
-            ErrorKind::Malformed,
-            format!("topic {topic}, entry {id}: not a tickbus entry: {what}"),
-        )
-    };
-    let uuid = |name: &[u8]| {
-        field(name)
-            .and_then(|value| std::str::from_utf8(value).ok())
-            .and_then(|text| uuid::Uuid::try_parse(text).ok())
-    };
-    let event_id = uuid(b"id").ok_or_else(|| not_ours("field `id`"))?;
-    let source = uuid(b"src").ok_or_else(|| not_ours("field `src`"))?;
-    let timestamp_ns = field(b"ts")
-        .and_then(|ts| std::str::from_utf8(ts).ok())
-        .and_then(|ts| ts.parse().ok())
-        .ok_or_else(|| not_ours("field `ts`"))?;
-    let data = field(b"data")
-        .cloned()
-        .ok_or_else(|| not_ours("field `data`"))?;
+/// The event of one entry (its stream id, and its fields where the transport
+/// holds them), without decoding its payload: the payload is the reply's own
+/// buffer, shared, not copied.
+fn to_event<'a>(topic: &TopicName, id: StreamId, fields: impl Fields<'a>) -> Result<ReplayedEvent> {
+    let entry = wire::parse(fields, &EntryLimits::default())
+        .map_err(|error| error.at(format_args!("topic {topic}, entry {id}")))?;
     Ok(ReplayedEvent {
         topic: topic.clone(),
         stream_id: id,
-        event_id: EventId::from_uuid(event_id),
-        source: InstanceId::from_uuid(source),
-        timestamp_ns,
-        data,
+        event_id: entry.event_id,
+        source: entry.source,
+        timestamp_ns: entry.timestamp_ns,
+        data: entry.payload.clone(),
+        headers: entry.headers,
     })
 }
 

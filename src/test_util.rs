@@ -845,6 +845,9 @@ fn invalid_data(message: &str) -> io::Error {
 }
 
 #[cfg(test)]
+mod entry_roundtrip;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

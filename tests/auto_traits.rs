@@ -25,7 +25,8 @@ fn public_types_are_send_and_sync() {
     send_sync::<TryPublishError<Payload>>();
     send_sync::<RecvError>();
     send_sync::<TryRecvError>();
-    send_sync::<codec::Envelope>();
+    send_sync::<codec::CodecLimits>();
+    send_sync::<ReplayedEvent>();
     // A subscriber moves to the thread that reads it; it is not shared.
     send::<Subscriber<Payload>>();
     sync::<Subscriber<Payload>>();

@@ -240,6 +240,36 @@ fn tail_from_the_beginning_in_human_form_shows_history_then_live() {
 }
 
 #[test]
+fn replay_json_shows_the_headers_of_an_event_that_has_some() {
+    let server = RedisServer::start().unwrap();
+    let url = server.url();
+    let plain = publish(&url, "x:y", "1");
+    server
+        .command(&[
+            b"XADD",
+            b"tickbus:stream:{x:y}",
+            b"*",
+            b"id",
+            b"0190b2a4-0000-7000-8000-000000000009",
+            b"src",
+            b"0190b2a4-0000-7000-8000-0000000000ff",
+            b"ts",
+            b"9",
+            b"data",
+            &[0x2a],
+            b"h",
+            b"\x81\xa5trace\xa3abc", // {"trace": "abc"}
+        ])
+        .unwrap();
+    let events = json_lines(&ok(&url, &["replay", "x:y", "--json"]));
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["stream_id"], plain.to_string());
+    assert!(events[0].get("headers").is_none(), "none: no key");
+    assert_eq!(events[1]["headers"], serde_json::json!({"trace": "abc"}));
+    assert_eq!(events[1]["payload"], 42);
+}
+
+#[test]
 fn a_malformed_entry_is_reported_the_rest_is_shown_and_the_exit_status_is_3() {
     let server = RedisServer::start().unwrap();
     let url = server.url();

@@ -1,5 +1,6 @@
-//! The codec against bad input (fault suite items 11-13) and its wire format,
-//! through the public API only.
+//! The codec against bad input (fault suite items 11-13) and the payload's
+//! wire format, through the public API only. (The stream entry around a
+//! payload has its own parser, `wire`, unit-tested and fuzzed beside it.)
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -9,11 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
-use tickbus::codec::{
-    decode_envelope, decode_payload, encode_envelope, encode_payload, CodecLimits, Envelope,
-};
-use tickbus::{ErrorKind, EventId, InstanceId, TopicName};
-use uuid::Uuid;
+use tickbus::codec::{decode_payload, encode_payload, CodecLimits};
+use tickbus::ErrorKind;
 
 // ---------------------------------------------------------------------------
 // Helpers.
@@ -88,11 +86,6 @@ fn enc<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     encode_payload(value, &limits()).unwrap()
 }
 
-/// MessagePack bin of `bytes`.
-fn bin(bytes: &[u8]) -> Vec<u8> {
-    enc(serde_bytes::Bytes::new(bytes))
-}
-
 /// A MessagePack map of `entries` (keys as str, values already encoded), in
 /// the order given, duplicates and all.
 fn raw_map(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
@@ -105,90 +98,20 @@ fn raw_map(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
-/// The entries of a valid version 1 envelope, in wire order.
-fn v1_entries() -> Vec<(&'static str, Vec<u8>)> {
-    vec![
-        ("v", enc(&1u8)),
-        ("id", bin(&[0x11; 16])),
-        ("topic", enc("orders:created")),
-        ("src", bin(&[0x22; 16])),
-        ("ts", enc(&1_700_000_000_000_000_000u64)),
-        ("h", enc(&HashMap::from([("trace", "abc")]))),
-        ("data", bin(&[0xc0])),
-    ]
-}
-
-fn with(entries: &[(&'static str, Vec<u8>)], key: &'static str, value: Vec<u8>) -> Vec<u8> {
-    let mut entries = entries.to_vec();
-    match entries.iter_mut().find(|(k, _)| *k == key) {
-        Some(entry) => entry.1 = value,
-        None => entries.push((key, value)),
-    }
-    raw_map(&entries)
-}
-
-fn without(entries: &[(&'static str, Vec<u8>)], key: &str) -> Vec<u8> {
-    let entries: Vec<_> = entries.iter().filter(|(k, _)| *k != key).cloned().collect();
-    raw_map(&entries)
-}
-
-fn envelope_kind(bytes: &[u8]) -> ErrorKind {
-    decode_envelope(bytes, &limits()).unwrap_err().kind()
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Fill {
     symbol: String,
     qty: u8,
 }
 
-fn golden_envelope() -> Envelope {
-    Envelope {
-        id: EventId::from_uuid(Uuid::from_u128(0x0190_2b3c_4d5e_7f60_8a1b_2c3d_4e5f_6071)),
-        topic: TopicName::new("position:updated").unwrap(),
-        source: InstanceId::from_uuid(Uuid::from_u128(0x1111_2222_3333_4444_5555_6666_7777_8888)),
-        timestamp_ns: 1_700_000_000_123_456_789,
-        headers: vec![("trace".into(), "abc".into())],
-        payload: encode_payload(
-            &Fill {
-                symbol: "BTC".into(),
-                qty: 2,
-            },
-            &limits(),
-        )
-        .unwrap(),
-    }
-}
-
-/// The payload of the golden envelope: `{"symbol": "BTC", "qty": 2}`.
+/// The golden payload: `{"symbol": "BTC", "qty": 2}`. A change here is a wire
+/// format change.
 const GOLDEN_PAYLOAD: &str = concat!(
     "82",             // map, 2 entries
     "a673796d626f6c", // "symbol"
     "a3425443",       // "BTC"
     "a3717479",       // "qty"
     "02",             // 2
-);
-
-/// The golden envelope, field by field. A change here is a wire format change.
-const GOLDEN_ENVELOPE: &str = concat!(
-    "87",                                 // map, 7 entries
-    "a176",                               // "v"
-    "01",                                 //   1
-    "a26964",                             // "id"
-    "c410",                               //   bin8, 16 bytes:
-    "01902b3c4d5e7f608a1b2c3d4e5f6071",   //   the UUID's bytes
-    "a5746f706963",                       // "topic"
-    "b0706f736974696f6e3a75706461746564", //   "position:updated"
-    "a3737263",                           // "src"
-    "c410",                               //   bin8, 16 bytes:
-    "11112222333344445555666677778888",   //   the UUID's bytes
-    "a27473",                             // "ts"
-    "cf17979cfe3d85cd15",                 //   uint64 1_700_000_000_123_456_789
-    "a168",                               // "h"
-    "81a57472616365a3616263",             //   {"trace": "abc"}
-    "a464617461",                         // "data"
-    "c411",                               //   bin8, 17 bytes:
-    "82a673796d626f6ca3425443a371747902", //   GOLDEN_PAYLOAD
 );
 
 /// A deterministic xorshift64 generator: no dependency, same inputs every run.
@@ -213,55 +136,6 @@ impl XorShift {
 
 // ---------------------------------------------------------------------------
 // Round trip and wire format.
-
-#[test]
-fn envelope_round_trips() {
-    let mut envelope = golden_envelope();
-    let bytes = encode_envelope(&envelope, &limits()).unwrap();
-    assert_eq!(decode_envelope(&bytes, &limits()).unwrap(), envelope);
-    let fill: Fill = decode_payload(&envelope.payload, &limits()).unwrap();
-    assert_eq!(
-        fill,
-        Fill {
-            symbol: "BTC".into(),
-            qty: 2
-        }
-    );
-
-    // Headers keep their order, repeated names included; none at all round-trips too.
-    envelope.headers = vec![
-        ("b".into(), "1".into()),
-        ("a".into(), "2".into()),
-        ("b".into(), "3".into()),
-    ];
-    let bytes = encode_envelope(&envelope, &limits()).unwrap();
-    assert_eq!(decode_envelope(&bytes, &limits()).unwrap(), envelope);
-    envelope.headers.clear();
-    envelope.payload.clear();
-    let bytes = encode_envelope(&envelope, &limits()).unwrap();
-    assert_eq!(decode_envelope(&bytes, &limits()).unwrap(), envelope);
-}
-
-#[test]
-fn golden_envelope_bytes() {
-    let bytes = encode_envelope(&golden_envelope(), &limits()).unwrap();
-    assert_eq!(to_hex(&bytes), GOLDEN_ENVELOPE);
-    assert_eq!(
-        decode_envelope(&hex(GOLDEN_ENVELOPE), &limits()).unwrap(),
-        golden_envelope()
-    );
-}
-
-#[test]
-fn golden_envelope_without_headers_leaves_out_h() {
-    let mut envelope = golden_envelope();
-    envelope.headers.clear();
-    let bytes = encode_envelope(&envelope, &limits()).unwrap();
-    let expected = GOLDEN_ENVELOPE
-        .replacen("87", "86", 1)
-        .replace("a16881a57472616365a3616263", "");
-    assert_eq!(to_hex(&bytes), expected);
-}
 
 #[test]
 fn payload_structs_are_maps_keyed_by_field_name() {
@@ -342,15 +216,6 @@ fn oversized_payload_is_refused_when_encoding() {
 }
 
 #[test]
-fn oversized_envelope_is_refused_when_encoding() {
-    let mut envelope = golden_envelope();
-    envelope.payload = vec![0xc0; 1024 * 1024];
-    let err = encode_envelope(&envelope, &limits()).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::PayloadTooLarge);
-    assert!(err.message().contains("envelope"), "{err}");
-}
-
-#[test]
 fn oversized_input_is_refused_before_decoding() {
     // Starts with the reserved marker: if any decoding happened it would be Malformed.
     let mut input = vec![0xc1u8; 1024 * 1024 + 1];
@@ -360,7 +225,6 @@ fn oversized_input_is_refused_before_decoding() {
         err.message().contains("1048577") && err.message().contains("1048576"),
         "{err}"
     );
-    assert_eq!(envelope_kind(&input), ErrorKind::PayloadTooLarge);
 
     input.pop();
     assert_eq!(
@@ -374,11 +238,6 @@ fn oversized_input_is_refused_before_decoding() {
         max_encoded_size: 16,
         ..limits()
     };
-    let golden = hex(GOLDEN_ENVELOPE);
-    assert_eq!(
-        decode_envelope(&golden, &small).unwrap_err().kind(),
-        ErrorKind::PayloadTooLarge
-    );
     let payload = hex(GOLDEN_PAYLOAD);
     assert_eq!(
         decode_payload::<Fill>(&payload, &small).unwrap_err().kind(),
@@ -396,25 +255,25 @@ fn oversized_input_is_refused_before_decoding() {
 
 #[test]
 fn random_and_mutated_bytes_never_panic() {
-    let golden = hex(GOLDEN_ENVELOPE);
+    let golden = hex(GOLDEN_PAYLOAD);
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     let mut seen: HashMap<Result<(), ErrorKind>, usize> = HashMap::new();
     for round in 0..30_000 {
         let input: Vec<u8> = match round % 3 {
             // Pure noise.
             0 => (0..rng.below(64)).map(|_| rng.byte()).collect(),
-            // Noise behind a map marker, so the envelope decoder gets further.
+            // Noise behind a map marker, so the struct decoder gets further.
             1 => {
-                let mut bytes = vec![0x80 | rng.below(9) as u8];
-                for _ in 0..rng.below(12) {
-                    let key = ["v", "id", "topic", "src", "ts", "h", "data", "x"][rng.below(8)];
+                let mut bytes = vec![0x80 | rng.below(4) as u8];
+                for _ in 0..rng.below(5) {
+                    let key = ["symbol", "qty", "x"][rng.below(3)];
                     bytes.extend(enc(key));
-                    let len = rng.below(20);
+                    let len = rng.below(6);
                     bytes.extend((0..len).map(|_| rng.byte()));
                 }
                 bytes
             }
-            // The golden envelope with a few bytes changed, cut or added.
+            // The golden payload with a few bytes changed, cut or added.
             _ => {
                 let mut bytes = golden.clone();
                 for _ in 0..1 + rng.below(3) {
@@ -432,26 +291,9 @@ fn random_and_mutated_bytes_never_panic() {
                 bytes
             }
         };
-        let envelope = decode_envelope(&input, &limits());
-        match &envelope {
-            Ok(decoded) => {
-                let again = encode_envelope(decoded, &limits()).unwrap();
-                assert_eq!(&decode_envelope(&again, &limits()).unwrap(), decoded);
-            }
-            Err(err) => assert!(
-                matches!(
-                    err.kind(),
-                    ErrorKind::Malformed
-                        | ErrorKind::WrongShape
-                        | ErrorKind::UnsupportedVersion
-                        | ErrorKind::InvalidTopic
-                ),
-                "{err} for {}",
-                to_hex(&input)
-            ),
-        }
+        let fill = decode_payload::<Fill>(&input, &limits());
         *seen
-            .entry(envelope.map(|_| ()).map_err(|e| e.kind()))
+            .entry(fill.map(|_| ()).map_err(|e| e.kind()))
             .or_default() += 1;
         for result in [
             decode_payload::<IgnoredAny>(&input, &limits()).map(|_| ()),
@@ -472,8 +314,6 @@ fn random_and_mutated_bytes_never_panic() {
         Ok(()),
         Err(ErrorKind::Malformed),
         Err(ErrorKind::WrongShape),
-        Err(ErrorKind::UnsupportedVersion),
-        Err(ErrorKind::InvalidTopic),
     ] {
         assert!(
             seen.contains_key(&outcome),
@@ -484,15 +324,6 @@ fn random_and_mutated_bytes_never_panic() {
 
 #[test]
 fn every_truncation_is_malformed() {
-    let golden = hex(GOLDEN_ENVELOPE);
-    for cut in 0..golden.len() {
-        let err = decode_envelope(&golden[..cut], &limits()).unwrap_err();
-        assert_eq!(
-            err.kind(),
-            ErrorKind::Malformed,
-            "prefix of {cut} bytes: {err}"
-        );
-    }
     let payload = hex(GOLDEN_PAYLOAD);
     for cut in 0..payload.len() {
         let err = decode_payload::<Fill>(&payload[..cut], &limits()).unwrap_err();
@@ -535,9 +366,14 @@ fn ten_thousand_nested_arrays_are_malformed() {
         ErrorKind::Malformed
     );
 
-    // Inside an envelope, under a key the envelope does not know.
-    let envelope = with(&v1_entries(), "x", arrays);
-    assert_eq!(envelope_kind(&envelope), ErrorKind::Malformed);
+    // Inside a struct, under a key the struct does not know.
+    let inside = raw_map(&[("symbol", enc("BTC")), ("qty", enc(&1u8)), ("x", arrays)]);
+    assert_eq!(
+        decode_payload::<Fill>(&inside, &limits())
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Malformed
+    );
 }
 
 #[test]
@@ -599,12 +435,9 @@ fn huge_length_prefixes_fail_fast_without_allocating() {
         );
     }
 
-    // As the payload of an envelope.
-    let mut envelope = without(&v1_entries(), "data");
-    envelope[0] += 1;
-    envelope.extend(enc("data"));
-    envelope.extend(hex("c6ffffffff00"));
-    let (result, largest) = largest_allocation_in(|| decode_envelope(&envelope, &limits()));
+    // As a field of a struct.
+    let inside = raw_map(&[("symbol", hex("dbffffffff00")), ("qty", enc(&1u8))]);
+    let (result, largest) = largest_allocation_in(|| decode_payload::<Fill>(&inside, &limits()));
     assert_eq!(result.unwrap_err().kind(), ErrorKind::Malformed);
     assert!(largest < 4096, "an allocation of {largest} bytes");
 }
@@ -626,16 +459,6 @@ fn invalid_utf8_is_malformed() {
             .kind(),
         ErrorKind::Malformed
     );
-
-    assert_eq!(
-        envelope_kind(&with(&v1_entries(), "topic", bad_str.clone())),
-        ErrorKind::Malformed
-    );
-    let header = raw_map(&[("trace", bad_str)]);
-    assert_eq!(
-        envelope_kind(&with(&v1_entries(), "h", header)),
-        ErrorKind::Malformed
-    );
 }
 
 #[test]
@@ -646,9 +469,8 @@ fn trailing_bytes_are_malformed() {
     assert_eq!(err.kind(), ErrorKind::Malformed);
     assert!(err.message().contains("1 trailing byte "), "{err}");
 
-    let mut envelope = hex(GOLDEN_ENVELOPE);
-    envelope.extend([0x00, 0x00]);
-    let err = decode_envelope(&envelope, &limits()).unwrap_err();
+    payload.extend([0x00]);
+    let err = decode_payload::<Fill>(&payload, &limits()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Malformed);
     assert!(err.message().contains("2 trailing bytes"), "{err}");
 }
@@ -662,7 +484,6 @@ fn reserved_marker_and_empty_input_are_malformed() {
                 .kind(),
             ErrorKind::Malformed
         );
-        assert_eq!(envelope_kind(input), ErrorKind::Malformed);
     }
 }
 
@@ -714,141 +535,6 @@ fn payload_shape_errors_keep_rmp_serde_as_source() {
             .unwrap_err()
             .kind(),
         ErrorKind::WrongShape
-    );
-}
-
-#[test]
-fn envelope_missing_field_is_wrong_shape() {
-    let entries = v1_entries();
-    assert!(
-        decode_envelope(&raw_map(&entries), &limits()).is_ok(),
-        "the baseline decodes"
-    );
-    for key in ["id", "topic", "src", "ts", "data"] {
-        let err = decode_envelope(&without(&entries, key), &limits()).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::WrongShape, "without {key}: {err}");
-        assert!(
-            err.source()
-                .unwrap()
-                .to_string()
-                .contains(&format!("`{key}`")),
-            "{:?}",
-            err.source()
-        );
-    }
-    let err = decode_envelope(&without(&entries, "v"), &limits()).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::WrongShape);
-    assert!(err.message().contains("`v`"), "{err}");
-    // `h` may be left out.
-    assert!(decode_envelope(&without(&entries, "h"), &limits())
-        .unwrap()
-        .headers
-        .is_empty());
-}
-
-#[test]
-fn envelope_field_of_wrong_type_is_wrong_shape() {
-    let entries = v1_entries();
-    let cases: [(&str, Vec<u8>); 8] = [
-        ("v", enc("1")),
-        ("id", enc(&[0x11u8; 16])), // an array of ints, not a bin
-        ("topic", enc(&7u8)),
-        ("ts", enc("yesterday")),
-        ("ts", enc(&-1i8)),
-        ("h", enc(&["trace", "abc"])),
-        ("h", raw_map(&[("trace", enc(&1u8))])),
-        ("data", enc(&[1u8, 2])),
-    ];
-    for (key, value) in cases {
-        let input = with(&entries, key, value);
-        let err = decode_envelope(&input, &limits()).unwrap_err();
-        assert_eq!(
-            err.kind(),
-            ErrorKind::WrongShape,
-            "{key} = {}: {err}",
-            to_hex(&input)
-        );
-    }
-    for (key, len) in [("id", 15), ("src", 17), ("id", 0)] {
-        let err = decode_envelope(&with(&entries, key, bin(&vec![0; len])), &limits()).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::WrongShape);
-        assert!(
-            err.message().contains(&format!("`{key}` is {len} bytes")),
-            "{err}"
-        );
-    }
-    // Not a map at all, even with the right values in the right order.
-    let values: Vec<u8> = entries.iter().flat_map(|(_, v)| v.clone()).collect();
-    let mut as_array = vec![0x97];
-    as_array.extend(values);
-    let err = decode_envelope(&as_array, &limits()).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::WrongShape);
-    assert!(err.message().contains("is a MessagePack map"), "{err}");
-}
-
-#[test]
-fn envelope_unknown_or_repeated_field_is_wrong_shape() {
-    let entries = v1_entries();
-    let err = decode_envelope(&with(&entries, "extra", enc(&1u8)), &limits()).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::WrongShape);
-    assert!(
-        err.source()
-            .unwrap()
-            .to_string()
-            .contains("unknown field `extra`"),
-        "{:?}",
-        err.source()
-    );
-
-    let mut repeated = entries.clone();
-    repeated.push(("ts", enc(&5u8)));
-    assert_eq!(envelope_kind(&raw_map(&repeated)), ErrorKind::WrongShape);
-}
-
-#[test]
-fn envelope_from_a_future_version_is_unsupported() {
-    let entries = v1_entries();
-    let err = decode_envelope(&with(&entries, "v", enc(&2u8)), &limits()).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::UnsupportedVersion);
-    assert!(err.message().contains("version 2"), "{err}");
-    assert_eq!(
-        envelope_kind(&with(&entries, "v", enc(&0u8))),
-        ErrorKind::UnsupportedVersion
-    );
-    assert_eq!(
-        envelope_kind(&with(&entries, "v", enc(&70_000u32))),
-        ErrorKind::UnsupportedVersion
-    );
-
-    // A version 2 envelope with a new field before `v` and a changed `id`: the
-    // version is what gets reported.
-    let future = raw_map(&[
-        ("trace_ctx", raw_map(&[("a", enc(&1u8))])),
-        ("id", enc("0190-...")),
-        ("v", enc(&2u8)),
-        ("topic", enc("orders:created")),
-    ]);
-    assert_eq!(envelope_kind(&future), ErrorKind::UnsupportedVersion);
-}
-
-#[test]
-fn envelope_with_a_bad_topic_is_invalid_topic() {
-    let entries = v1_entries();
-    for topic in [
-        "Orders:created",
-        "orders:{eu}",
-        "orders",
-        "orders:a b",
-        "orders:a\0b",
-        "",
-    ] {
-        let err = decode_envelope(&with(&entries, "topic", enc(topic)), &limits()).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::InvalidTopic, "{topic:?}: {err}");
-    }
-    let long = format!("a:{}", "b".repeat(10 * 1024));
-    assert_eq!(
-        envelope_kind(&with(&entries, "topic", enc(&long))),
-        ErrorKind::InvalidTopic
     );
 }
 

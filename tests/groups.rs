@@ -511,3 +511,106 @@ async fn a_member_never_redelivers_to_itself_what_is_still_queued_for_its_applic
         0
     );
 }
+
+/// `{"trace": "abc", "tenant": "eu"}`: field `h` as another writer (msgpack-python's
+/// `packb` of the dictionary) would write it.
+const HEADERS_H: &[u8] = b"\x82\xa5trace\xa3abc\xa6tenant\xa2eu";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_reach_the_delivery_the_dead_letter_and_survive_a_redrive() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    server
+        .command(&[
+            b"XADD",
+            b"tickbus:stream:{job:label}",
+            b"*",
+            b"id",
+            b"0190b2a4-0000-7000-8000-000000000009",
+            b"src",
+            b"0190b2a4-0000-7000-8000-0000000000ff",
+            b"ts",
+            b"9",
+            b"data",
+            &[0x2a],
+            b"h",
+            HEADERS_H,
+        ])
+        .unwrap();
+    let expected = vec![
+        ("trace".to_string(), "abc".to_string()),
+        ("tenant".to_string(), "eu".to_string()),
+    ];
+    let mut consumer = bus
+        .group::<u64>("labelers", "job:label", group_config("c1"))
+        .unwrap();
+    let delivery = next(&mut consumer).await;
+    assert_eq!(*delivery, 42);
+    assert_eq!(delivery.info().headers, expected);
+    assert_eq!(delivery.info().timestamp_ns, 9);
+    delivery.term("checking headers");
+    eventually("the dead letter", || consumer.stats().dead_lettered == 1).await;
+    let letters = bus.dead_letters("job:label", 10).await.unwrap();
+    assert_eq!(letters[0].headers, expected);
+    assert_eq!(letters[0].timestamp_ns, Some(9));
+    assert_eq!(
+        letters[0].source.map(|s| s.to_string()).as_deref(),
+        Some("0190b2a4-0000-7000-8000-0000000000ff")
+    );
+    assert_eq!(letters[0].entry_error, None);
+    assert_eq!(bus.redrive("job:label", Redrive::All).await.unwrap(), 1);
+    let again = next(&mut consumer).await;
+    assert_eq!(again.info().headers, expected, "a re-drive keeps `h`");
+    again.ack();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_with_bad_headers_is_dead_lettered_with_the_parsers_words() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    server
+        .command(&[
+            b"XADD",
+            b"tickbus:stream:{job:label}",
+            b"*",
+            b"id",
+            b"0190b2a4-0000-7000-8000-000000000009",
+            b"src",
+            b"0190b2a4-0000-7000-8000-0000000000ff",
+            b"ts",
+            b"9",
+            b"data",
+            &[0x2a],
+            b"h",
+            b"\x81\xa1k\xc0", // {"k": nil}
+        ])
+        .unwrap();
+    publish(&bus, "job:label", 1..2);
+    let mut consumer = bus
+        .group::<u64>("labelers", "job:label", group_config("c1"))
+        .unwrap();
+    let delivery = next(&mut consumer).await;
+    assert_eq!(*delivery, 1, "the bad entry never reaches the application");
+    delivery.ack();
+    eventually("the dead letter", || consumer.stats().dead_lettered == 1).await;
+    let letters = bus.dead_letters("job:label", 10).await.unwrap();
+    assert_eq!(letters[0].reason, "decode");
+    assert!(
+        letters[0]
+            .error
+            .contains("field `h` is not a MessagePack map of strings"),
+        "{}",
+        letters[0].error
+    );
+    let entry_error = letters[0].entry_error.as_deref().unwrap();
+    assert!(
+        entry_error.contains("the value of header 0 is not a string"),
+        "{entry_error}"
+    );
+    assert_eq!(letters[0].event_id, None);
+    assert_eq!(
+        letters[0].data.as_deref(),
+        Some(&[0x2a][..]),
+        "the payload as it was"
+    );
+}

@@ -413,6 +413,48 @@ async fn foreign_entries_are_skipped_and_counted_and_the_reader_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_with_headers_are_delivered_and_bad_headers_skipped() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    let ticks = bus
+        .durable_topic::<u64>("md:tick", DurableOptions::default())
+        .unwrap();
+    let mut sub = ticks.subscribe();
+    let src = InstanceId::random().to_string();
+    let id = |n: u128| uuid::Uuid::from_u128(n).to_string();
+    // The good one last: once it arrives, the reader has handled the others.
+    for (n, data, h) in [
+        (1, 41_u8, &b"\x81\xa1k\xc0"[..]), // {"k": nil}: not a map of strings
+        (2, 42, b"\xdf\xff\xff\xff\xff"),  // claims 4 Gi headers in 5 bytes
+        (3, 43, b"\x81\xa1k\xa1v"),        // {"k": "v"}
+    ] {
+        let id = id(n);
+        server
+            .command(&[
+                b"XADD",
+                b"tickbus:stream:{md:tick}",
+                b"*",
+                b"id",
+                id.as_bytes(),
+                b"src",
+                src.as_bytes(),
+                b"ts",
+                b"1",
+                b"data",
+                &[data],
+                b"h",
+                h,
+            ])
+            .unwrap();
+    }
+    let good = next(&mut sub).await.unwrap();
+    assert_eq!(good.value, 43);
+    assert_eq!(good.meta.id().to_string(), id(3));
+    let stats = bus.redis_stats();
+    assert_eq!((stats.received, stats.skipped), (1, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_outbox_hands_the_event_back_and_delivers_nothing() {
     let mut server = RedisServer::start().unwrap();
     let mut config = config(&server);

@@ -424,3 +424,47 @@ fn an_export_of_100k_events_imports_back_identical() {
     assert_eq!(garbage.len(), 1);
     assert!(garbage[0].is_err());
 }
+
+#[test]
+fn headers_reach_replayed_events_and_recordings_keep_them() {
+    use tickbus::{export, import, RecordingFormat};
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    // {"trace": "abc", "tenant": "eu"} from another writer; then an entry without `h`.
+    for h in [&b"\x82\xa5trace\xa3abc\xa6tenant\xa2eu"[..], b""] {
+        let mut args: Vec<&[u8]> = vec![
+            b"XADD",
+            b"tickbus:stream:{md:tick}",
+            b"*",
+            b"id",
+            b"0190b2a4-0000-7000-8000-000000000009",
+            b"src",
+            b"0190b2a4-0000-7000-8000-0000000000ff",
+            b"ts",
+            b"9",
+            b"data",
+            &[0x2a],
+        ];
+        if !h.is_empty() {
+            args.extend([&b"h"[..], h]);
+        }
+        server.command(&args).unwrap();
+    }
+    let expected = vec![
+        ("trace".to_string(), "abc".to_string()),
+        ("tenant".to_string(), "eu".to_string()),
+    ];
+    let events = replay_all(&bus, &["md:tick"], ReplayOptions::default());
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].headers(), expected);
+    assert!(events[1].headers().is_empty());
+    assert_eq!(events[0].decode::<u64>().unwrap(), 42);
+    for format in [RecordingFormat::MessagePack, RecordingFormat::JsonLines] {
+        let mut file = Vec::new();
+        export(&mut file, format, events.iter().cloned().map(Ok)).unwrap();
+        let back: Vec<_> = import(&file[..], format)
+            .collect::<tickbus::Result<_>>()
+            .unwrap();
+        assert_eq!(back, events, "{format:?}");
+    }
+}

@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    tickbus::codec::fuzz::decode_payload_value(data);
+    tickbus::fuzz::decode_payload_value(data);
 });

@@ -338,7 +338,7 @@ impl Printer {
             }
         };
         if self.json {
-            let line = json!({
+            let mut line = json!({
                 "topic": event.topic.as_str(),
                 "stream_id": event.stream_id.to_string(),
                 "event_id": event.event_id.to_string(),
@@ -346,6 +346,9 @@ impl Printer {
                 "timestamp_ns": event.timestamp_ns,
                 "payload": payload,
             });
+            if !event.headers().is_empty() {
+                line["headers"] = headers_json(event.headers());
+            }
             writeln!(self.out, "{line}")?;
         } else {
             writeln!(
@@ -739,6 +742,16 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
     }
 }
 
+/// Headers as a JSON object of strings (a repeated name: the last one shows).
+fn headers_json(headers: &[(String, String)]) -> Value {
+    Value::Object(
+        headers
+            .iter()
+            .map(|(name, value)| (name.clone(), Value::String(value.clone())))
+            .collect(),
+    )
+}
+
 fn dead_letter_json(letter: &DeadLetter) -> Value {
     let payload = letter.data.as_deref().map(|data| {
         payload_json(data).unwrap_or_else(|error| json!({"undecodable": error.message()}))
@@ -753,6 +766,10 @@ fn dead_letter_json(letter: &DeadLetter) -> Value {
         "error": letter.error,
         "stream_id": letter.stream_id.map(|id| id.to_string()),
         "event_id": letter.event_id.map(|id| id.to_string()),
+        "source": letter.source.map(|id| id.to_string()),
+        "timestamp_ns": letter.timestamp_ns,
+        "headers": headers_json(&letter.headers),
+        "entry_error": letter.entry_error,
         "dead_at_ms": letter.dead_at.duration_since(std::time::UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0),
         "payload": payload,
     })

@@ -18,7 +18,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::event::{EventId, InstanceId, StreamId, TopicName};
 use crate::local::topic::{Remote, Stored};
 use crate::local::Topic;
-use crate::transport::{stream_key, uuid_text, WireEntry};
+use crate::transport::{stream_key, WireEntry};
+use crate::wire::{self, EncodedEntry};
 
 /// TTLs of state keys by key pattern: the first rule whose pattern matches
 /// `component:data_type` wins, else the default. Patterns are globs where `*`
@@ -353,10 +354,13 @@ impl StateStore {
         );
         let entry = WireEntry {
             key: stream_key(&self.key_prefix, topic.name()).into(),
-            id: uuid_text(event_id.as_uuid()),
-            src: Bytes::copy_from_slice(&uuid_text(self.instance.as_uuid())),
-            ts: timestamp_ns,
-            data,
+            // The codec held the payload to `self.limits`.
+            event: EncodedEntry::new(
+                event_id,
+                wire::source_field(self.instance),
+                timestamp_ns,
+                data,
+            ),
             max_len: None,
         };
         let key = self.redis_key(&name);

@@ -6,13 +6,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
-use super::worker::EVENT_FIELDS;
 use super::GroupStream;
 use crate::codec::{self, CodecLimits};
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::{EventId, StreamId, TopicName};
+use crate::event::{EventId, InstanceId, StreamId, TopicName};
 use crate::transport::redis::Connection;
 use crate::transport::RawEntry;
+use crate::wire::{self, EntryLimits};
 
 /// An event moved to its topic's dead-letter stream, with why
 /// ([`Bus::dead_letters`](crate::Bus::dead_letters)).
@@ -27,6 +27,15 @@ pub struct DeadLetter {
     pub stream_id: Option<StreamId>,
     /// The event id (`None` if the entry was not a tickbus entry at all).
     pub event_id: Option<EventId>,
+    /// The instance that published it (`None` if the entry was not a tickbus
+    /// entry).
+    pub source: Option<InstanceId>,
+    /// Its publish time, ns since the Unix epoch (`None` if the entry was not
+    /// a tickbus entry).
+    pub timestamp_ns: Option<u64>,
+    /// Its headers, in order (empty when it had none, or was not a tickbus
+    /// entry).
+    pub headers: Vec<(String, String)>,
     /// `decode` (the payload does not decode), `max_deliveries` (failed too
     /// often), or `term` (the handler gave up on it).
     pub reason: String,
@@ -40,8 +49,13 @@ pub struct DeadLetter {
     pub consumer: String,
     /// When.
     pub dead_at: SystemTime,
-    /// The MessagePack payload (field `data`), if it had one.
+    /// The MessagePack payload (field `data`), if it had one: as it was, also
+    /// when the rest of the entry was not a tickbus entry.
     pub data: Option<Vec<u8>>,
+    /// Why the event's part of the dead letter is not a tickbus entry (the
+    /// wire parser's words), when it is not: then `event_id`, `source` and
+    /// `timestamp_ns` are `None`.
+    pub entry_error: Option<String>,
 }
 
 impl DeadLetter {
@@ -65,20 +79,32 @@ impl DeadLetter {
                 .map(|value| String::from_utf8_lossy(value).into_owned())
                 .unwrap_or_default()
         };
+        // The event's fields as they were, parsed as every entry is; the rest
+        // are the dead letter's own.
+        let (event, entry_error) = match wire::parse(entry.fields(), &EntryLimits::default()) {
+            Ok(event) => (Some(event), None),
+            Err(error) => (None, Some(error.to_string())),
+        };
+        let data = match &event {
+            Some(event) => Some(event.payload.to_vec()),
+            None => entry.field(wire::DATA.as_bytes()).map(|data| data.to_vec()),
+        };
         DeadLetter {
             id: entry.id,
             topic: topic.clone(),
             stream_id: text(b"stream_id").parse().ok(),
-            event_id: uuid::Uuid::try_parse(&text(b"id"))
-                .ok()
-                .map(EventId::from_uuid),
+            event_id: event.as_ref().map(|event| event.event_id),
+            source: event.as_ref().map(|event| event.source),
+            timestamp_ns: event.as_ref().map(|event| event.timestamp_ns),
+            headers: event.map(|event| event.headers).unwrap_or_default(),
+            entry_error,
             reason: text(b"reason"),
             error: text(b"error"),
             deliveries: text(b"deliveries").parse().unwrap_or(0),
             group: text(b"group"),
             consumer: text(b"consumer"),
             dead_at: UNIX_EPOCH + Duration::from_millis(text(b"dead_at").parse().unwrap_or(0)),
-            data: entry.field(b"data").map(|data| data.to_vec()),
+            data,
         }
     }
 }
@@ -135,7 +161,7 @@ pub(crate) async fn redrive(
                 .fields
                 .iter()
                 .flatten()
-                .filter(|(name, _)| EVENT_FIELDS.contains(&name.as_ref()))
+                .filter(|(name, _)| wire::is_event_field(name))
                 .cloned()
                 .collect();
             if !fields.is_empty() {

@@ -35,12 +35,12 @@ pub use config::{GroupConfig, GroupStart, OnMissingGroup, RetryBackoff};
 pub(crate) use dead_letter::{list as list_dead_letters, redrive as redrive_dead_letters};
 pub use dead_letter::{DeadLetter, Redrive};
 
-use crate::codec::CodecLimits;
+use crate::codec::{self, CodecLimits};
 use crate::config::RedisConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{EventId, InstanceId, Pattern, StreamId, TopicName};
-use crate::transport::decode_entry;
 use crate::transport::keys;
+use crate::wire::{self, EntryLimits};
 
 /// What a group reads: one topic, or every topic matching a pattern.
 #[derive(Clone, Debug)]
@@ -423,6 +423,9 @@ pub struct DeliveryInfo {
     /// Deliveries of this event to the group so far, this one included (1 the
     /// first time).
     pub deliveries: u32,
+    /// The event's headers (field `h` of its entry), in order, repeated names
+    /// kept; empty when it has none.
+    pub headers: Vec<(String, String)>,
 }
 
 /// The ack half of a [`Delivery`] ([`Delivery::split`]): acknowledges, rejects
@@ -911,17 +914,30 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
         deliveries: u32,
     ) -> Option<Result<Delivery<T>>> {
         let max = self.core.config.max_deliveries;
-        let parsed = decode_entry(&fields, &self.core.limits);
-        let (event_id, source, timestamp_ns) = parsed.as_ref().map_or_else(
-            |_| {
-                (
-                    EventId::from_uuid(uuid::Uuid::nil()),
-                    InstanceId::from_uuid(uuid::Uuid::nil()),
-                    0,
-                )
-            },
-            |(event_id, source, ts, _)| (*event_id, *source, *ts),
-        );
+        let limits = &self.core.limits;
+        // The entry, then its payload: either failing dead-letters it (an
+        // entry that parses keeps its ids in the log and the dead letter).
+        let ((event_id, source, timestamp_ns, headers), decoded) =
+            match wire::parse(&fields[..], &EntryLimits::new(limits)) {
+                Ok(entry) => (
+                    (
+                        entry.event_id,
+                        entry.source,
+                        entry.timestamp_ns,
+                        entry.headers,
+                    ),
+                    codec::decode_payload::<T>(entry.payload, limits),
+                ),
+                Err(error) => (
+                    (
+                        EventId::from_uuid(uuid::Uuid::nil()),
+                        InstanceId::from_uuid(uuid::Uuid::nil()),
+                        0,
+                        Vec::new(),
+                    ),
+                    Err(Error::from(error)),
+                ),
+            };
         let mut acker = Acker {
             core: Arc::clone(&self.core),
             info: DeliveryInfo {
@@ -931,19 +947,20 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
                 source,
                 timestamp_ns,
                 deliveries,
+                headers,
             },
             stream,
             fields: Vec::new(),
             done: true,
             span: tracing::Span::none(),
         };
-        let outcome = match parsed {
+        let outcome = match decoded {
             _ if deliveries > max => Err((
                 "max_deliveries",
                 format!("delivered {deliveries} times (max {max}) without an ack"),
             )),
             Err(error) => Err(("decode", error.to_string())),
-            Ok((_, _, _, value)) => Ok(value),
+            Ok(value) => Ok(value),
         };
         match outcome {
             Ok(value) => {

@@ -25,12 +25,10 @@ use crate::io::spawn_io_thread;
 use crate::transport::keys;
 use crate::transport::redis::{info_stream_id, info_text, info_u64, Connection};
 use crate::transport::RawEntry;
+use crate::wire;
 
 /// Most ids in one `XACK`.
 const ACK_CHUNK: usize = 1024;
-
-/// The fields of a tickbus entry that a dead letter and a re-drive carry over.
-pub(crate) const EVENT_FIELDS: [&[u8]; 5] = [b"id", b"src", b"ts", b"data", b"h"];
 
 /// A running consumer thread.
 pub(crate) struct Worker {
@@ -897,7 +895,7 @@ async fn dead_letter(core: Arc<GroupCore>, connection: Connection, order: DeadLe
     } = order;
     let mut letter: Vec<(Bytes, Bytes)> = fields
         .into_iter()
-        .filter(|(name, _)| EVENT_FIELDS.contains(&name.as_ref()))
+        .filter(|(name, _)| wire::is_event_field(name))
         .collect();
     let meta: [(&'static str, String); 8] = [
         ("reason", reason.clone()),

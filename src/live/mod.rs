@@ -50,7 +50,6 @@ use crate::io::{lock, spawn_io_thread};
 use crate::local::topic::{Persist, TopicShared};
 use crate::transport::keys;
 use crate::transport::redis::{Connection, ConnectionEvent, WAITAOF_VERSION};
-use crate::transport::uuid_text;
 
 mod outbox;
 mod persist;
@@ -279,7 +278,7 @@ impl Live {
     pub(crate) fn start(config: RedisConfig, instance: InstanceId) -> Result<Live> {
         config.validate()?;
         let core = Arc::new(Core {
-            src: Bytes::copy_from_slice(&uuid_text(instance.as_uuid())),
+            src: crate::wire::source_field(instance),
             outbox: Outbox {
                 queue: Mutex::new(VecDeque::new()),
                 depth: AtomicUsize::new(0),

@@ -7,7 +7,8 @@ use crate::io::lock;
 use crate::local::topic::{Persist, PersistMode, TopicShared};
 use crate::local::PublishError;
 use crate::receipt::Receipt;
-use crate::transport::{uuid_text, WireEntry};
+use crate::transport::WireEntry;
+use crate::wire::EncodedEntry;
 use bytes::Bytes;
 use serde::Serialize;
 use std::marker::PhantomData;
@@ -93,10 +94,14 @@ impl<T: Serialize + Clone + Send + Sync + 'static> Persist<T> for DurablePersist
         outbox.push(Pending {
             entry: WireEntry {
                 key: Arc::clone(&self.key),
-                id: uuid_text(id.as_uuid()),
-                src: self.core.src.clone(),
-                ts: timestamp_ns,
-                data: Bytes::from(data),
+                // The codec held the payload to `self.limits`, the entry's
+                // payload limit too.
+                event: EncodedEntry::new(
+                    id,
+                    self.core.src.clone(),
+                    timestamp_ns,
+                    Bytes::from(data),
+                ),
                 max_len: self.max_len,
             },
             fsync: self.fsync,

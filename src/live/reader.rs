@@ -4,13 +4,13 @@
 use crate::codec::{self, CodecLimits};
 use crate::config::RemoteStart;
 use crate::error::{Error, ErrorKind};
-use crate::event::{EventId, InstanceId, StreamId};
+use crate::event::StreamId;
 use crate::io::{lock, Backoff};
 use crate::local::topic::{Remote, Stored, TopicShared};
 use crate::local::UndecodableEvent;
 use crate::transport::redis::Connection;
 use crate::transport::RawEntry;
-use bytes::Bytes;
+use crate::wire::{self, EntryLimits};
 use serde::de::DeserializeOwned;
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -137,11 +137,6 @@ pub(super) fn skip(counters: &Counters, key: &str, id: StreamId, why: &str) {
     tracing::warn!(stream = key, entry = %id, why, "tickbus: skipped a stream entry that is not a tickbus event");
 }
 
-pub(super) fn parse_uuid(bytes: Option<&Bytes>) -> Option<uuid::Uuid> {
-    let text = std::str::from_utf8(bytes?).ok()?;
-    uuid::Uuid::try_parse(text).ok()
-}
-
 /// Handles one entry read from `target`'s stream.
 pub(super) fn handle_entry(
     core: &Core,
@@ -149,85 +144,36 @@ pub(super) fn handle_entry(
     entry: &RawEntry,
 ) -> std::result::Result<(), ()> {
     let counters = &core.counters;
-    if entry.fields.is_none() {
-        skip(
-            counters,
-            &target.key,
-            entry.id,
-            "the entry has no fields (deleted)",
-        );
-        return Ok(());
-    }
-    let Some(source) = parse_uuid(entry.field(b"src")) else {
-        skip(
-            counters,
-            &target.key,
-            entry.id,
-            "field `src` is missing or not a UUID",
-        );
-        return Ok(());
+    let limits = EntryLimits::new(target.sink.limits());
+    let parsed = match wire::parse(entry.fields(), &limits) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            skip(counters, &target.key, entry.id, &error.to_string());
+            return Ok(());
+        }
     };
-    if source == *core.instance.as_uuid() {
+    if parsed.source == core.instance {
         Counters::add(&counters.self_filtered, 1);
         return Ok(());
     }
-    let Some(event_id) = parse_uuid(entry.field(b"id")) else {
-        skip(
-            counters,
-            &target.key,
-            entry.id,
-            "field `id` is missing or not a UUID",
-        );
-        return Ok(());
-    };
-    let Some(timestamp_ns) = entry
-        .field(b"ts")
-        .and_then(|ts| std::str::from_utf8(ts).ok())
-        .and_then(|ts| ts.parse::<u64>().ok())
-    else {
-        skip(
-            counters,
-            &target.key,
-            entry.id,
-            "field `ts` is missing or not a decimal integer",
-        );
-        return Ok(());
-    };
-    let Some(data) = entry.field(b"data") else {
-        skip(counters, &target.key, entry.id, "field `data` is missing");
-        return Ok(());
-    };
-    if let Some(headers) = entry.field(b"h") {
-        if let Err(error) =
-            codec::decode_payload::<Vec<(String, String)>>(headers, target.sink.limits()).or_else(
-                |_| {
-                    codec::decode_payload::<std::collections::BTreeMap<String, String>>(
-                        headers,
-                        target.sink.limits(),
-                    )
-                    .map(|map| map.into_iter().collect())
-                },
-            )
-        {
-            skip(
-                counters,
-                &target.key,
-                entry.id,
-                &format!("field `h` is not a MessagePack map of strings: {error}"),
-            );
-            return Ok(());
-        }
-    }
-    if !target.first_sighting(event_id.as_u128(), core.config.dedup_window) {
+    if !target.first_sighting(
+        parsed.event_id.as_uuid().as_u128(),
+        core.config.dedup_window,
+    ) {
         Counters::add(&counters.duplicates, 1);
         return Ok(());
     }
+    // The headers were checked by the parser; a local event's `Meta` has no
+    // place for them yet, so they stop here (groups and replay carry them).
     let remote = Remote {
-        id: EventId::from_uuid(event_id),
-        source: InstanceId::from_uuid(source),
+        id: parsed.event_id,
+        source: parsed.source,
         stream_id: entry.id,
     };
-    match target.sink.deliver(data, timestamp_ns, remote, counters)? {
+    match target
+        .sink
+        .deliver(parsed.payload, parsed.timestamp_ns, remote, counters)?
+    {
         Delivered::Event => {}
         Delivered::Undecodable => {
             tracing::warn!(

@@ -7,6 +7,7 @@ use crate::io::{lock, now_ms, Backoff};
 use crate::transport::keys;
 use crate::transport::redis::Connection;
 use crate::transport::WireEntry;
+use crate::wire;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -226,7 +227,7 @@ pub(super) async fn write_once(
                 // retry forever.
                 tracing::error!(
                     key = %pending.entry.key,
-                    event_id = %String::from_utf8_lossy(&pending.entry.id),
+                    event_id = %String::from_utf8_lossy(&pending.entry.event.id),
                     %error,
                     "tickbus: Redis refused a durable event"
                 );
@@ -276,11 +277,10 @@ pub(super) async fn reconcile(
     let mut found: HashMap<[u8; 36], StreamId> = HashMap::new();
     for (key, unknown) in per_key {
         for entry in connection.newest(&key, unknown + RECONCILE_SLACK).await? {
-            if let Some(id) = entry.field(b"id") {
-                if let Ok(id) = <[u8; 36]>::try_from(id.as_ref()) {
-                    if entry.field(b"src").map(|src| src.as_ref()) == Some(core.src.as_ref()) {
-                        found.insert(id, entry.id);
-                    }
+            // Another writer's entries, or not tickbus entries at all: not ours.
+            if let Ok(parsed) = wire::parse(entry.fields(), &wire::EntryLimits::default()) {
+                if parsed.source == core.instance {
+                    found.insert(wire::uuid_text(parsed.event_id.as_uuid()), entry.id);
                 }
             }
         }
@@ -293,7 +293,7 @@ pub(super) async fn reconcile(
             kept.push_back(pending);
             continue;
         }
-        match found.get(&pending.entry.id) {
+        match found.get(&pending.entry.event.id) {
             Some(&id) => {
                 recovered += 1;
                 if pending.fsync {

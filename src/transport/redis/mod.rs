@@ -520,22 +520,62 @@ mod tests {
         assert_eq!(page.len(), 4);
         assert_eq!(page.last_id().unwrap(), Some(StreamId::new(7, 0)));
         let entries: Vec<PageEntry> = page.into_entries().collect();
+        let field = |entry: &PageEntry, name: &[u8]| -> Option<Vec<u8>> {
+            use crate::wire::Fields as _;
+            entry
+                .pairs()
+                .find(|(field, _)| *field == name)
+                .map(|(_, value)| value.to_vec())
+        };
         assert_eq!(entries[0].id(), Some(StreamId::new(5, 1)));
-        assert_eq!(
-            entries[0].field(b"data").map(|d| &d[..]),
-            Some(&b"\x91\x01"[..])
-        );
-        assert_eq!(entries[0].field(b"id").map(|d| &d[..]), Some(&b"x"[..]));
-        assert_eq!(entries[0].field(b"src"), None);
+        assert_eq!(field(&entries[0], b"data"), Some(b"\x91\x01".to_vec()));
+        assert_eq!(field(&entries[0], b"id"), Some(b"x".to_vec()));
+        assert_eq!(field(&entries[0], b"src"), None);
         assert_eq!(entries[1].id(), Some(StreamId::new(6, 0)));
-        assert_eq!(entries[1].field(b"data"), None);
+        assert_eq!(field(&entries[1], b"data"), None);
         assert_eq!(entries[2].id(), None);
-        assert_eq!(entries[3].field(b"data").map(|d| &d[..]), Some(&b"y"[..]));
+        assert_eq!(field(&entries[3], b"data"), Some(b"y".to_vec()));
 
         let empty = RangePage::new(Resp3Frame::Null).unwrap();
         assert_eq!((empty.len(), empty.last_id().unwrap()), (0, None));
         let broken = RangePage::new(array(vec![array(vec![blob(b"x")])])).unwrap();
         assert_eq!(broken.last_id().unwrap_err().kind(), ErrorKind::Redis);
+    }
+
+    #[test]
+    fn a_page_entry_parses_in_place_through_the_wire_parser() {
+        use crate::wire::{self, Fields as _};
+        let id = "0190b2a4-0000-7000-8000-000000000001";
+        let src = "0190b2a4-0000-7000-8000-0000000000ff";
+        let reply = array(vec![array(vec![
+            blob(b"9-0"),
+            array(vec![
+                blob(b"id"),
+                blob(id.as_bytes()),
+                blob(b"src"),
+                blob(src.as_bytes()),
+                blob(b"ts"),
+                blob(b"12"),
+                blob(b"data"),
+                blob(b"\x2a"),
+                blob(b"h"),
+                blob(b"\x81\xa1k\xa1v"),
+            ]),
+        ])]);
+        let entry = RangePage::new(reply)
+            .unwrap()
+            .into_entries()
+            .next()
+            .unwrap();
+        assert_eq!((&entry).count(), 5);
+        let parsed = wire::parse(&entry, &wire::EntryLimits::default()).unwrap();
+        assert_eq!(parsed.event_id.to_string(), id);
+        assert_eq!(parsed.source.to_string(), src);
+        assert_eq!(parsed.timestamp_ns, 12);
+        assert_eq!(parsed.headers, [("k".to_string(), "v".to_string())]);
+        // The payload is the frame's own buffer: nothing was copied.
+        let (_, in_frame) = (&entry).pairs().find(|(name, _)| *name == b"data").unwrap();
+        assert!(std::ptr::eq(parsed.payload, in_frame));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use fred::types::{ClusterHash, CustomCommand, Resp3Frame};
 use super::{RawEntry, WireEntry};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::StreamId;
+use crate::wire::Fields;
 
 use super::{cmd, cmd_offset, parse_stream_id, reply_kind, value_bytes, Connection};
 
@@ -21,17 +22,24 @@ pub(crate) const SCRIPT_CHUNK: usize = 64;
 
 /// Appends entries to one stream (`KEYS[1]`), exactly as the same `XADD`s sent
 /// one by one would: `ARGV[1]` is the `MAXLEN ~` bound (empty for none), then
-/// four arguments per entry (`id`, `src`, `ts`, `data`). Stops at the first
-/// error. Returns `{ids written, error or nil}`.
+/// five arguments per entry, the values of `id`, `src`, `ts`, `data` and `h`
+/// ([`EncodedEntry::values`](crate::wire::EncodedEntry::values): `h` empty when
+/// the entry has no headers, and then not written). Stops at the first error.
+/// Returns `{ids written, error or nil}`.
 pub(crate) const APPEND_SCRIPT: &str = r"
 local ids = {}
 local cap = ARGV[1]
-for i = 2, #ARGV, 4 do
+for i = 2, #ARGV, 5 do
   local r
-  if cap == '' then
+  local h = ARGV[i + 4]
+  if cap == '' and h == '' then
     r = redis.pcall('XADD', KEYS[1], '*', 'id', ARGV[i], 'src', ARGV[i + 1], 'ts', ARGV[i + 2], 'data', ARGV[i + 3])
-  else
+  elseif cap == '' then
+    r = redis.pcall('XADD', KEYS[1], '*', 'id', ARGV[i], 'src', ARGV[i + 1], 'ts', ARGV[i + 2], 'data', ARGV[i + 3], 'h', h)
+  elseif h == '' then
     r = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', cap, '*', 'id', ARGV[i], 'src', ARGV[i + 1], 'ts', ARGV[i + 2], 'data', ARGV[i + 3])
+  else
+    r = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', cap, '*', 'id', ARGV[i], 'src', ARGV[i + 1], 'ts', ARGV[i + 2], 'data', ARGV[i + 3], 'h', h)
   end
   if type(r) == 'table' and r.err then
     return {ids, r.err}
@@ -51,14 +59,10 @@ pub(super) fn xadd_args(entry: &WireEntry) -> Vec<Value> {
         args.push(Value::from(max_len.to_string()));
     }
     args.push(Value::from_static_str("*"));
-    args.push(Value::from_static_str("id"));
-    args.push(Value::Bytes(Bytes::copy_from_slice(&entry.id)));
-    args.push(Value::from_static_str("src"));
-    args.push(Value::Bytes(entry.src.clone()));
-    args.push(Value::from_static_str("ts"));
-    args.push(Value::from(entry.ts.to_string()));
-    args.push(Value::from_static_str("data"));
-    args.push(Value::Bytes(entry.data.clone()));
+    for (name, value) in entry.event.fields() {
+        args.push(Value::from_static_str(name));
+        args.push(Value::Bytes(value));
+    }
     args
 }
 
@@ -110,17 +114,13 @@ impl Connection {
                     let max_len = entries[chunk[0]]
                         .max_len
                         .map_or_else(String::new, |n| n.to_string());
-                    let mut args: Vec<Value> = Vec::with_capacity(4 + 4 * chunk.len());
+                    let mut args: Vec<Value> = Vec::with_capacity(4 + 5 * chunk.len());
                     args.push(Value::from_static_str(APPEND_SCRIPT));
                     args.push(Value::from(1_i64));
                     args.push(Value::from(key));
                     args.push(Value::from(max_len));
                     for &index in chunk {
-                        let entry = entries[index];
-                        args.push(Value::Bytes(Bytes::copy_from_slice(&entry.id)));
-                        args.push(Value::Bytes(entry.src.clone()));
-                        args.push(Value::from(entry.ts.to_string()));
-                        args.push(Value::Bytes(entry.data.clone()));
+                        args.extend(entries[index].event.values().map(Value::Bytes));
                     }
                     let _: std::result::Result<(), FredError> =
                         pipeline.custom(cmd_offset("EVAL", 2), args).await;
@@ -513,23 +513,40 @@ impl PageEntry {
         frame_entry_id(&self.frame)
     }
 
-    /// The value of field `name` (the first, if repeated); `None` if missing or
+    /// The entry's field frames: `[name, value, …]` or a RESP3 map; `None`
     /// if the entry has no fields (deleted while referenced).
-    pub(crate) fn field(&self, name: &[u8]) -> Option<&Bytes> {
+    fn field_frames(&self) -> Option<&Resp3Frame> {
         let Resp3Frame::Array { data, .. } = &self.frame else {
             return None;
         };
-        match data.get(1)? {
-            Resp3Frame::Array { data: flat, .. } => flat
-                .chunks_exact(2)
-                .find(|pair| frame_bytes(&pair[0]).is_some_and(|field| field == name))
-                .and_then(|pair| frame_bytes(&pair[1])),
-            Resp3Frame::Map { data: map, .. } => map
-                .iter()
-                .find(|(field, _)| frame_bytes(field).is_some_and(|field| field == name))
-                .and_then(|(_, value)| frame_bytes(value)),
-            _ => None,
+        data.get(1)
+    }
+}
+
+/// The fields of a page's entry where they lie, for [`crate::wire::parse`].
+/// A pair whose name or value is not a string frame (Redis never sends one)
+/// is left out.
+impl<'a> Fields<'a> for &'a PageEntry {
+    fn count(self) -> usize {
+        match self.field_frames() {
+            Some(Resp3Frame::Array { data: flat, .. }) => flat.len() / 2,
+            Some(Resp3Frame::Map { data: map, .. }) => map.len(),
+            _ => 0,
         }
+    }
+
+    fn pairs(self) -> impl Iterator<Item = (&'a [u8], &'a Bytes)> {
+        let (flat, map) = match self.field_frames() {
+            Some(Resp3Frame::Array { data: flat, .. }) => (Some(flat), None),
+            Some(Resp3Frame::Map { data: map, .. }) => (None, Some(map)),
+            _ => (None, None),
+        };
+        let flat = flat
+            .into_iter()
+            .flat_map(|flat| flat.chunks_exact(2).map(|pair| (&pair[0], &pair[1])));
+        let map = map.into_iter().flat_map(|map| map.iter());
+        flat.chain(map)
+            .filter_map(|(name, value)| Some((frame_bytes(name)?.as_ref(), frame_bytes(value)?)))
     }
 }
 
