@@ -5,7 +5,29 @@
 //! * `fanout_1x1`, `fanout_1x4`: one publisher, one or four spinning subscribers,
 //!   64-byte events, throughput in events/s. tickbus (backpressure and lag
 //!   subscribers), `tokio::sync::broadcast` (with and without flow control) and the
-//!   `disruptor` crate, plus the harness loop alone as a baseline.
+//!   `disruptor` crate, plus the harness loop alone as a baseline. Systems:
+//!   - `tickbus_backpressure`, `tickbus_backpressure_ref` (1→1 only), `tickbus_lag`:
+//!     today's API, `Topic::publish` per event and a `try_recv` (clone) or
+//!     `try_recv_ref` busy-spin loop.
+//!   - `tickbus_exclusive_batch_recv`: a single-publisher topic
+//!     (`TopicOptions::exclusive_publisher`), `Publisher::publish` per event (as the
+//!     disruptor's `publish`), backpressure subscribers busy-spinning on
+//!     `recv_batch(CAPACITY, ..)` (events borrowed in place) and reporting progress
+//!     when it comes back `Empty` (as the disruptor's handler at end of batch).
+//!   - `tickbus_exclusive_publish_batch`: the same with `Publisher::publish_batch`
+//!     in chunks of 64 events (one store of the published cursor per chunk); its
+//!     counterpart is `disruptor_batch_publish`, the disruptor's own
+//!     `batch_publish(64, ..)`.
+//!   - `tokio_broadcast_flow_controlled`, `tokio_broadcast_lag`.
+//!   - `disruptor_busy_spin`: `build_single_producer`, `BusySpin`, `publish` per
+//!     event, a handler that goes through the same `Tracker` as every other
+//!     subscriber (sequence check per event, progress every 64 events and at end of
+//!     batch).
+//!   - `disruptor_bare`: the anchor measured bare, a handler with local work only:
+//!     it keeps the expected sequence and the count of out-of-order events in its
+//!     own variables and touches the shared `Tracker` only at end of batch (one
+//!     store of its progress). The gap between the two disruptor figures is the
+//!     harness's own cost.
 //! * `latency`: one-way latency as half a ping-pong round trip between two pinned
 //!   threads, spinning and async, with a bare cache-line ping-pong as the floor.
 //! * `single_thread`: publish + receive on one thread, to show the per-event cost
@@ -23,18 +45,28 @@
 //! chunks between two probes of the bare ping-pong, and pool each chunk with the
 //! others of the same placement: events/s, p50/p99 latency (hdrhistogram over
 //! individual round trips) and the ratios, within one placement only.
+//! `rounds/fanout_1x1_arc_str` repeats the 1→1 rounds with a `Fill` event
+//! (`seq`, an `Arc<str>` symbol, price, quantity; the publisher clones one shared
+//! symbol into each event) that every subscriber clones out per receive:
+//! `tickbus_backpressure` (`try_recv`), `tickbus_exclusive_batch_recv` (the
+//! `recv_batch` handler clones the event), tokio flow-controlled (`try_recv`) and
+//! `disruptor_busy_spin` (the handler clones the event).
 //!
 //! Every ring has 4 096 slots (the tickbus default). Run with
 //! `cargo bench --bench local_bus -- --warm-up-time 1 --measurement-time 5`.
 //! A filter also selects the rounds, as a substring of `rounds/fanout_1x1`,
-//! `rounds/fanout_1x4`, `rounds/latency` or `rounds/tracing` (`-- rounds` runs
-//! only them).
+//! `rounds/fanout_1x1_arc_str`, `rounds/fanout_1x4`, `rounds/latency` or
+//! `rounds/tracing` (`-- rounds` runs only them; `-- arc_str` only the `Arc<str>`
+//! block; `-- rounds/fanout_1x1` both 1→1 blocks).
 
 #[path = "support/args.rs"]
 mod args;
 use args::Args;
 use std::collections::VecDeque;
+use std::fmt::Debug;
 use std::hint::{black_box, spin_loop};
+use std::marker::PhantomData;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
@@ -46,8 +78,8 @@ use disruptor::{
 };
 use hdrhistogram::Histogram;
 use tickbus::{
-    Bus, BusySpin, Clock, RecvError, SlowPolicy, SubscribeOptions, Subscriber, Topic, TopicOptions,
-    TryRecvError,
+    Bus, BusySpin, Clock, Publisher, RecvError, SlowPolicy, SubscribeOptions, Subscriber, Topic,
+    TopicOptions, TryRecvError,
 };
 use tokio::sync::broadcast;
 
@@ -65,6 +97,18 @@ const ROUND_ASYNC_TRIPS: u64 = 1_500;
 const TRACING_ROUNDS: usize = 20;
 const ROUND_TRACING_EVENTS: u64 = 2_000_000;
 
+/// What the fan-out benchmarks need of an event.
+trait BenchEvent: Clone + Debug + Default + Send + Sync + 'static {
+    /// How the rounds describe it.
+    const DESCRIPTION: &'static str;
+    fn new(seq: u64) -> Self;
+    fn seq(&self) -> u64;
+    /// What a handler does with an event it is lent (`recv_batch`, the disruptor's
+    /// handlers): returns its sequence after reading it in place (`Event64`) or
+    /// cloning it out (`Fill`, as `try_recv` does).
+    fn take_out(&self) -> u64;
+}
+
 /// The 64-byte event of every benchmark.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Event64 {
@@ -72,14 +116,66 @@ struct Event64 {
     pad: [u64; 7],
 }
 
-impl Event64 {
+impl BenchEvent for Event64 {
+    const DESCRIPTION: &'static str = "64-byte Copy event";
+
     #[inline]
     fn new(seq: u64) -> Self {
         Event64 { seq, pad: [seq; 7] }
     }
+
+    #[inline]
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    #[inline]
+    fn take_out(&self) -> u64 {
+        black_box(self).seq
+    }
 }
 
 const _: () = assert!(std::mem::size_of::<Event64>() == 64);
+
+/// A fill as a trading engine passes it on: the symbol is shared, so every
+/// publish and every clone out of a ring is an atomic increment of its count
+/// (and every drop a decrement), on one line for all the events.
+#[derive(Clone, Debug, Default)]
+#[allow(
+    dead_code,
+    reason = "the symbol, price and quantity are carried and cloned, not read"
+)]
+struct Fill {
+    seq: u64,
+    symbol: Arc<str>,
+    price: f64,
+    qty: f64,
+}
+
+impl BenchEvent for Fill {
+    const DESCRIPTION: &'static str = "Fill with an Arc<str> symbol, cloned per receive";
+
+    #[inline]
+    fn new(seq: u64) -> Self {
+        static SYMBOL: OnceLock<Arc<str>> = OnceLock::new();
+        Fill {
+            seq,
+            symbol: Arc::clone(SYMBOL.get_or_init(|| Arc::from("BTC-USD"))),
+            price: seq as f64,
+            qty: 1.0,
+        }
+    }
+
+    #[inline]
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    #[inline]
+    fn take_out(&self) -> u64 {
+        black_box(self.clone()).seq
+    }
+}
 
 /// An atomic on a cache line (two, against adjacent-line prefetch) of its own.
 #[derive(Default)]
@@ -87,11 +183,16 @@ const _: () = assert!(std::mem::size_of::<Event64>() == 64);
 struct Padded(AtomicU64);
 
 fn tickbus_topic(bus: &Bus, name: &str) -> Topic<Event64> {
+    tickbus_topic_with(bus, name, false)
+}
+
+fn tickbus_topic_with<E: BenchEvent>(bus: &Bus, name: &str, exclusive_publisher: bool) -> Topic<E> {
     let options = TopicOptions {
         capacity: CAPACITY,
+        exclusive_publisher,
         ..Default::default()
     };
-    bus.topic_with::<Event64>(name, options).expect("topic")
+    bus.topic_with::<E>(name, options).expect("topic")
 }
 
 // ---------------------------------------------------------------------------
@@ -187,6 +288,17 @@ impl Tracker {
     fn lagged(&mut self, missed: u64) {
         self.stats.lagged.fetch_add(missed, Ordering::Relaxed);
         self.expected += missed;
+    }
+
+    /// For a handler that keeps its own count (`disruptor_bare`): every sequence
+    /// below `expected` is accounted for, `errors` of them out of order.
+    #[inline]
+    fn caught_up(&mut self, expected: u64, errors: u64) {
+        if errors != 0 {
+            self.stats.errors.fetch_add(errors, Ordering::Relaxed);
+        }
+        self.expected = expected;
+        self.report();
     }
 
     /// Nothing more to read for now: make the progress visible.
@@ -307,19 +419,43 @@ fn publish_and_wait(
     start.elapsed()
 }
 
-/// The harness alone: the same loop and end-of-batch wait, with a local counter
-/// standing in for the subscriber.
-struct Baseline {
-    sink: Padded,
-    seq: u64,
+/// Chunks of this many events for the batch publishers.
+const PUBLISH_CHUNK: u64 = 64;
+
+/// Publishes `events` through `publish`, `PUBLISH_CHUNK` sequences at a time,
+/// then waits for the subscribers.
+#[inline]
+fn publish_chunks_and_wait(
+    events: u64,
+    seq: &mut u64,
+    subscribers: &Subscribers,
+    mut publish: impl FnMut(Range<u64>),
+) -> Duration {
+    let start = Instant::now();
+    let end = *seq + events;
+    while *seq < end {
+        let chunk_end = end.min(*seq + PUBLISH_CHUNK);
+        publish(*seq..chunk_end);
+        *seq = chunk_end;
+    }
+    subscribers.wait_for(end);
+    start.elapsed()
 }
 
-impl FanOutRig for Baseline {
+/// The harness alone: the same loop and end-of-batch wait, with a local counter
+/// standing in for the subscriber.
+struct Baseline<E> {
+    sink: Padded,
+    seq: u64,
+    _event: PhantomData<fn() -> E>,
+}
+
+impl<E: BenchEvent> FanOutRig for Baseline<E> {
     fn run(&mut self, events: u64) -> Duration {
         let start = Instant::now();
         for _ in 0..events {
-            let event = black_box(Event64::new(self.seq));
-            self.sink.0.store(event.seq + 1, Ordering::Release);
+            let event = black_box(E::new(self.seq));
+            self.sink.0.store(event.seq() + 1, Ordering::Release);
             self.seq += 1;
         }
         while self.sink.0.load(Ordering::Acquire) < self.seq {
@@ -343,19 +479,36 @@ enum Receive {
     Clone,
     /// `try_recv_ref()`: the event is read in place.
     Ref,
+    /// `recv_batch(CAPACITY, ..)`: the events are lent in place, and the handler
+    /// takes each out as the disruptor's does ([`BenchEvent::take_out`]).
+    Batch,
 }
 
-struct TickbusFanOut {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Publish {
+    /// `Topic::publish`, per event.
+    Topic,
+    /// An exclusive topic's `Publisher::publish`, per event.
+    Exclusive,
+    /// `Publisher::publish_batch`, `PUBLISH_CHUNK` events at a time.
+    ExclusiveBatch,
+}
+
+struct TickbusFanOut<E> {
     bus: Bus,
-    topic: Topic<Event64>,
+    topic: Topic<E>,
+    /// `Some` on an exclusive topic.
+    publisher: Option<Publisher<E>>,
+    /// Publish through `publish_batch`.
+    batch: bool,
     subscribers: Subscribers,
     seq: u64,
 }
 
-impl TickbusFanOut {
-    fn new(count: usize, policy: SlowPolicy, receive: Receive) -> Self {
+impl<E: BenchEvent> TickbusFanOut<E> {
+    fn new(count: usize, policy: SlowPolicy, receive: Receive, publish: Publish) -> Self {
         let bus = Bus::builder().build().expect("bus");
-        let topic = tickbus_topic(&bus, "bench:fanout");
+        let topic = tickbus_topic_with::<E>(&bus, "bench:fanout", publish != Publish::Topic);
         let mut subscribers = Subscribers::new(count);
         for index in 0..count {
             let mut sub = topic
@@ -371,13 +524,18 @@ impl TickbusFanOut {
                     let received = match receive {
                         Receive::Clone => sub.try_recv().map(|event| {
                             let event = black_box(event);
-                            debug_assert_eq!(event.meta.seq(), event.value.seq);
-                            event.value.seq
+                            debug_assert_eq!(event.meta.seq(), event.value.seq());
+                            tracker.received(event.value.seq());
                         }),
-                        Receive::Ref => sub.try_recv_ref().map(|event| black_box(&*event).seq),
+                        Receive::Ref => sub
+                            .try_recv_ref()
+                            .map(|event| tracker.received(black_box(&*event).seq())),
+                        Receive::Batch => sub
+                            .recv_batch(CAPACITY, |event| tracker.received(event.take_out()))
+                            .map(drop),
                     };
                     match received {
-                        Ok(seq) => tracker.received(seq),
+                        Ok(()) => {}
                         Err(TryRecvError::Empty) => tracker.idle(),
                         Err(TryRecvError::Lagged(missed)) => tracker.lagged(missed),
                         Err(TryRecvError::Closed) => break,
@@ -386,24 +544,47 @@ impl TickbusFanOut {
                 }
             }));
         }
+        let publisher = match publish {
+            Publish::Topic => None,
+            Publish::Exclusive | Publish::ExclusiveBatch => {
+                Some(topic.publisher().expect("exclusive topic"))
+            }
+        };
         TickbusFanOut {
             bus,
             topic,
+            publisher,
+            batch: publish == Publish::ExclusiveBatch,
             subscribers,
             seq: 0,
         }
     }
 }
 
-impl FanOutRig for TickbusFanOut {
+impl<E: BenchEvent> FanOutRig for TickbusFanOut<E> {
     fn run(&mut self, events: u64) -> Duration {
-        let topic = &self.topic;
-        publish_and_wait(events, &mut self.seq, &self.subscribers, |seq| {
-            topic.publish(Event64::new(seq)).expect("open bus");
-        })
+        let (topic, subscribers, seq) = (&self.topic, &self.subscribers, &mut self.seq);
+        match self.publisher.as_mut() {
+            None => publish_and_wait(events, seq, subscribers, |seq| {
+                topic.publish(E::new(seq)).expect("open bus");
+            }),
+            Some(publisher) if self.batch => {
+                publish_chunks_and_wait(events, seq, subscribers, |chunk| {
+                    let expected = chunk.end - chunk.start;
+                    let published = publisher
+                        .publish_batch(chunk.map(E::new))
+                        .expect("open bus");
+                    debug_assert_eq!(published, expected);
+                })
+            }
+            Some(publisher) => publish_and_wait(events, seq, subscribers, |seq| {
+                publisher.publish(E::new(seq)).expect("open bus");
+            }),
+        }
     }
 
-    fn finish(self: Box<Self>) -> FanOutReport {
+    fn finish(mut self: Box<Self>) -> FanOutReport {
+        drop(self.publisher.take());
         self.bus.shutdown();
         self.subscribers.finish(self.seq)
     }
@@ -415,17 +596,17 @@ impl FanOutRig for TickbusFanOut {
 /// when the cached bound blocks it: the gating tickbus and the disruptor do
 /// internally), so nothing is lost and the figure counts delivered events.
 /// Without, it shows the lossy rate, as tickbus's lag mode does.
-struct TokioFanOut {
-    tx: Option<broadcast::Sender<Event64>>,
+struct TokioFanOut<E> {
+    tx: Option<broadcast::Sender<E>>,
     subscribers: Subscribers,
     flow_control: bool,
     allowed_below: u64,
     seq: u64,
 }
 
-impl TokioFanOut {
+impl<E: BenchEvent> TokioFanOut<E> {
     fn new(count: usize, flow_control: bool) -> Self {
-        let (tx, _) = broadcast::channel::<Event64>(CAPACITY);
+        let (tx, _) = broadcast::channel::<E>(CAPACITY);
         let mut subscribers = Subscribers::new(count);
         for index in 0..count {
             let mut rx = tx.subscribe();
@@ -436,7 +617,7 @@ impl TokioFanOut {
                 }
                 loop {
                     match rx.try_recv() {
-                        Ok(event) => tracker.received(black_box(event).seq),
+                        Ok(event) => tracker.received(black_box(event).seq()),
                         Err(broadcast::error::TryRecvError::Empty) => tracker.idle(),
                         Err(broadcast::error::TryRecvError::Lagged(missed)) => {
                             tracker.lagged(missed)
@@ -456,7 +637,7 @@ impl TokioFanOut {
     }
 }
 
-impl FanOutRig for TokioFanOut {
+impl<E: BenchEvent> FanOutRig for TokioFanOut<E> {
     fn run(&mut self, events: u64) -> Duration {
         let tx = self.tx.as_ref().expect("running");
         let (subscribers, flow_control, allowed_below) = (
@@ -475,7 +656,7 @@ impl FanOutRig for TokioFanOut {
                     backoff.snooze();
                 }
             }
-            tx.send(Event64::new(seq)).expect("receivers alive");
+            tx.send(E::new(seq)).expect("receivers alive");
         })
     }
 
@@ -486,64 +667,109 @@ impl FanOutRig for TokioFanOut {
 }
 
 /// A disruptor event handler that checks sequences and reports progress (the end
-/// of a batch is where the disruptor's consumer runs dry).
-fn disruptor_handler(mut tracker: Tracker) -> impl FnMut(&mut (), &Event64, i64, bool) + Send {
-    move |_: &mut (), event: &Event64, _sequence, end_of_batch| {
-        tracker.received(black_box(event).seq);
+/// of a batch is where the disruptor's consumer runs dry): `disruptor_busy_spin`.
+fn disruptor_handler<E: BenchEvent>(
+    mut tracker: Tracker,
+) -> impl FnMut(&mut (), &E, i64, bool) + Send {
+    move |_: &mut (), event: &E, _sequence, end_of_batch| {
+        tracker.received(event.take_out());
         if end_of_batch {
             tracker.idle();
         }
     }
 }
 
-/// The disruptor with `BusySpin` handlers on its managed threads; the 1→1
-/// handler is pinned to core 1 as our own subscriber threads are.
-struct DisruptorFanOut<P> {
-    producer: Option<P>,
-    subscribers: Subscribers,
-    seq: u64,
+/// The bare handler of `disruptor_bare`: local work only (its own expected
+/// sequence and count of out-of-order events), the shared `Tracker` touched only
+/// at end of batch.
+fn disruptor_bare_handler<E: BenchEvent>(
+    mut tracker: Tracker,
+) -> impl FnMut(&mut (), &E, i64, bool) + Send {
+    let (mut expected, mut errors) = (0, 0);
+    move |_: &mut (), event: &E, _sequence, end_of_batch| {
+        let seq = event.take_out();
+        errors += u64::from(seq != expected);
+        expected = seq + 1;
+        if end_of_batch {
+            tracker.caught_up(expected, std::mem::take(&mut errors));
+        }
+    }
 }
 
-fn disruptor_fanout(count: usize) -> Box<dyn FanOutRig> {
+/// The disruptor with `BusySpin` handlers on its managed threads; the 1→1
+/// handler is pinned to core 1 as our own subscriber threads are. With `batch`,
+/// the producer publishes with `batch_publish`, `PUBLISH_CHUNK` events at a time.
+struct DisruptorFanOut<E, P> {
+    producer: Option<P>,
+    batch: bool,
+    subscribers: Subscribers,
+    seq: u64,
+    _event: PhantomData<fn() -> E>,
+}
+
+fn disruptor_fanout<E: BenchEvent, H>(
+    count: usize,
+    handler: impl Fn(Tracker) -> H,
+    batch: bool,
+) -> Box<dyn FanOutRig>
+where
+    H: FnMut(&mut (), &E, i64, bool) + Send + 'static,
+{
     let subscribers = Subscribers::new(count);
-    let factory = Event64::default;
-    let handler = |index| disruptor_handler(subscribers.tracker(index));
-    let builder = disruptor::build_single_producer(CAPACITY, factory, DisruptorBusySpin);
+    let handler = |index| handler(subscribers.tracker(index));
+    let builder = disruptor::build_single_producer(CAPACITY, E::default, DisruptorBusySpin);
     // The shapes have different types (single- versus multi-consumer barrier).
     match count {
-        1 => {
-            let producer = builder
+        1 => DisruptorFanOut::boxed(
+            builder
                 .handle_events_and_state_with(handler(0), pin_handler_thread)
-                .build();
-            Box::new(DisruptorFanOut {
-                producer: Some(producer),
-                subscribers,
-                seq: 0,
-            })
-        }
-        4 => {
-            let producer = builder
+                .build(),
+            subscribers,
+            batch,
+        ),
+        4 => DisruptorFanOut::boxed(
+            builder
                 .handle_events_and_state_with(handler(0), || ())
                 .handle_events_and_state_with(handler(1), || ())
                 .handle_events_and_state_with(handler(2), || ())
                 .handle_events_and_state_with(handler(3), || ())
-                .build();
-            Box::new(DisruptorFanOut {
-                producer: Some(producer),
-                subscribers,
-                seq: 0,
-            })
-        }
+                .build(),
+            subscribers,
+            batch,
+        ),
         _ => unimplemented!("1 or 4 subscribers"),
     }
 }
 
-impl<P: Producer<Event64>> FanOutRig for DisruptorFanOut<P> {
+impl<E: BenchEvent, P: Producer<E> + 'static> DisruptorFanOut<E, P> {
+    fn boxed(producer: P, subscribers: Subscribers, batch: bool) -> Box<dyn FanOutRig> {
+        Box::new(DisruptorFanOut {
+            producer: Some(producer),
+            batch,
+            subscribers,
+            seq: 0,
+            _event: PhantomData,
+        })
+    }
+}
+
+impl<E: BenchEvent, P: Producer<E>> FanOutRig for DisruptorFanOut<E, P> {
     fn run(&mut self, events: u64) -> Duration {
         let producer = self.producer.as_mut().expect("running");
-        publish_and_wait(events, &mut self.seq, &self.subscribers, |seq| {
-            producer.publish(|slot| *slot = Event64::new(seq))
-        })
+        if self.batch {
+            publish_chunks_and_wait(events, &mut self.seq, &self.subscribers, |chunk| {
+                let len = (chunk.end - chunk.start) as usize;
+                producer.batch_publish(len, |slots| {
+                    for (slot, seq) in slots.zip(chunk) {
+                        *slot = E::new(seq);
+                    }
+                })
+            })
+        } else {
+            publish_and_wait(events, &mut self.seq, &self.subscribers, |seq| {
+                producer.publish(|slot| *slot = E::new(seq))
+            })
+        }
     }
 
     fn finish(mut self: Box<Self>) -> FanOutReport {
@@ -559,48 +785,86 @@ enum FanOutSystem {
     TickbusBackpressure,
     TickbusBackpressureRef,
     TickbusLag,
+    TickbusExclusiveBatchRecv,
+    TickbusExclusivePublishBatch,
     TokioFlowControlled,
     TokioLag,
     Disruptor,
+    DisruptorBare,
+    DisruptorBatchPublish,
 }
 
 impl FanOutSystem {
+    /// The criterion groups' systems, in order.
+    const ALL: [FanOutSystem; 11] = [
+        FanOutSystem::Baseline,
+        FanOutSystem::TickbusBackpressure,
+        FanOutSystem::TickbusBackpressureRef,
+        FanOutSystem::TickbusLag,
+        FanOutSystem::TickbusExclusiveBatchRecv,
+        FanOutSystem::TickbusExclusivePublishBatch,
+        FanOutSystem::TokioFlowControlled,
+        FanOutSystem::TokioLag,
+        FanOutSystem::Disruptor,
+        FanOutSystem::DisruptorBare,
+        FanOutSystem::DisruptorBatchPublish,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             FanOutSystem::Baseline => "baseline_harness_loop",
             FanOutSystem::TickbusBackpressure => "tickbus_backpressure",
             FanOutSystem::TickbusBackpressureRef => "tickbus_backpressure_ref",
             FanOutSystem::TickbusLag => "tickbus_lag",
+            FanOutSystem::TickbusExclusiveBatchRecv => "tickbus_exclusive_batch_recv",
+            FanOutSystem::TickbusExclusivePublishBatch => "tickbus_exclusive_publish_batch",
             FanOutSystem::TokioFlowControlled => "tokio_broadcast_flow_controlled",
             FanOutSystem::TokioLag => "tokio_broadcast_lag",
             FanOutSystem::Disruptor => "disruptor_busy_spin",
+            FanOutSystem::DisruptorBare => "disruptor_bare",
+            FanOutSystem::DisruptorBatchPublish => "disruptor_batch_publish",
         }
     }
 
-    fn build(self, subscribers: usize) -> Box<dyn FanOutRig> {
+    fn build<E: BenchEvent>(self, subscribers: usize) -> Box<dyn FanOutRig> {
+        let tickbus = |policy, receive, publish| -> Box<dyn FanOutRig> {
+            Box::new(TickbusFanOut::<E>::new(
+                subscribers,
+                policy,
+                receive,
+                publish,
+            ))
+        };
         match self {
-            FanOutSystem::Baseline => Box::new(Baseline {
+            FanOutSystem::Baseline => Box::new(Baseline::<E> {
                 sink: Padded::default(),
                 seq: 0,
+                _event: PhantomData,
             }),
-            FanOutSystem::TickbusBackpressure => Box::new(TickbusFanOut::new(
-                subscribers,
+            FanOutSystem::TickbusBackpressure => {
+                tickbus(SlowPolicy::Backpressure, Receive::Clone, Publish::Topic)
+            }
+            FanOutSystem::TickbusBackpressureRef => {
+                tickbus(SlowPolicy::Backpressure, Receive::Ref, Publish::Topic)
+            }
+            FanOutSystem::TickbusLag => tickbus(SlowPolicy::Lag, Receive::Clone, Publish::Topic),
+            FanOutSystem::TickbusExclusiveBatchRecv => {
+                tickbus(SlowPolicy::Backpressure, Receive::Batch, Publish::Exclusive)
+            }
+            FanOutSystem::TickbusExclusivePublishBatch => tickbus(
                 SlowPolicy::Backpressure,
-                Receive::Clone,
-            )),
-            FanOutSystem::TickbusBackpressureRef => Box::new(TickbusFanOut::new(
-                subscribers,
-                SlowPolicy::Backpressure,
-                Receive::Ref,
-            )),
-            FanOutSystem::TickbusLag => Box::new(TickbusFanOut::new(
-                subscribers,
-                SlowPolicy::Lag,
-                Receive::Clone,
-            )),
-            FanOutSystem::TokioFlowControlled => Box::new(TokioFanOut::new(subscribers, true)),
-            FanOutSystem::TokioLag => Box::new(TokioFanOut::new(subscribers, false)),
-            FanOutSystem::Disruptor => disruptor_fanout(subscribers),
+                Receive::Batch,
+                Publish::ExclusiveBatch,
+            ),
+            FanOutSystem::TokioFlowControlled => Box::new(TokioFanOut::<E>::new(subscribers, true)),
+            FanOutSystem::TokioLag => Box::new(TokioFanOut::<E>::new(subscribers, false)),
+            FanOutSystem::Disruptor => disruptor_fanout(subscribers, disruptor_handler::<E>, false),
+            FanOutSystem::DisruptorBare => {
+                disruptor_fanout(subscribers, disruptor_bare_handler::<E>, false)
+            }
+            FanOutSystem::DisruptorBatchPublish => {
+                disruptor_fanout(subscribers, disruptor_handler::<E>, true)
+            }
         }
     }
 }
@@ -615,19 +879,11 @@ fn fanout_criterion(c: &mut Criterion, subscribers: usize) {
     group.throughput(Throughput::Elements(BATCH));
     group.sampling_mode(SamplingMode::Flat);
     group.sample_size(10);
-    for system in [
-        FanOutSystem::Baseline,
-        FanOutSystem::TickbusBackpressure,
-        FanOutSystem::TickbusBackpressureRef,
-        FanOutSystem::TickbusLag,
-        FanOutSystem::TokioFlowControlled,
-        FanOutSystem::TokioLag,
-        FanOutSystem::Disruptor,
-    ] {
+    for system in FanOutSystem::ALL {
         if subscribers != 1 && system == FanOutSystem::TickbusBackpressureRef {
             continue;
         }
-        let mut rig = system.build(subscribers);
+        let mut rig = system.build::<Event64>(subscribers);
         group.bench_function(system.name(), |b| {
             b.iter_custom(|iters| rig.run(iters * BATCH))
         });
@@ -1276,26 +1532,91 @@ fn fmt_ratio(numerator: Option<f64>, denominator: Option<f64>) -> String {
     }
 }
 
-/// Every fan-out system in turn, `rounds` times, each in a chunk of `events`
-/// events between two placement probes: events/s pooled per placement, and the
-/// ratios within each placement.
-fn fanout_rounds(subscribers: usize, rounds: usize, events: u64) -> Vec<String> {
-    use FanOutSystem::*;
-    let systems = [
-        TickbusBackpressure,
-        TickbusLag,
-        TokioFlowControlled,
-        TokioLag,
-        Disruptor,
-    ];
+/// One block of fan-out rounds: its systems, and the ratios it prints.
+struct FanOutRounds {
+    /// After `rounds/fanout_1xN` in the block's id.
+    suffix: &'static str,
+    systems: &'static [FanOutSystem],
+    ratios: &'static [(FanOutSystem, FanOutSystem)],
+}
+
+impl FanOutRounds {
+    /// The 64-byte event, 1→1 and 1→4.
+    const EVENT64: FanOutRounds = {
+        use FanOutSystem::*;
+        FanOutRounds {
+            suffix: "",
+            systems: &[
+                TickbusBackpressure,
+                TickbusLag,
+                TickbusExclusiveBatchRecv,
+                TickbusExclusivePublishBatch,
+                TokioFlowControlled,
+                TokioLag,
+                Disruptor,
+                DisruptorBare,
+                DisruptorBatchPublish,
+            ],
+            ratios: &[
+                (TickbusBackpressure, TokioFlowControlled),
+                (TickbusBackpressure, Disruptor),
+                (TickbusLag, TokioLag),
+                (TickbusExclusiveBatchRecv, Disruptor),
+                (TickbusExclusiveBatchRecv, DisruptorBare),
+                (TickbusExclusivePublishBatch, Disruptor),
+                (TickbusExclusivePublishBatch, DisruptorBare),
+                (TickbusExclusivePublishBatch, DisruptorBatchPublish),
+                (TickbusBackpressure, DisruptorBare),
+                (Disruptor, DisruptorBare),
+            ],
+        }
+    };
+
+    /// The `Fill` event with its `Arc<str>` symbol, 1→1.
+    const ARC_STR: FanOutRounds = {
+        use FanOutSystem::*;
+        FanOutRounds {
+            suffix: "_arc_str",
+            systems: &[
+                TickbusBackpressure,
+                TickbusExclusiveBatchRecv,
+                TokioFlowControlled,
+                Disruptor,
+            ],
+            ratios: &[
+                (TickbusBackpressure, Disruptor),
+                (TickbusExclusiveBatchRecv, Disruptor),
+                (TokioFlowControlled, Disruptor),
+                (TickbusBackpressure, TokioFlowControlled),
+            ],
+        }
+    };
+
+    /// `rounds/fanout_1x1`, `rounds/fanout_1x1_arc_str`, ...: what the filter matches.
+    fn id(&self, subscribers: usize) -> String {
+        format!("rounds/{}{}", fanout_group(subscribers), self.suffix)
+    }
+}
+
+/// Every fan-out system of `block` in turn, `rounds` times, each in a chunk of
+/// `events` events of type `E` between two placement probes: events/s pooled per
+/// placement, and the ratios within each placement.
+fn fanout_rounds<E: BenchEvent>(
+    block: &FanOutRounds,
+    subscribers: usize,
+    rounds: usize,
+    events: u64,
+) -> Vec<String> {
+    let systems = block.systems;
     let pinned = subscribers == 1;
     // [placement][system]: (events, seconds, chunks, lagged, delivered)
-    let mut totals = [[(0u64, 0f64, 0usize, 0u64, 0u64); 5]; 3];
+    let mut totals =
+        vec![vec![(0u64, 0f64, 0usize, 0u64, 0u64); systems.len()]; Placement::ALL.len()];
     let mut discarded = 0;
     for _ in 0..rounds {
         for (index, system) in systems.iter().enumerate() {
             let (placement, (elapsed, report)) = classified(pinned, || {
-                let mut rig = system.build(subscribers);
+                let mut rig = system.build::<E>(subscribers);
                 rig.run(events / 10); // warm up
                 let elapsed = rig.run(events);
                 (elapsed, rig.finish())
@@ -1313,8 +1634,9 @@ fn fanout_rounds(subscribers: usize, rounds: usize, events: u64) -> Vec<String> 
         }
     }
     let mut lines = vec![format!(
-        "rounds/{}: {rounds} rounds of {events} events per system; {discarded} chunk(s) discarded (placement changed)",
-        fanout_group(subscribers)
+        "{}: {rounds} rounds of {events} events per system ({}); {discarded} chunk(s) discarded (placement changed)",
+        block.id(subscribers),
+        E::DESCRIPTION,
     )];
     for placement in Placement::ALL {
         let row = &totals[placement.index()];
@@ -1336,11 +1658,7 @@ fn fanout_rounds(subscribers: usize, rounds: usize, events: u64) -> Vec<String> 
                 100.0 * total.3 as f64 / total.4.max(1) as f64,
             ));
         }
-        for (numerator, denominator) in [
-            (TickbusBackpressure, TokioFlowControlled),
-            (TickbusBackpressure, Disruptor),
-            (TickbusLag, TokioLag),
-        ] {
+        for &(numerator, denominator) in block.ratios {
             lines.push(format!(
                 "    ratio {} / {}: {}",
                 numerator.name(),
@@ -1511,6 +1829,12 @@ fn single_thread(c: &mut Criterion) {
                         Receive::Ref => {
                             black_box(&*sub.try_recv_ref().expect("just published"));
                         }
+                        Receive::Batch => {
+                            sub.recv_batch(1, |event| {
+                                black_box(&*event);
+                            })
+                            .expect("just published");
+                        }
                     }
                     seq += 1;
                 }
@@ -1654,8 +1978,13 @@ fn main() {
     // 1→4 first, from an unpinned thread: threads inherit the affinity of the thread
     // that spawns them, and five threads on two cores are left to the scheduler.
     fanout_criterion(&mut criterion, 4);
-    if args.wants("rounds/fanout_1x4") {
-        summary.extend(fanout_rounds(4, FANOUT_ROUNDS / 2, ROUND_EVENTS_1X4));
+    if args.wants(&FanOutRounds::EVENT64.id(4)) {
+        summary.extend(fanout_rounds::<Event64>(
+            &FanOutRounds::EVENT64,
+            4,
+            FANOUT_ROUNDS / 2,
+            ROUND_EVENTS_1X4,
+        ));
     }
 
     // Then the benchmark thread (publisher, pinger) on the first core, and the
@@ -1663,8 +1992,21 @@ fn main() {
     let pinned = pin(0);
     println!("cores: {core_count}; benchmark thread pinned to core 0 from here on: {pinned}");
     fanout_criterion(&mut criterion, 1);
-    if args.wants("rounds/fanout_1x1") {
-        summary.extend(fanout_rounds(1, FANOUT_ROUNDS, ROUND_EVENTS_1X1));
+    if args.wants(&FanOutRounds::EVENT64.id(1)) {
+        summary.extend(fanout_rounds::<Event64>(
+            &FanOutRounds::EVENT64,
+            1,
+            FANOUT_ROUNDS,
+            ROUND_EVENTS_1X1,
+        ));
+    }
+    if args.wants(&FanOutRounds::ARC_STR.id(1)) {
+        summary.extend(fanout_rounds::<Fill>(
+            &FanOutRounds::ARC_STR,
+            1,
+            FANOUT_ROUNDS,
+            ROUND_EVENTS_1X1,
+        ));
     }
     latency_criterion(&mut criterion);
     if args.wants("rounds/latency") {
