@@ -27,20 +27,23 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use redis_protocol::resp2::types::{BorrowedFrame, OwnedFrame as Resp2Frame};
-use redis_protocol::{resp2, resp3};
 use tempfile::TempDir;
 
+mod launch;
 mod proxy;
+mod resp;
 
 pub use proxy::FaultProxy;
+
+use launch::{free_port, launch, Failure};
+use resp::{bulk_string, encode_command, Replies};
 
 /// Environment variable naming the server binary (default `redis-server`).
 const SERVER_ENV: &str = "TICKBUS_TEST_REDIS_SERVER";
@@ -529,265 +532,6 @@ impl Drop for RedisServer {
     }
 }
 
-/// Why a server did not come up.
-enum Failure {
-    /// Its port was taken: another port (or a later attempt) may work.
-    PortInUse(io::Error),
-    /// Anything else.
-    Fatal(io::Error),
-}
-
-/// Spawns a server on `port` in `dir` and waits until it is ready. On failure
-/// the process is killed and reaped.
-fn launch(
-    binary: &Path,
-    options: &RedisServerOptions,
-    port: u16,
-    dir: &Path,
-) -> Result<Child, Failure> {
-    // Where this attempt's output starts, to show only its own lines in errors.
-    let log_start = file_len(&dir.join(LOG_FILE));
-    let out_start = file_len(&dir.join(OUT_FILE));
-    let out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(OUT_FILE))
-        .map_err(Failure::Fatal)?;
-    let err = out.try_clone().map_err(Failure::Fatal)?;
-
-    let mut command = Command::new(binary);
-    command
-        .arg("--port")
-        .arg(port.to_string())
-        .arg("--bind")
-        .arg("127.0.0.1")
-        .arg("--dir")
-        .arg(dir)
-        .arg("--logfile")
-        .arg(LOG_FILE)
-        .arg("--daemonize")
-        .arg("no")
-        .arg("--save")
-        .arg("")
-        .arg("--appendonly")
-        .arg(if options.aof.is_some() { "yes" } else { "no" });
-    if let Some(fsync) = options.aof {
-        command.arg("--appendfsync").arg(fsync.as_arg());
-    }
-    if let Some(password) = &options.password {
-        command.arg("--requirepass").arg(password);
-    }
-    command.arg("--protected-mode").arg("no");
-    for (name, value) in &options.extra_args {
-        command
-            .arg(format!("--{}", name.trim_start_matches('-')))
-            .arg(value);
-    }
-    let mut child = command
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .map_err(|e| Failure::Fatal(annotate(e, &format!("cannot run {}", binary.display()))))?;
-
-    let tail = || {
-        let mut text = read_tail(&dir.join(LOG_FILE), log_start);
-        text.push_str(&read_tail(&dir.join(OUT_FILE), out_start));
-        text
-    };
-    let password = options.password.as_deref();
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let mut foreign_pid = None;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Err(exited(binary, port, status, tail())),
-            Ok(None) => {}
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(Failure::Fatal(e));
-            }
-        }
-        match probe(port, password) {
-            Probe::Pong { pid } if pid == child.id() => return Ok(child),
-            Probe::Pong { pid } => foreign_pid = Some(pid),
-            // Authentication configured through `extra_args`: cannot look further.
-            Probe::NoAuth if password.is_none() => return Ok(child),
-            Probe::NoAuth | Probe::NotYet => {}
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let status = child.wait();
-            // It may have exited by itself just now: then say why.
-            if let Ok(status) = status {
-                if status.code().is_some() {
-                    return Err(exited(binary, port, status, tail()));
-                }
-            }
-            let mut message = format!(
-                "{} did not answer PING on port {port} within {} s",
-                binary.display(),
-                READY_TIMEOUT.as_secs()
-            );
-            if let Some(pid) = foreign_pid {
-                message.push_str(&format!(
-                    " (a server with process id {pid}, not {}, answers there: is the binary a \
-                     wrapper that does not exec?)",
-                    child.id()
-                ));
-            }
-            message.push_str("; log:\n");
-            message.push_str(&tail());
-            return Err(Failure::Fatal(io::Error::new(
-                io::ErrorKind::TimedOut,
-                message,
-            )));
-        }
-        std::thread::sleep(POLL_INTERVAL);
-    }
-}
-
-/// The error for a server that exited before it was ready.
-fn exited(binary: &Path, port: u16, status: ExitStatus, tail: String) -> Failure {
-    let error = io::Error::other(format!(
-        "{} exited ({status}) before it was ready on port {port}; log:\n{tail}",
-        binary.display()
-    ));
-    if tail.contains("Address already in use") {
-        Failure::PortInUse(error)
-    } else {
-        Failure::Fatal(error)
-    }
-}
-
-/// What a readiness probe found.
-enum Probe {
-    /// The server is loaded and answers `PING`; `pid` is its `process_id`.
-    Pong { pid: u32 },
-    /// The server answers but wants a password.
-    NoAuth,
-    /// Nothing listens yet, the server is still loading, or anything else.
-    NotYet,
-}
-
-/// Connects to the port and sends `[AUTH]`, `PING` and `INFO server`. The pid
-/// tells our server from another process that got the port first.
-fn probe(port: u16, password: Option<&str>) -> Probe {
-    let attempt = || -> io::Result<Probe> {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-        stream.set_read_timeout(Some(Duration::from_secs(1)))?;
-        stream.set_write_timeout(Some(Duration::from_secs(1)))?;
-        let mut request = Vec::new();
-        if let Some(password) = password {
-            request.extend(encode_command(&[b"AUTH", password.as_bytes()]));
-        }
-        request.extend(encode_command(&[b"PING"]));
-        request.extend(encode_command(&[b"INFO", b"server"]));
-        let mut replies = Replies::new(&stream);
-        (&stream).write_all(&request)?;
-        if password.is_some() && !replies.next()?.starts_with(b"+OK") {
-            return Ok(Probe::NotYet);
-        }
-        let pong = replies.next()?;
-        if pong.starts_with(b"-NOAUTH") {
-            return Ok(Probe::NoAuth);
-        }
-        if !pong.starts_with(b"+PONG") {
-            return Ok(Probe::NotYet); // e.g. -LOADING
-        }
-        let info = replies.next()?;
-        let pid = bulk_string(&info)?
-            .lines()
-            .find_map(|line| line.strip_prefix("process_id:")?.trim().parse().ok());
-        Ok(pid.map_or(Probe::NotYet, |pid| Probe::Pong { pid }))
-    };
-    attempt().unwrap_or(Probe::NotYet)
-}
-
-/// A port of 127.0.0.1 that nothing listened on a moment ago.
-fn free_port() -> io::Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// A command as a RESP array of bulk strings (redis-protocol's encoder).
-fn encode_command(args: &[&[u8]]) -> Vec<u8> {
-    let bulks: Vec<BorrowedFrame<'_>> = args
-        .iter()
-        .map(|arg| BorrowedFrame::BulkString(arg))
-        .collect();
-    let frame = BorrowedFrame::Array(&bulks);
-    let mut out = vec![0; frame.encode_len(false)];
-    let written = resp2::encode::encode_borrowed(&mut out, &frame, false)
-        .expect("the buffer has the frame's encoded length");
-    out.truncate(written);
-    out
-}
-
-/// Replies read off a connection one whole RESP frame at a time, with
-/// redis-protocol's decoder. Bytes past a reply (pipelined replies) stay for
-/// the next one.
-struct Replies<R> {
-    source: R,
-    buffer: Vec<u8>,
-}
-
-impl<R: Read> Replies<R> {
-    fn new(source: R) -> Self {
-        Replies {
-            source,
-            buffer: Vec::new(),
-        }
-    }
-
-    /// The raw bytes of the next reply (RESP2, and RESP3's types should
-    /// `HELLO 3` be sent).
-    fn next(&mut self) -> io::Result<Vec<u8>> {
-        let mut chunk = [0; 16 * 1024];
-        loop {
-            if let Some(len) = frame_len(&self.buffer)? {
-                return Ok(self.buffer.drain(..len).collect());
-            }
-            let n = self.source.read(&mut chunk)?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed before a whole reply",
-                ));
-            }
-            self.buffer.extend_from_slice(&chunk[..n]);
-        }
-    }
-}
-
-/// The length of the whole frame at the start of `buf`, `None` if more bytes
-/// are needed. RESP2 first; a frame RESP2 does not know (a map after `HELLO 3`)
-/// is tried as RESP3.
-fn frame_len(buf: &[u8]) -> io::Result<Option<usize>> {
-    match resp2::decode::decode_range(buf) {
-        Ok(found) => Ok(found.map(|(_, len)| len)),
-        Err(resp2_error) => match resp3::decode::complete::decode_range(buf) {
-            Ok(found) => Ok(found.map(|(_, len)| len)),
-            Err(_) => Err(invalid_data(&format!("malformed reply: {resp2_error}"))),
-        },
-    }
-}
-
-/// The text of a bulk-string reply, or the error the server replied.
-fn bulk_string(reply: &[u8]) -> io::Result<String> {
-    match resp2::decode::decode(reply) {
-        Ok(Some((Resp2Frame::BulkString(body), _))) => {
-            Ok(String::from_utf8_lossy(&body).into_owned())
-        }
-        _ => Err(io::Error::other(format!(
-            "unexpected reply: {}",
-            String::from_utf8_lossy(reply).trim_end()
-        ))),
-    }
-}
-
 /// `"7.0.15"` → `(7, 0, 15)`; missing parts are 0.
 fn parse_version(version: &str) -> Option<(u32, u32, u32)> {
     let mut parts = version.split('.').map(str::parse::<u32>);
@@ -849,6 +593,8 @@ mod entry_roundtrip;
 
 #[cfg(test)]
 mod tests {
+    use std::net::TcpListener;
+
     use super::*;
 
     #[test]
