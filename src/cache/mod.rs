@@ -35,6 +35,7 @@ use flight::Flight;
 use layer::Invalidate;
 pub(crate) use layer::Layer;
 pub use state::{PublishedWithState, StatePolicy, StateStore};
+#[cfg(feature = "metrics")]
 pub(crate) use stats::stats_by_namespace;
 pub use stats::CacheStats;
 use stats::{bump, Counters, StatsSource, CACHES};
