@@ -7,7 +7,6 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -24,6 +23,7 @@ use crate::codec::{self, CodecLimits};
 use crate::config::RedisConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{EventId, InstanceId, StreamId};
+use crate::sync::InFlight;
 use crate::wire::{self, EntryLimits};
 
 /// One member of a consumer group: a `Stream` of [`Delivery`]s (also
@@ -72,11 +72,11 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
             group: group.to_string(),
             consumer: config.consumer_name(),
             limits: CodecLimits::default(),
+            in_flight: InFlight::new(config.max_in_flight),
             config,
             redis,
             subject,
             counters: Counters::default(),
-            in_flight: AtomicU64::new(0),
             room: tokio::sync::Notify::new(),
             commands,
             acks: Mutex::new(Vec::new()),

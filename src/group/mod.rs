@@ -41,6 +41,7 @@ use crate::codec::CodecLimits;
 use crate::config::RedisConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{EventId, Pattern, StreamId, TopicName};
+use crate::sync::InFlight;
 use crate::transport::keys;
 
 /// What a group reads: one topic, or every topic matching a pattern.
@@ -257,11 +258,11 @@ pub(crate) struct GroupCore {
     pub(crate) redis: RedisConfig,
     pub(crate) subject: Subject,
     pub(crate) counters: Counters,
-    /// In-flight places, both kinds in one word so that one load sees a
-    /// consistent pair: the low 32 bits count deliveries held (handed out or
-    /// queued, not yet acked), the high 32 bits places taken for a read or
-    /// claim under way (not deliveries yet, so not in [`GroupStats::in_flight`]).
-    pub(crate) in_flight: AtomicU64,
+    /// In-flight places (`sync::InFlight`, with its loom models), both kinds in
+    /// one word so that one load sees a consistent pair: deliveries held (handed
+    /// out or queued, not yet acked), and places taken for a read or claim under
+    /// way (not deliveries yet, so not in [`GroupStats::in_flight`]).
+    pub(crate) in_flight: InFlight,
     /// Wakes the reader when acks make room.
     pub(crate) room: tokio::sync::Notify,
     pub(crate) commands: mpsc::UnboundedSender<Command>,
@@ -293,35 +294,20 @@ pub(crate) struct GroupCore {
 impl GroupCore {
     /// Takes up to `want` in-flight places; returns how many it got.
     pub(crate) fn reserve(&self, want: usize) -> usize {
-        let max = self.config.max_in_flight;
-        let mut got = 0;
-        let _ = self
-            .in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |places| {
-                let taken = (places & HELD_MASK) + (places >> RESERVED_SHIFT);
-                got = want.min(max.saturating_sub(taken as usize));
-                Some(places + ((got as u64) << RESERVED_SHIFT))
-            });
-        got
+        self.in_flight.reserve(want)
     }
 
     /// Ends a read that [`reserve`](GroupCore::reserve)d `reserved` places:
     /// `used` of them now hold deliveries, the rest are given back.
     pub(crate) fn settle(&self, reserved: usize, used: usize) {
-        let _ = self
-            .in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |places| {
-                Some(places - ((reserved as u64) << RESERVED_SHIFT) + used as u64)
-            });
-        if reserved > used {
+        if self.in_flight.settle(reserved, used) {
             self.room.notify_one();
         }
     }
 
     /// Gives back the places of `n` deliveries.
     pub(crate) fn release(&self, n: usize) {
-        if n > 0 {
-            self.in_flight.fetch_sub(n as u64, Ordering::AcqRel);
+        if self.in_flight.release(n) {
             self.room.notify_one();
         }
     }
@@ -382,7 +368,7 @@ impl GroupCore {
             consumers_removed: get(&c.consumers_removed),
             errors: get(&c.errors),
             // Places taken by a read under way hold no delivery yet.
-            in_flight: self.in_flight.load(Ordering::Acquire) & HELD_MASK,
+            in_flight: self.in_flight.held(),
         }
     }
 
@@ -404,9 +390,6 @@ impl GroupCore {
     }
 }
 
-/// The two parts of [`GroupCore::in_flight`].
-const RESERVED_SHIFT: u32 = 32;
-const HELD_MASK: u64 = (1 << RESERVED_SHIFT) - 1;
 
 fn closed() -> Error {
     Error::new(ErrorKind::Closed, "the consumer has shut down")

@@ -31,13 +31,12 @@
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use event_listener::Event as Notify;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::Notify as AsyncNotify;
@@ -48,6 +47,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::event::{InstanceId, StreamId, TopicName};
 use crate::io::{lock, spawn_io_thread};
 use crate::local::topic::{Persist, TopicShared};
+use crate::sync::Places;
 use crate::transport::keys;
 use crate::transport::redis::{Connection, ConnectionEvent, WAITAOF_VERSION};
 
@@ -265,10 +265,7 @@ impl fmt::Debug for Live {
         f.debug_struct("Live")
             .field("redis", &self.core.config.redacted_url())
             .field("version", &self.version)
-            .field(
-                "outbox_depth",
-                &self.core.outbox.depth.load(Ordering::Relaxed),
-            )
+            .field("outbox_depth", &self.core.outbox.depth())
             .finish()
     }
 }
@@ -281,12 +278,8 @@ impl Live {
             src: crate::wire::source_field(instance),
             outbox: Outbox {
                 queue: Mutex::new(VecDeque::new()),
-                depth: AtomicUsize::new(0),
-                capacity: config.outbox_capacity,
+                places: Places::new(config.outbox_capacity),
                 policy: config.outbox_full,
-                closed: AtomicBool::new(false),
-                space: Notify::new(),
-                space_waiters: AtomicUsize::new(0),
                 wake_writer: AsyncNotify::new(),
             },
             config,
@@ -519,7 +512,7 @@ impl Live {
             ),
         };
         Health::Degraded {
-            outbox_depth: self.core.outbox.depth.load(Ordering::Relaxed),
+            outbox_depth: self.core.outbox.depth(),
             last_error,
             since,
         }
@@ -535,7 +528,7 @@ impl Live {
         let c = &self.core.counters;
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         RedisStats {
-            outbox_depth: self.core.outbox.depth.load(Ordering::Relaxed),
+            outbox_depth: self.core.outbox.depth(),
             written: get(&c.written),
             write_batches: get(&c.write_batches),
             write_failures: get(&c.write_failures),
@@ -583,7 +576,7 @@ impl Live {
 
     /// The outbox's capacity.
     pub(crate) fn outbox_capacity(&self) -> usize {
-        self.core.outbox.capacity
+        self.core.outbox.places.capacity()
     }
 
     /// Runs `tick` on the writer's runtime every `every` until it returns

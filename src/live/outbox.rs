@@ -3,10 +3,10 @@
 use crate::config::OutboxFull;
 use crate::io::lock;
 use crate::receipt::ReceiptSender;
+use crate::sync::Places;
+pub(super) use crate::sync::Refused;
 use crate::transport::WireEntry;
-use event_listener::{Event as Notify, Listener as _};
 use std::collections::VecDeque;
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use tokio::sync::Notify as AsyncNotify;
 
@@ -22,71 +22,36 @@ pub(super) struct Pending {
     pub(super) queued_at: quanta::Instant,
 }
 
-/// Durable events waiting for Redis: bounded by `depth` (places taken from
-/// `reserve` until Redis confirms), queued in publish order.
+/// Durable events waiting for Redis: bounded by `places` (taken by a publish,
+/// given back once Redis confirms), queued in publish order.
 pub(super) struct Outbox {
     pub(super) queue: Mutex<VecDeque<Pending>>,
-    pub(super) depth: AtomicUsize,
-    pub(super) capacity: usize,
+    /// The bound, closed at shutdown; a publisher waiting for a place parks on
+    /// its handshake (`sync::Places`, with its loom models).
+    pub(super) places: Places,
     pub(super) policy: OutboxFull,
-    pub(super) closed: AtomicBool,
-    /// Publishers waiting for room.
-    pub(super) space: Notify,
-    pub(super) space_waiters: AtomicUsize,
     /// Wakes the writer.
     pub(super) wake_writer: AsyncNotify,
-}
-
-pub(super) enum Refused {
-    Full,
-    Closed,
 }
 
 impl Outbox {
     /// Takes a place, waiting for one if `wait`.
     pub(super) fn reserve(&self, wait: bool) -> std::result::Result<(), Refused> {
-        loop {
-            if self.closed.load(Ordering::Acquire) {
-                return Err(Refused::Closed);
-            }
-            let depth = self.depth.load(Ordering::Relaxed);
-            if depth < self.capacity {
-                if self
-                    .depth
-                    .compare_exchange_weak(depth, depth + 1, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    return Ok(());
-                }
-                continue;
-            }
-            if !wait {
-                return Err(Refused::Full);
-            }
-            // Listen, count ourselves as waiting, fence, look again: pairs with
-            // `release`, which fences between lowering the depth and reading the count.
-            let listener = self.space.listen();
-            self.space_waiters.fetch_add(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            let full = self.depth.load(Ordering::Relaxed) >= self.capacity
-                && !self.closed.load(Ordering::Acquire);
-            if full {
-                listener.wait();
-            }
-            self.space_waiters.fetch_sub(1, Ordering::SeqCst);
-        }
+        self.places.take(wait)
     }
 
     /// Gives back `n` places.
     pub(super) fn release(&self, n: usize) {
-        if n == 0 {
-            return;
-        }
-        self.depth.fetch_sub(n, Ordering::AcqRel);
-        fence(Ordering::SeqCst);
-        if self.space_waiters.load(Ordering::Relaxed) > 0 {
-            self.space.notify(usize::MAX);
-        }
+        self.places.give_back(n);
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.places.is_closed()
+    }
+
+    /// Places taken (events not yet confirmed by Redis).
+    pub(super) fn depth(&self) -> usize {
+        self.places.taken()
     }
 
     pub(super) fn push(&self, pending: Pending) {
@@ -101,8 +66,7 @@ impl Outbox {
     }
 
     pub(super) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.space.notify(usize::MAX);
+        self.places.close();
         self.wake_writer.notify_one();
     }
 }

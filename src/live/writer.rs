@@ -9,7 +9,6 @@ use crate::transport::redis::Connection;
 use crate::transport::WireEntry;
 use crate::wire;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,7 +35,7 @@ pub(super) async fn writer_loop(core: Arc<Core>, connection: Connection) {
             let notified = outbox.wake_writer.notified();
             outbox.take(config.write_batch, &mut batch);
             if batch.is_empty() {
-                if outbox.closed.load(Ordering::Acquire) {
+                if outbox.is_closed() {
                     break;
                 }
                 if lock(&core.trims).is_empty() {
@@ -52,7 +51,7 @@ pub(super) async fn writer_loop(core: Arc<Core>, connection: Connection) {
                 continue;
             }
         }
-        if outbox.closed.load(Ordering::Acquire) {
+        if outbox.is_closed() {
             let deadline =
                 *deadline.get_or_insert_with(|| Instant::now() + config.shutdown_timeout);
             if Instant::now() >= deadline {

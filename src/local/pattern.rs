@@ -5,7 +5,6 @@ use std::any::Any;
 use std::fmt;
 use std::future::Future as _;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
@@ -20,6 +19,7 @@ use super::wait::{recv_blocking, SpinYieldPark, WaitStrategy, Waitable, Wakeup};
 use crate::config::SubscribeOptions;
 use crate::error::Result;
 use crate::event::{Meta, Pattern, TopicName};
+use crate::sync::{AtomicBool, Ordering};
 
 /// An event of any type, received by a [`PatternSubscriber`]: downcast it to the
 /// topic's payload type.

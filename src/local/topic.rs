@@ -3,11 +3,11 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam_utils::CachePadded;
-use event_listener::{Event as Notify, Listener as _};
+use event_listener::Event as Notify;
 
 use super::error::{PublishError, TryPublishError, UndecodableEvent};
 use super::publisher::Publisher;
@@ -19,6 +19,7 @@ use crate::config::{SlowPolicy, SubscribeOptions, TopicOptions};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{topic_salt, EventId, InstanceId, Meta, Origin, StreamId, TopicName};
 use crate::receipt::Receipt;
+use crate::sync::Handshake;
 
 /// What a slot holds: the value and the metadata that cannot be derived.
 ///
@@ -103,11 +104,9 @@ pub(crate) struct TopicShared<T> {
     /// Notified by a publish whose slot a sleeping subscriber marked, and on close:
     /// wakes parked and async subscribers.
     pub(crate) data_ready: Notify,
-    /// Notified when a backpressure subscriber moves on or leaves, if a publisher
-    /// is parked waiting for room (`space_waiters > 0`).
-    pub(crate) space: Notify,
-    /// Publishers parked on `space`.
-    space_waiters: AtomicUsize,
+    /// Publishers parked waiting for room, woken when a backpressure subscriber
+    /// moves on or leaves (only if one is parked).
+    space: Handshake,
     pub(crate) salt: u32,
     pub(crate) instance: InstanceId,
     pub(crate) clock: Clock,
@@ -168,8 +167,7 @@ impl<T> TopicShared<T> {
             ring,
             name,
             data_ready: Notify::new(),
-            space: Notify::new(),
-            space_waiters: AtomicUsize::new(0),
+            space: Handshake::new(),
             instance,
             clock,
             persist,
@@ -294,21 +292,19 @@ impl<T> TopicShared<T> {
     pub(crate) fn close(&self) {
         self.ring.close();
         self.data_ready.notify(usize::MAX);
-        self.space.notify(usize::MAX);
+        self.space.wake_all();
     }
 
     /// Wakes publishers parked for room, if there are any. Called by backpressure
     /// subscribers after their gate moved (every few reads), never per event.
+    #[inline]
     pub(crate) fn wake_publishers(&self) {
-        // Pairs with the barrier in `wait_for_room` (count ourselves as waiting;
-        // barrier; look at the gates again): either that look sees the moved gate,
-        // or this load sees the waiter. Asymmetric: subscribers call this every few
-        // dozen reads (or each time they run dry), a publisher parks rarely, so the
-        // fence is the parking publisher's (`membarrier(2)`), and this is free.
-        crate::sync::light_barrier();
-        if self.space_waiters.load(Ordering::Relaxed) > 0 {
-            self.space.notify(usize::MAX);
-        }
+        // The handshake's waking side (`sync::Handshake`): the gate was stored
+        // before this call; either the parked publisher's look sees it, or this
+        // sees the publisher. Subscribers call this every few dozen reads (or
+        // each time they run dry), a publisher parks rarely: the barrier here is
+        // a compiler fence, the parking publisher's is `membarrier(2)`.
+        self.space.wake();
     }
 
     /// A local event stamped by the bus clock.
@@ -453,17 +449,13 @@ impl<T> TopicShared<T> {
                 WaitStep::Spin => std::hint::spin_loop(),
                 WaitStep::Yield => std::thread::yield_now(),
                 WaitStep::Park => {
-                    // Listen, count ourselves as waiting, barrier, look again: see
-                    // `wake_publishers`.
-                    let listener = self.space.listen();
-                    self.space_waiters.fetch_add(1, Ordering::SeqCst);
-                    crate::sync::heavy_barrier();
-                    let again = attempt();
-                    if let ControlFlow::Continue(()) = again {
-                        listener.wait();
-                    }
-                    self.space_waiters.fetch_sub(1, Ordering::SeqCst);
-                    if let ControlFlow::Break(result) = again {
+                    // Counted as parked, try again; park unless that went
+                    // through: see `wake_publishers`.
+                    let again = self.space.park_unless(|| match attempt() {
+                        ControlFlow::Break(result) => Some(result),
+                        ControlFlow::Continue(()) => None,
+                    });
+                    if let Some(result) = again {
                         return result;
                     }
                 }

@@ -1,15 +1,37 @@
 //! The std / loom shim: everything lock-free imports its atomics and cells from here,
 //! so the `loom` models (`RUSTFLAGS="--cfg loom"`) check the very code that ships.
+//!
+//! Beside the shim, the few lock-free protocols that code outside the ring
+//! shares, each written once, with its atomics' orderings and its loom models:
+//!
+//! * [`Handshake`] (`handshake.rs`): the park/wake handshake. A thread that
+//!   cannot go on parks until another thread changes what it waits for; the
+//!   waking side pays a compiler fence and a load when nobody is parked.
+//!   Publishers parked for room in a topic or in the outbox use it.
+//! * [`Places`] (`places.rs`): a bounded count of places that a closing can
+//!   end, whose takers park on a [`Handshake`] while it is full: the outbox.
+//! * [`InFlight`] (`in_flight.rs`): the in-flight word of a consumer group
+//!   (deliveries held and places reserved by a read, in one word).
+
+mod handshake;
+mod in_flight;
+mod places;
+
+pub(crate) use handshake::Handshake;
+#[cfg_attr(not(feature = "redis"), allow(unused_imports))]
+pub(crate) use in_flight::InFlight;
+#[cfg_attr(not(feature = "redis"), allow(unused_imports))]
+pub(crate) use places::{Places, Refused};
 
 #[cfg(loom)]
 pub(crate) use loom::cell::{ConstPtr, UnsafeCell};
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicU64, Ordering};
+pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 #[cfg(not(loom))]
 pub(crate) use self::cell::{ConstPtr, UnsafeCell};
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{fence, AtomicU64, Ordering};
+pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 #[cfg(loom)]
 pub(crate) use loom::sync::{Arc, Mutex};
