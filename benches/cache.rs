@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use fred::prelude::*;
 use tickbus::test_util::RedisServer;
-use tickbus::{Bus, Cache, CacheConfig, RedisConfig};
+use tickbus::{Bus, Cache, CacheConfig, LiveBus, RedisConfig};
 
 const MEMORY_KEYS: usize = 10_000;
 const REDIS_KEYS: usize = 200_000;
@@ -48,7 +48,7 @@ fn config() -> CacheConfig {
 
 struct Rig {
     _server: RedisServer,
-    bus: Bus,
+    bus: LiveBus,
     memory_cache: Cache<String>,
     moka: moka::sync::Cache<String, String>,
     keys: Vec<String>,

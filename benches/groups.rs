@@ -85,7 +85,9 @@ use measure::{min_max, process_cpu, threads_cpu};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteArray;
 use tickbus::test_util::RedisServer;
-use tickbus::{Bus, Consumer, DurableOptions, GroupConfig, GroupStart, RedisConfig, Retention};
+use tickbus::{
+    Bus, Consumer, DurableOptions, GroupConfig, GroupStart, LiveBus, RedisConfig, Retention,
+};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
@@ -349,7 +351,7 @@ where
 
 /// A `Consumer` per run, its deliveries handled on the shared runtime.
 struct TickbusGroup {
-    bus: Bus,
+    bus: LiveBus,
     handle: Handle,
     checker: Checker,
     /// Time `Bus::group` took, per run (untimed).
@@ -667,7 +669,7 @@ fn contenders(env: &Env) -> Vec<Box<dyn GroupRig>> {
 /// Publishes `events` payloads to `topic` through a durable topic and waits until
 /// Redis holds them all.
 fn prefill(
-    bus: &Bus,
+    bus: &LiveBus,
     prefix: &str,
     topic: &'static str,
     events: u64,

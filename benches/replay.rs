@@ -66,7 +66,7 @@ use measure::{fmt_range, process_cpu};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteArray;
 use tickbus::test_util::RedisServer;
-use tickbus::{Bus, DurableOptions, Position, RedisConfig, ReplayOptions, StreamId};
+use tickbus::{Bus, DurableOptions, LiveBus, Position, RedisConfig, ReplayOptions, StreamId};
 use tokio::runtime::Handle;
 
 // ---------------------------------------------------------------------------
@@ -138,7 +138,7 @@ fn handle(stream_id: StreamId, id: uuid::Uuid, src: uuid::Uuid, ts: u64, payload
 
 /// `Bus::replay` + `recv_blocking` + `decode` on the bench thread.
 struct TickbusReplay {
-    bus: Bus,
+    bus: LiveBus,
     /// Per run: the time `Bus::replay` took to return.
     startups: Vec<Duration>,
 }
@@ -365,7 +365,7 @@ impl ScanRig for FredXrange {
 
 /// Publishes `events` entries through a durable topic of `bus`; the stream ids
 /// of the entry number `marker` (1-based) and of the last one.
-fn prefill(bus: &Bus, events: u64, marker: u64) -> (StreamId, StreamId) {
+fn prefill(bus: &LiveBus, events: u64, marker: u64) -> (StreamId, StreamId) {
     let topic = bus
         .durable_topic::<Payload>(
             TOPIC,

@@ -1,5 +1,5 @@
 //! Record live, replay into a backtest: N events published on a durable topic
-//! are stored in a Redis stream, read back with `Bus::replay`, and fed into a
+//! are stored in a Redis stream, read back with `LiveBus::replay`, and fed into a
 //! `Backtest` (an embedded bus with a virtual clock), whose handler checks each
 //! one against what was recorded.
 //!
@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tickbus::{
-    Backtest, Bus, DurableOptions, EventId, RecvError, RedisConfig, ReplayOptions, SlowPolicy,
-    StreamId, SubscribeOptions,
+    Backtest, Bus, DurableOptions, EventId, LiveBus, RecvError, RedisConfig, ReplayOptions,
+    SlowPolicy, StreamId, SubscribeOptions,
 };
 
 /// One recorded event: a trade print.
@@ -118,7 +118,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
 }
 
 fn record_and_replay(
-    bus: &Bus,
+    bus: &LiveBus,
     topic_name: &str,
     n: u64,
 ) -> Result<bool, Box<dyn std::error::Error>> {

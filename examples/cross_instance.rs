@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use tickbus::{Bus, DurableOptions, RecvError, RedisConfig, Retention};
+use tickbus::{Bus, DurableOptions, LiveBus, RecvError, RedisConfig, Retention};
 
 /// One event: its sequence number and 128 bytes of payload.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -73,7 +73,7 @@ enum Role {
     Publisher,
 }
 
-fn live_bus(url: &str) -> Result<Bus, tickbus::Error> {
+fn live_bus(url: &str) -> Result<LiveBus, tickbus::Error> {
     Bus::builder().redis(RedisConfig::from_url(url)?).build()
 }
 

@@ -37,7 +37,7 @@ use clap::builder::RangedU64ValueParser;
 use clap::Parser;
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
-use tickbus::{Bus, DurableOptions, GroupConfig, GroupStart, RedisConfig};
+use tickbus::{Bus, DurableOptions, GroupConfig, GroupStart, LiveBus, RedisConfig};
 
 /// One job: its id (0, 1, …) and a description to work on.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -81,7 +81,7 @@ struct Args {
     group: Option<String>,
 }
 
-fn live_bus(url: &str) -> Result<Bus, tickbus::Error> {
+fn live_bus(url: &str) -> Result<LiveBus, tickbus::Error> {
     Bus::builder().redis(RedisConfig::from_url(url)?).build()
 }
 

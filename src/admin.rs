@@ -189,6 +189,16 @@ impl Admin {
         })
     }
 
+    /// As [`connect`](Admin::connect), without blocking the caller's executor
+    /// (the connection is made on a thread of its own).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Admin::connect).
+    pub async fn connect_async(config: RedisConfig) -> Result<Admin> {
+        crate::io::off_thread(move || Admin::connect(config)).await
+    }
+
     /// The Redis server's version.
     pub fn server_version(&self) -> (u32, u32, u32) {
         self.version

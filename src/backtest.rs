@@ -154,7 +154,7 @@ where
 /// An embedded bus driven by recorded events, synchronously and
 /// deterministically.
 ///
-/// Each recorded event ([`ReplayedEvent`], from [`Bus::replay`] or
+/// Each recorded event ([`ReplayedEvent`], from [`LiveBus::replay`](crate::LiveBus::replay) or
 /// [`import`](crate::import)) of a [routed](Backtest::route) topic is decoded
 /// and published on the backtest bus, with its recorded id, source, stream id
 /// and timestamp, after the bus clock is set to that timestamp (never

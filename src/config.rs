@@ -414,7 +414,7 @@ pub enum Durability {
     AofFsynced,
 }
 
-/// Options of a durable topic ([`Bus::durable_topic`](crate::Bus::durable_topic)).
+/// Options of a durable topic ([`LiveBus::durable_topic`](crate::LiveBus::durable_topic)).
 ///
 /// # Examples
 ///

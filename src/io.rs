@@ -20,6 +20,66 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Runs a blocking call (a set-up round trip, a shutdown that waits for an I/O
+/// thread) on a thread of its own and awaits its result: the async twins of
+/// blocking calls never block the caller's executor, whatever the executor is.
+/// A panic in `job` comes back as an `Unavailable` error.
+pub(crate) async fn off_thread<R, F>(job: F) -> Result<R>
+where
+    R: Send + 'static,
+    F: FnOnce() -> Result<R> + Send + 'static,
+{
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("tickbus-blocking".into())
+        .spawn(move || {
+            let _ = done.send(job());
+        })
+        .map_err(|error| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("cannot start a thread: {error}"),
+            )
+        })?;
+    result.await.unwrap_or_else(|_| {
+        Err(Error::new(
+            ErrorKind::Unavailable,
+            "the thread running a blocking call stopped without an answer",
+        ))
+    })
+}
+
+/// Whether stopping an I/O thread waits for it to end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Join {
+    /// Join it (an explicit `shutdown`, or a drop outside any runtime).
+    Wait,
+    /// Let it end by itself (a drop on a thread that runs an async executor).
+    Detach,
+}
+
+impl Join {
+    /// `Detach` when called on a thread inside a tokio runtime, where a
+    /// destructor must not block, else `Wait`.
+    pub(crate) fn unless_in_runtime() -> Join {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            Join::Detach
+        } else {
+            Join::Wait
+        }
+    }
+}
+
+/// Ends the wait for an I/O thread already told to stop: joins it, unless
+/// `join` says not to or it is the calling thread (an owner dropped on its own
+/// I/O thread: it ends by itself).
+pub(crate) fn join_io_thread(thread: JoinHandle<()>, join: Join) {
+    if join == Join::Detach || thread.thread().id() == std::thread::current().id() {
+        return; // dropping the handle detaches the thread
+    }
+    let _ = thread.join();
+}
+
 /// Milliseconds since the Unix epoch by this machine's clock (0 before 1970).
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()

@@ -95,12 +95,16 @@
 //!
 //! ## Live mode (feature `redis`, on by default)
 //!
-//! With Redis configured, [`Bus::durable_topic`] gives a topic whose events are
+//! [`BusBuilder::redis`] builds a [`LiveBus`]: a [`Bus`] (it derefs to one, so
+//! components written against `&Bus` run unchanged) with what only Redis makes
+//! possible, and only there: durable topics, consumer groups, replay, dead
+//! letters (on an embedded bus those calls do not compile).
+//! [`LiveBus::durable_topic`] gives a [`DurableTopic`]: a topic whose events are
 //! also appended to the Redis stream `tickbus:stream:{<topic>}`, and whose
 //! subscribers also receive what other instances append there (never their own
 //! events back), in stream order. Publishing stays in-process fast: local
 //! subscribers get the event at once; a writer thread pipelines the `XADD`s;
-//! [`Topic::publish_durable`] returns a [`Receipt`] that resolves to the stream
+//! [`DurableTopic::publish_durable`] returns a [`Receipt`] that resolves to the stream
 //! id. While Redis is away, events wait in a bounded outbox and are written in
 //! order, once each, when it returns ([`Bus::health`] says how things stand).
 //!
@@ -127,8 +131,8 @@
 //!   [`WaitStrategy`], `recv().await`, and [`Stream`](futures_core::Stream).
 //! * [`Bus::subscribe_pattern`]: `trading:>` and `*:updated`, type-erased.
 //! * [`codec`]: the MessagePack wire format, with limits for untrusted bytes.
-//! * Live mode: [`BusBuilder::redis`] with a [`RedisConfig`],
-//!   [`Bus::durable_topic`] with [`DurableOptions`], [`Receipt`], [`Health`],
+//! * Live mode: [`BusBuilder::redis`] with a [`RedisConfig`] gives a [`LiveBus`];
+//!   [`LiveBus::durable_topic`] with [`DurableOptions`], [`Receipt`], [`Health`],
 //!   [`RedisStats`], [`Bus::health_report`] ([`HealthReport`]).
 //!
 //! The guarantees (ordering, lag, bounds, shutdown, durability) are written
@@ -179,11 +183,15 @@ mod wire;
 
 pub use backtest::{Backtest, BacktestReport, Pace};
 pub use bus::{Bus, BusBuilder};
+#[cfg(feature = "redis")]
+pub use bus::{LiveBus, LiveBusBuilder};
 pub use clock::Clock;
 pub use config::{SlowPolicy, SubscribeOptions, TopicOptions};
 pub use error::{Error, ErrorKind, Result};
 pub use event::{EventId, InstanceId, Meta, Pattern, StreamId, TopicName};
 pub use json::payload_json;
+#[cfg(feature = "redis")]
+pub use local::DurableTopic;
 pub use local::{
     AnyEvent, AnyEventRef, BusySpin, Event, EventRef, PatternSubscriber, PublishError, Publisher,
     RecvError, SpinThenYield, SpinYieldPark, Subscriber, Topic, TryPublishError, TryRecvError,

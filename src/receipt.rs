@@ -23,7 +23,7 @@ struct Shared {
 }
 
 /// Resolves to the stream id of a durable event once Redis has the entry. Created
-/// by [`Topic::publish_durable`](crate::Topic::publish_durable).
+/// by [`DurableTopic::publish_durable`](crate::DurableTopic::publish_durable).
 ///
 /// # Cancel safety
 ///

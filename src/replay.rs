@@ -1,5 +1,5 @@
 //! Replay: a range of one or more topics' streams, read back from Redis and
-//! merged in stream-id order ([`Bus::replay`](crate::Bus::replay)).
+//! merged in stream-id order ([`LiveBus::replay`](crate::LiveBus::replay)).
 //!
 //! A replay has its own I/O thread and connection. Each stream is read in pages
 //! (`XRANGE … COUNT page`) by its own task, one page ahead of the consumer: while
@@ -56,7 +56,7 @@ pub enum Position {
 /// still holds (entries were trimmed or deleted).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum OnTrimmed {
-    /// Refuse: [`Bus::replay`](crate::Bus::replay) fails with
+    /// Refuse: [`LiveBus::replay`](crate::LiveBus::replay) fails with
     /// [`ErrorKind::Trimmed`].
     #[default]
     Error,

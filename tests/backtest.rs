@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tickbus::test_util::RedisServer;
 use tickbus::{
-    codec, export, import, Backtest, Bus, DurableOptions, Event, EventId, InstanceId,
-    RecordingFormat, RecvError, RedisConfig, ReplayOptions, ReplayedEvent, SlowPolicy, StreamId,
-    SubscribeOptions, Subscriber, Topic, TopicName,
+    codec, export, import, Backtest, Bus, DurableOptions, DurableTopic, Event, EventId, InstanceId,
+    LiveBus, RecordingFormat, RecvError, RedisConfig, ReplayOptions, ReplayedEvent, SlowPolicy,
+    StreamId, SubscribeOptions, Subscriber, TopicName,
 };
 
 /// Position updates fed live.
@@ -252,7 +252,7 @@ fn quiet() -> DurableOptions {
     }
 }
 
-fn live_bus(server: &RedisServer) -> Bus {
+fn live_bus(server: &RedisServer) -> LiveBus {
     let mut config = RedisConfig::from_url(&server.url()).unwrap();
     config.read_block = Duration::from_millis(200);
     Bus::builder().redis(config).build().unwrap()
@@ -298,7 +298,7 @@ impl<R: Send + 'static> Stage<R> {
 /// everything it published, in order.
 fn component<I, O>(
     mut input: Subscriber<I>,
-    output: Topic<O>,
+    output: DurableTopic<O>,
     mut step: impl FnMut(&Event<I>) -> Option<O>,
 ) -> Vec<O>
 where
@@ -336,7 +336,7 @@ struct LiveRun {
     took: Duration,
 }
 
-fn run_live(bus: &Bus, updates: &[PositionUpdate]) -> LiveRun {
+fn run_live(bus: &LiveBus, updates: &[PositionUpdate]) -> LiveRun {
     let started = Instant::now();
     let positions = bus
         .durable_topic::<PositionUpdate>(POSITIONS, quiet())
@@ -548,7 +548,7 @@ fn values<T: Copy>(stamped: &[Stamped<T>]) -> Vec<T> {
 }
 
 /// Replays a whole topic range from Redis into a vector, bounded in time.
-fn replay_all(bus: &Bus, topics: &[&str]) -> Vec<ReplayedEvent> {
+fn replay_all(bus: &LiveBus, topics: &[&str]) -> Vec<ReplayedEvent> {
     let deadline = Instant::now() + PATIENCE;
     let mut replay = bus.replay(topics, ReplayOptions::default()).unwrap();
     let mut events = Vec::new();

@@ -6,12 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tickbus::test_util::RedisServer;
-use tickbus::{Bus, CacheConfig, Clock, DurableOptions, ErrorKind, RedisConfig, StatePolicy};
+use tickbus::{
+    Bus, CacheConfig, Clock, DurableOptions, ErrorKind, LiveBus, RedisConfig, StatePolicy,
+};
 
 /// Upper bound on any wait for a condition (a hang fails, never blocks CI).
 const PATIENCE: Duration = Duration::from_secs(10);
 
-fn live_bus(server: &RedisServer) -> Bus {
+fn live_bus(server: &RedisServer) -> LiveBus {
     let mut config = RedisConfig::from_url(&server.url()).unwrap();
     config.reconnect_min = Duration::from_millis(20);
     config.reconnect_max = Duration::from_millis(200);

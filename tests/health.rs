@@ -5,14 +5,14 @@
 use std::time::{Duration, Instant};
 
 use tickbus::test_util::RedisServer;
-use tickbus::{Bus, ConnectionState, HealthReport, HealthThresholds, OutboxFull};
+use tickbus::{Bus, ConnectionState, HealthReport, HealthThresholds, LiveBus, OutboxFull};
 
 mod support;
 use support::groups::*;
 
 /// Polls the report until `done` holds; fails with the last report after `PATIENCE`.
 async fn report_until(
-    bus: &Bus,
+    bus: &LiveBus,
     limits: HealthThresholds,
     done: impl Fn(&HealthReport) -> bool,
 ) -> HealthReport {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use fred::prelude::{ClientLike, StreamsInterface, Value};
 use tickbus::test_util::{AppendFsync, FaultProxy, RedisServer, RedisServerOptions};
 use tickbus::{
-    Bus, Durability, DurableOptions, ErrorKind, Event, Health, InstanceId, OutboxFull,
+    Bus, Durability, DurableOptions, ErrorKind, Event, Health, InstanceId, LiveBus, OutboxFull,
     PublishError, RecvError, RedisConfig, RemoteStart, Retention, Subscriber,
 };
 
@@ -30,7 +30,7 @@ fn config(server: &RedisServer) -> RedisConfig {
     config
 }
 
-fn live_bus(server: &RedisServer) -> Bus {
+fn live_bus(server: &RedisServer) -> LiveBus {
     Bus::builder().redis(config(server)).build().unwrap()
 }
 
@@ -588,7 +588,7 @@ fn aof_fsync_durability_needs_waitaof() {
         durability: Durability::AofFsynced,
         ..Default::default()
     };
-    let version = bus.redis_version().unwrap();
+    let version = bus.redis_version();
     match bus.durable_topic::<u64>("execution:fill", options) {
         Ok(fills) => {
             assert!(version >= (7, 2, 0));

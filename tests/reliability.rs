@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use tickbus::test_util::{AppendFsync, FaultProxy, RedisServer, RedisServerOptions};
 use tickbus::{
     Bus, CacheConfig, Consumer, Durability, DurableOptions, ErrorKind, GroupConfig, GroupStart,
-    Health, PublishError, RedisConfig, ReplayOptions, Retention, StatePolicy, StreamId,
+    Health, LiveBus, PublishError, RedisConfig, ReplayOptions, Retention, StatePolicy, StreamId,
 };
 
 mod support;
@@ -299,7 +299,7 @@ async fn a_duplicate_across_an_instance_restart_has_its_effect_once() {
 async fn three_instances_never_handle_their_own_events() {
     const N: u64 = 1_000;
     let server = RedisServer::start().unwrap();
-    let buses: Vec<Bus> = (0..3).map(|_| live_bus(&server)).collect();
+    let buses: Vec<LiveBus> = (0..3).map(|_| live_bus(&server)).collect();
     let topics: Vec<_> = buses
         .iter()
         .map(|bus| {

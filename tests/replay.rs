@@ -5,12 +5,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tickbus::test_util::RedisServer;
 use tickbus::{
-    Bus, DurableOptions, ErrorKind, OnTrimmed, Position, RedisConfig, ReplayOptions, StreamId,
+    Bus, DurableOptions, ErrorKind, LiveBus, OnTrimmed, Position, RedisConfig, ReplayOptions,
+    StreamId,
 };
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
-fn live_bus(server: &RedisServer) -> Bus {
+fn live_bus(server: &RedisServer) -> LiveBus {
     let mut config = RedisConfig::from_url(&server.url()).unwrap();
     config.read_block = Duration::from_millis(200);
     Bus::builder().redis(config).build().unwrap()
@@ -31,7 +32,11 @@ fn xrange_ids(server: &RedisServer, key: &str) -> Vec<StreamId> {
         .collect()
 }
 
-fn replay_all(bus: &Bus, topics: &[&str], options: ReplayOptions) -> Vec<tickbus::ReplayedEvent> {
+fn replay_all(
+    bus: &LiveBus,
+    topics: &[&str],
+    options: ReplayOptions,
+) -> Vec<tickbus::ReplayedEvent> {
     let mut replay = bus.replay(topics, options).unwrap();
     let mut events = Vec::new();
     while let Some(event) = replay.recv_blocking() {

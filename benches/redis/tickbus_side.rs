@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteArray;
-use tickbus::{Bus, DurableOptions, RecvError, RedisConfig, Retention};
+use tickbus::{Bus, DurableOptions, LiveBus, RecvError, RedisConfig, Retention};
 
 use crate::{
     now_ns, pace, read_stamp, stamp, Env, LatencyRig, Recorder, ThroughputRig, PAYLOAD_BYTES,
@@ -35,7 +35,7 @@ fn unique_topic(kind: &str) -> String {
     format!("bench:{kind}-{}", RUN.fetch_add(1, Ordering::Relaxed))
 }
 
-fn live_bus(env: &Env) -> Bus {
+fn live_bus(env: &Env) -> LiveBus {
     let config = RedisConfig::from_url(&env.url).expect("the private Redis URL");
     Bus::builder().redis(config).build().expect("a live bus")
 }
@@ -55,7 +55,7 @@ fn options(receive_remote: bool) -> DurableOptions {
 /// event, whose receipt resolves once Redis has everything (entries are written
 /// in order).
 pub struct TickbusPublish {
-    bus: Bus,
+    bus: LiveBus,
 }
 
 impl TickbusPublish {
@@ -96,8 +96,8 @@ impl ThroughputRig for TickbusPublish {
 /// Bus A publishes (paced), bus B (another instance, its own connections)
 /// receives on a thread of its own with `recv_blocking` (spin, yield, park).
 pub struct TickbusLatency {
-    publisher: Bus,
-    receiver: Bus,
+    publisher: LiveBus,
+    receiver: LiveBus,
 }
 
 impl TickbusLatency {

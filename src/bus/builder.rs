@@ -84,15 +84,32 @@ impl BusBuilder {
     }
 
     /// Live mode: persist durable topics to this Redis and receive other
-    /// instances' events from it. `build` then connects, and fails if it cannot.
+    /// instances' events from it. The [`LiveBusBuilder`] it returns builds a
+    /// [`LiveBus`](crate::LiveBus); `build` then connects, and fails if it cannot.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use tickbus::{Bus, LiveBus, RedisConfig};
+    ///
+    /// let bus: LiveBus = Bus::builder()
+    ///     .metrics_label("orders")
+    ///     .redis(RedisConfig::from_url("redis://127.0.0.1:6379")?)
+    ///     .build()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[cfg(feature = "redis")]
-    pub fn redis(mut self, config: RedisConfig) -> Self {
-        self.redis = Some(config);
-        self
+    pub fn redis(self, config: RedisConfig) -> LiveBusBuilder {
+        LiveBusBuilder {
+            common: self,
+            config,
+        }
     }
 
     /// Live mode if `TICKBUS_REDIS_URL` or `REDIS_URL` is set (see
-    /// [`RedisConfig::from_env`]), embedded otherwise.
+    /// [`RedisConfig::from_env`]), embedded otherwise: the choice is made at run
+    /// time, so `build` returns a [`Bus`] either way, and
+    /// [`Bus::live`] gives its live handle when there is one.
     ///
     /// # Errors
     ///
@@ -113,12 +130,21 @@ impl BusBuilder {
     /// reached, `Auth` for refused credentials, `Unsupported` for a server older
     /// than 6.2. The message names the server (password redacted).
     pub fn build(self) -> Result<Bus> {
+        #[cfg(feature = "redis")]
+        let redis = self.redis.clone();
+        self.build_with(
+            #[cfg(feature = "redis")]
+            redis,
+        )
+    }
+
+    fn build_with(self, #[cfg(feature = "redis")] redis: Option<RedisConfig>) -> Result<Bus> {
         let options = self.topic_options;
         options.validate()?;
         let instance = self.instance_id.unwrap_or_else(InstanceId::random);
         let clock = self.clock.unwrap_or_else(Clock::system);
         #[cfg(feature = "redis")]
-        let live = match self.redis {
+        let live = match redis {
             Some(config) => Some(Arc::new(Live::start(config, instance)?)),
             None => None,
         };
@@ -166,5 +192,72 @@ impl BusBuilder {
             });
         }
         Ok(bus)
+    }
+}
+
+/// A [`BusBuilder`] with Redis configured ([`BusBuilder::redis`]): `build` connects
+/// and returns a [`LiveBus`](crate::LiveBus).
+#[cfg(feature = "redis")]
+#[derive(Debug)]
+#[must_use = "a builder does nothing until build() is called"]
+pub struct LiveBusBuilder {
+    common: BusBuilder,
+    config: RedisConfig,
+}
+
+#[cfg(feature = "redis")]
+impl LiveBusBuilder {
+    /// As [`BusBuilder::instance_id`].
+    pub fn instance_id(mut self, id: InstanceId) -> Self {
+        self.common = self.common.instance_id(id);
+        self
+    }
+
+    /// As [`BusBuilder::clock`].
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.common = self.common.clock(clock);
+        self
+    }
+
+    /// As [`BusBuilder::topic_options`].
+    pub fn topic_options(mut self, options: TopicOptions) -> Self {
+        self.common = self.common.topic_options(options);
+        self
+    }
+
+    /// As [`BusBuilder::metrics_label`].
+    #[cfg(feature = "metrics")]
+    pub fn metrics_label(mut self, name: impl Into<String>) -> Self {
+        self.common = self.common.metrics_label(name);
+        self
+    }
+
+    /// Connects to Redis and builds the bus (blocking the calling thread for at
+    /// most about twice [`RedisConfig::connect_timeout`]; from async code,
+    /// [`build_async`](LiveBusBuilder::build_async)).
+    ///
+    /// # Errors
+    ///
+    /// As [`BusBuilder::build`], failing fast: `Unavailable` when Redis cannot be
+    /// reached, `Auth` for refused credentials, `Unsupported` for a server older
+    /// than 6.2. The message names the server (password redacted).
+    pub fn build(self) -> Result<crate::LiveBus> {
+        let bus = self.common.build_with(Some(self.config))?;
+        bus.live().ok_or_else(|| {
+            crate::error::Error::new(
+                crate::error::ErrorKind::Closed,
+                "the bus shut down while it was being built",
+            )
+        })
+    }
+
+    /// As [`build`](LiveBusBuilder::build), without blocking the caller's
+    /// executor: the connection is made on a thread of its own.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](LiveBusBuilder::build).
+    pub async fn build_async(self) -> Result<crate::LiveBus> {
+        crate::io::off_thread(move || self.build()).await
     }
 }

@@ -1,25 +1,25 @@
 //! [`Bus`] and [`BusBuilder`]: the only place that wires the parts together.
 
 mod builder;
+#[cfg(feature = "redis")]
+mod live;
 
 pub use builder::BusBuilder;
+#[cfg(feature = "redis")]
+pub use builder::LiveBusBuilder;
+#[cfg(feature = "redis")]
+pub use live::LiveBus;
 
 use std::sync::Arc;
 
 use crate::clock::Clock;
-#[cfg(feature = "redis")]
-use crate::config::DurableOptions;
 use crate::config::{SubscribeOptions, TopicOptions};
 use crate::error::Result;
-#[cfg(feature = "redis")]
-use crate::error::{Error, ErrorKind};
 use crate::event::{InstanceId, TopicName};
-#[cfg(feature = "redis")]
-use crate::group::{Consumer, DeadLetter, GroupConfig, Redrive};
 #[cfg(feature = "redis")]
 use crate::health::{DeadLetterCount, HealthReport, HealthThresholds, Snapshot};
 #[cfg(feature = "redis")]
-use crate::live::{Health, Live, RedisStats};
+use crate::live::{Health, Live};
 use crate::local::registry::BusShared;
 use crate::local::{PatternSubscriber, Topic};
 
@@ -197,6 +197,38 @@ impl Bus {
         }
     }
 
+    /// As [`shutdown`](Bus::shutdown), without blocking the caller's executor:
+    /// resolves once the outbox is written (or
+    /// [`RedisConfig::shutdown_timeout`](crate::RedisConfig::shutdown_timeout)
+    /// has passed) and the I/O threads have ended.
+    ///
+    /// Dropping the last handle shuts the bus down too, but inside an async
+    /// runtime the drop does not wait (a destructor must not block an executor
+    /// thread): the writer drains the outbox on its own thread, and nothing
+    /// keeps the process alive for it. Async code awaits `close` before it
+    /// exits.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> tickbus::Result<()> {
+    /// let bus = tickbus::Bus::builder().build()?;
+    /// bus.close().await;
+    /// assert!(bus.is_shut_down());
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn close(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let bus = self.clone();
+        let closing = crate::io::off_thread(move || {
+            bus.shutdown();
+            Ok(())
+        });
+        async move {
+            let _ = closing.await;
+        }
+    }
+
     /// The caches' Redis connection (live mode), started on first use.
     #[cfg(feature = "cache")]
     fn cache_layer(&self) -> Result<Option<Arc<crate::cache::Layer>>> {
@@ -297,88 +329,6 @@ impl Bus {
         ))
     }
 
-    /// The durable topic `name` carrying `T` (live mode): every event published to
-    /// it is also appended to the Redis stream `<prefix>:stream:{<name>}`, and
-    /// (unless [`DurableOptions::receive_remote`] is off) what other instances
-    /// append there is delivered to this bus's subscribers, after the local events
-    /// published before it arrived. Asking again returns the same topic.
-    ///
-    /// Creating it checks the stream key (one round trip): do it at start-up.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::InvalidConfig`] on an embedded bus, or when `name` already
-    /// exists as a local-only topic; [`ErrorKind::Redis`] when the key holds
-    /// another type; [`ErrorKind::Unsupported`] for
-    /// [`Durability::AofFsynced`](crate::Durability::AofFsynced) on a server without
-    /// `WAITAOF` or without AOF; the errors of [`topic`](Bus::topic).
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// use tickbus::{Bus, DurableOptions, RedisConfig, Retention};
-    ///
-    /// let bus = Bus::builder().redis(RedisConfig::from_url("redis://127.0.0.1:6379")?).build()?;
-    /// let options = DurableOptions {
-    ///     retention: Retention { max_len: Some(100_000), ..Default::default() },
-    ///     ..Default::default()
-    /// };
-    /// let fills = bus.durable_topic::<(u64, f64)>("execution:fill", options)?;
-    /// let mut risk = fills.subscribe(); // also receives other instances' fills
-    /// fills.publish((42, 2.5))?;
-    /// assert_eq!(risk.try_recv()?.value, (42, 2.5));
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    #[cfg(feature = "redis")]
-    pub fn durable_topic<T>(&self, name: &str, options: DurableOptions) -> Result<Topic<T>>
-    where
-        T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
-    {
-        let Some(live) = &self.live else {
-            return Err(Error::new(
-                ErrorKind::InvalidConfig,
-                format!(
-                    "durable topic {name} on an embedded bus: configure Redis with                      BusBuilder::redis to persist topics"
-                ),
-            ));
-        };
-        let name = TopicName::new(name)?;
-        if let Some(existing) = self.existing_durable::<T>(&name)? {
-            return Ok(existing);
-        }
-        let (persist, setup) = live.prepare_topic::<T>(&name, &options)?;
-        let local = options.local.unwrap_or(self.shared.topic_options);
-        let (topic, created) = self.shared.durable_topic(name, &local, persist)?;
-        if created {
-            live.read_topic(&topic.shared, setup);
-        }
-        Ok(topic)
-    }
-
-    #[cfg(feature = "redis")]
-    fn existing_durable<T: Clone + Send + Sync + 'static>(
-        &self,
-        name: &TopicName,
-    ) -> Result<Option<Topic<T>>> {
-        if !self.shared.topic_names().contains(name) {
-            return Ok(None);
-        }
-        let topic = self
-            .shared
-            .topic::<T>(name.as_str(), &self.shared.topic_options)?;
-        if topic.is_durable() {
-            Ok(Some(topic))
-        } else {
-            Err(Error::new(
-                ErrorKind::InvalidConfig,
-                format!(
-                    "topic {name} already exists on this bus as a local-only topic; \
-                     declare it durable before its first use"
-                ),
-            ))
-        }
-    }
-
     /// The state of the connection to Redis: [`Health::Embedded`] without Redis,
     /// else connected, degraded (with the outbox depth, the last error and since
     /// when) or closed. Cheap: serve it as a health check, or serve
@@ -391,85 +341,6 @@ impl Bus {
             None => Health::Embedded,
             Some(live) => live.health(),
         }
-    }
-
-    /// Counters of the Redis side (all zero on an embedded bus).
-    #[cfg(feature = "redis")]
-    pub fn redis_stats(&self) -> RedisStats {
-        self.live
-            .as_ref()
-            .map(|live| live.stats())
-            .unwrap_or_default()
-    }
-
-    /// Deletes the Redis stream of the durable topic `name` (its whole history,
-    /// for every instance, and its consumer groups), its dead letters and the
-    /// saved reader positions. For tests, examples and
-    /// operators; the topic itself stays usable on this bus. Returns whether
-    /// anything existed.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::InvalidConfig`] on an embedded bus; `InvalidTopic` for a bad
-    /// name; the Redis errors (`Unavailable`, `Timeout`, ...).
-    #[cfg(feature = "redis")]
-    pub fn purge_stream(&self, name: &str) -> Result<bool> {
-        let name = TopicName::new(name)?;
-        match &self.live {
-            Some(live) => live.purge_stream(&name),
-            None => Err(Error::new(
-                ErrorKind::InvalidConfig,
-                "purge_stream on an embedded bus: there is no stream",
-            )),
-        }
-    }
-
-    /// Joins consumer group `group` on `topics` (a topic name, or a pattern with
-    /// `*` / `>` to read every matching topic's stream) as one member, creating
-    /// the group if needed (at [`GroupConfig::start`]). Each event goes to one
-    /// member of the group, at least once; see [`Consumer`] and [`Delivery`](crate::Delivery).
-    ///
-    /// The members need not be durable topics on this bus: a group reads the
-    /// streams in Redis, whoever wrote them. Unlike a durable topic's
-    /// subscribers, a group also receives the events its own instance published.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::InvalidConfig`] on an embedded bus, for a bad group or
-    /// consumer name or configuration; `InvalidTopic`/`InvalidPattern`;
-    /// [`ErrorKind::Redis`] when the topic's key holds something else than a
-    /// stream; the connection errors (`Unavailable`, `Auth`).
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// use std::time::Duration;
-    /// use tickbus::{Bus, DurableOptions, GroupConfig, GroupStart, RedisConfig};
-    ///
-    /// let bus = Bus::builder().redis(RedisConfig::from_url("redis://127.0.0.1:6379")?).build()?;
-    /// let jobs = bus.durable_topic::<String>("job:label", DurableOptions::default())?;
-    /// let config = GroupConfig { start: GroupStart::Beginning, ..Default::default() };
-    /// let mut workers = bus.group::<String>("labelers", "job:label", config)?;
-    /// jobs.publish("article 42".to_string())?;
-    /// let delivery = workers.recv_blocking().expect("open")?;
-    /// assert_eq!(*delivery, "article 42");
-    /// delivery.ack();
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    #[cfg(feature = "redis")]
-    pub fn group<T>(&self, group: &str, topics: &str, config: GroupConfig) -> Result<Consumer<T>>
-    where
-        T: serde::de::DeserializeOwned + Send + 'static,
-    {
-        let live = self.live_or("a consumer group")?;
-        let consumer = Consumer::start(
-            live.config().clone(),
-            group,
-            crate::group::Subject::parse(topics)?,
-            config,
-        )?;
-        self.groups.add(consumer.core());
-        Ok(consumer)
     }
 
     /// A health report to serve as the service's health check, judged against
@@ -596,105 +467,21 @@ impl Bus {
         );
     }
 
-    /// The oldest `count` dead letters of `topic` (its dead-letter stream
-    /// `<prefix>:dlq:{<topic>}`), oldest first.
-    ///
-    /// # Errors
-    ///
-    /// `InvalidConfig` on an embedded bus, `InvalidTopic`, the Redis errors.
-    #[cfg(feature = "redis")]
-    pub fn dead_letters(
-        &self,
-        topic: &str,
-        count: usize,
-    ) -> impl std::future::Future<Output = Result<Vec<DeadLetter>>> + Send + 'static {
-        let job = self.live_or("dead letters").and_then(|live| {
-            let topic = TopicName::new(topic)?;
-            let prefix = live.config().key_prefix.clone();
-            Ok(live.on_writer(move |connection| {
-                crate::group::list_dead_letters(connection, prefix, topic, count)
-            }))
-        });
-        async move { job?.await }
-    }
-
-    /// Puts dead letters of `topic` back into the topic's stream (same event id
-    /// and payload, a new stream id) and removes them from the dead-letter
-    /// stream. Every group reading the topic receives them again. Returns how
-    /// many were re-driven.
-    ///
-    /// # Errors
-    ///
-    /// `InvalidConfig` on an embedded bus, `InvalidTopic`, the Redis errors.
-    #[cfg(feature = "redis")]
-    pub fn redrive(
-        &self,
-        topic: &str,
-        which: Redrive,
-    ) -> impl std::future::Future<Output = Result<usize>> + Send + 'static {
-        let job = self.live_or("re-drive").and_then(|live| {
-            let topic = TopicName::new(topic)?;
-            let prefix = live.config().key_prefix.clone();
-            Ok(live.on_writer(move |connection| {
-                crate::group::redrive_dead_letters(connection, prefix, topic, which)
-            }))
-        });
-        async move { job?.await }
-    }
-
-    /// Reads a range of one or more topics' streams back from Redis, merged in
-    /// stream-id order (ties, across streams, by topic name): the same range
-    /// always yields the same sequence. Each item of `topics` is a topic name or
-    /// a pattern (`*`, `>`), matched against the streams present now. Events
-    /// come with their MessagePack payload; decode each with
-    /// [`ReplayedEvent::decode`](crate::ReplayedEvent::decode) into its topic's type.
-    ///
-    /// # Errors
-    ///
-    /// `InvalidConfig` on an embedded bus; `InvalidTopic`/`InvalidPattern`;
-    /// [`ErrorKind::Trimmed`] when the range starts before what a stream holds
-    /// (with [`OnTrimmed::Error`](crate::OnTrimmed)); the Redis errors.
+    /// The live handle of this bus ([`LiveBus`]: durable topics, groups, replay),
+    /// or `None` on an embedded bus. For code that was handed a `Bus` built
+    /// from the environment ([`BusBuilder::redis_from_env`]); a bus built with
+    /// [`BusBuilder::redis`] is a `LiveBus` already.
     ///
     /// # Examples
     ///
-    /// ```no_run
-    /// use tickbus::{Bus, Position, RedisConfig, ReplayOptions};
-    ///
-    /// let bus = Bus::builder().redis(RedisConfig::from_url("redis://127.0.0.1:6379")?).build()?;
-    /// let mut replay = bus.replay(&["md:tick", "execution:*"], ReplayOptions::default())?;
-    /// while let Some(event) = replay.recv_blocking() {
-    ///     let event = event?;
-    ///     if event.topic.as_str() == "md:tick" {
-    ///         let px: f64 = event.decode()?;
-    ///         println!("{} {px}", event.stream_id);
-    ///     }
-    /// }
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    /// let bus = tickbus::Bus::builder().build()?;
+    /// assert!(bus.live().is_none()); // embedded
+    /// # Ok::<(), tickbus::Error>(())
     /// ```
     #[cfg(feature = "redis")]
-    pub fn replay(&self, topics: &[&str], options: crate::ReplayOptions) -> Result<crate::Replay> {
-        let live = self.live_or("replay")?;
-        crate::Replay::start(
-            live.config().clone(),
-            topics.iter().map(|t| t.to_string()).collect(),
-            options,
-        )
-    }
-
-    #[cfg(feature = "redis")]
-    fn live_or(&self, what: &str) -> Result<&Live> {
-        self.live.as_deref().ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidConfig,
-                format!("{what} on an embedded bus: configure Redis with BusBuilder::redis"),
-            )
-        })
-    }
-
-    /// The Redis server's version (`None` on an embedded bus).
-    #[cfg(feature = "redis")]
-    pub fn redis_version(&self) -> Option<(u32, u32, u32)> {
-        self.live.as_ref().map(|live| live.server_version())
+    pub fn live(&self) -> Option<LiveBus> {
+        LiveBus::of(self)
     }
 
     /// Whether [`shutdown`](Bus::shutdown) has run.

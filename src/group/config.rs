@@ -108,7 +108,7 @@ pub enum OnMissingGroup {
     Stop,
 }
 
-/// The settings of one group member ([`Bus::group`](crate::Bus::group)).
+/// The settings of one group member ([`LiveBus::group`](crate::LiveBus::group)).
 /// Defaults suit order-flow work; tune the timing for long jobs.
 ///
 /// # Examples

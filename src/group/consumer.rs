@@ -23,12 +23,13 @@ use crate::codec::{self, CodecLimits};
 use crate::config::RedisConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{EventId, InstanceId, StreamId};
+use crate::io::Join;
 use crate::sync::InFlight;
 use crate::wire::{self, EntryLimits};
 
 /// One member of a consumer group: a `Stream` of [`Delivery`]s (also
 /// [`recv`](Consumer::recv) and [`recv_blocking`](Consumer::recv_blocking)).
-/// Created by [`Bus::group`](crate::Bus::group).
+/// Created by [`LiveBus::group`](crate::LiveBus::group).
 ///
 /// It holds at most `max_in_flight` deliveries (handed out and not yet acked);
 /// at the limit it stops reading until acks make room. Dropping it (or
@@ -380,22 +381,43 @@ impl<T: DeserializeOwned + Send + 'static> Consumer<T> {
 
     /// Sends the acks already given (bounded by `RedisConfig::shutdown_timeout`),
     /// stops the I/O thread and waits for it. Deliveries still held stay pending.
+    /// From async code, [`close`](Consumer::close).
     pub fn shutdown(mut self) {
-        self.stop();
+        self.stop(Join::Wait);
     }
 
-    fn stop(&mut self) {
+    /// As [`shutdown`](Consumer::shutdown), without blocking the caller's
+    /// executor: resolves once the acks already given are sent (or
+    /// `shutdown_timeout` has passed) and the I/O thread has ended.
+    ///
+    /// Dropping a consumer stops it too, but inside an async runtime a drop
+    /// does not wait (a destructor must not block an executor thread): the
+    /// thread sends the acks and ends by itself.
+    pub fn close(self) -> impl Future<Output = ()> + Send + 'static
+    where
+        T: 'static,
+    {
+        let stopping = crate::io::off_thread(move || {
+            self.shutdown();
+            Ok(())
+        });
+        async move {
+            let _ = stopping.await;
+        }
+    }
+}
+
+impl<T> Consumer<T> {
+    fn stop(&mut self, join: Join) {
         if let Some(worker) = self.worker.take() {
-            worker.stop(&self.core);
+            worker.stop(&self.core, join);
         }
     }
 }
 
 impl<T> Drop for Consumer<T> {
     fn drop(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            worker.stop(&self.core);
-        }
+        self.stop(Join::unless_in_runtime());
     }
 }
 

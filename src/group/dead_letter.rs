@@ -15,7 +15,7 @@ use crate::transport::RawEntry;
 use crate::wire::{self, EntryLimits};
 
 /// An event moved to its topic's dead-letter stream, with why
-/// ([`Bus::dead_letters`](crate::Bus::dead_letters)).
+/// ([`LiveBus::dead_letters`](crate::LiveBus::dead_letters)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DeadLetter {
@@ -109,7 +109,7 @@ impl DeadLetter {
     }
 }
 
-/// Which dead letters to re-drive ([`Bus::redrive`](crate::Bus::redrive)).
+/// Which dead letters to re-drive ([`LiveBus::redrive`](crate::LiveBus::redrive)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Redrive {
     /// Every dead letter of the topic.

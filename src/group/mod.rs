@@ -390,7 +390,6 @@ impl GroupCore {
     }
 }
 
-
 fn closed() -> Error {
     Error::new(ErrorKind::Closed, "the consumer has shut down")
 }

@@ -25,7 +25,7 @@ use super::{
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{StreamId, TopicName};
-use crate::io::spawn_io_thread;
+use crate::io::{join_io_thread, spawn_io_thread, Join};
 use crate::transport::keys;
 use crate::transport::redis::Connection;
 use crate::transport::RawEntry;
@@ -64,11 +64,11 @@ impl Worker {
         match setup_rx.recv() {
             Ok(Ok(())) => Ok(worker),
             Ok(Err(error)) => {
-                worker.stop(&core);
+                worker.stop(&core, Join::Wait);
                 Err(error)
             }
             Err(_) => {
-                worker.stop(&core);
+                worker.stop(&core, Join::Wait);
                 Err(Error::new(
                     ErrorKind::Unavailable,
                     "the consumer's I/O thread stopped during start-up",
@@ -79,13 +79,11 @@ impl Worker {
 
     /// Stops reading, lets the acks already given go out (bounded by
     /// `shutdown_timeout`), joins the thread.
-    pub(crate) fn stop(self, core: &GroupCore) {
+    pub(crate) fn stop(self, core: &GroupCore, join: Join) {
         core.stop.send_replace(true);
         let reader = self.reader.clone();
         self.runtime.spawn(async move { reader.unblock().await });
-        if self.thread.thread().id() != std::thread::current().id() {
-            let _ = self.thread.join();
-        }
+        join_io_thread(self.thread, join);
     }
 }
 

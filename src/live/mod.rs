@@ -45,7 +45,7 @@ use crate::codec::CodecLimits;
 use crate::config::{Durability, DurableOptions, RedisConfig, RemoteStart};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{InstanceId, StreamId, TopicName};
-use crate::io::{lock, spawn_io_thread};
+use crate::io::{join_io_thread, lock, spawn_io_thread, Join};
 use crate::local::topic::{Persist, TopicShared};
 use crate::sync::Places;
 use crate::transport::keys;
@@ -75,7 +75,7 @@ const WAITAOF_TIMEOUT: Duration = Duration::from_secs(2);
 /// failed write.
 const RECONCILE_SLACK: usize = 1_000;
 
-/// Counters of the live bus, readable with [`Bus::redis_stats`](crate::Bus::redis_stats).
+/// Counters of the live bus, readable with [`LiveBus::redis_stats`](crate::LiveBus::redis_stats).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RedisStats {
@@ -641,6 +641,12 @@ impl Live {
     /// Stops taking durable events, lets the writer drain the outbox (up to
     /// `shutdown_timeout`), stops the reader, joins both threads. Idempotent.
     pub(crate) fn shutdown(&self) {
+        self.stop(Join::Wait);
+    }
+
+    /// As [`shutdown`](Live::shutdown); with `Join::Detach` it does not wait
+    /// for the threads (they drain and end by themselves).
+    fn stop(&self, join: Join) {
         let threads: Vec<_> = lock(&self.threads).drain(..).collect();
         if threads.is_empty() {
             return;
@@ -655,17 +661,31 @@ impl Live {
         self.reader_runtime
             .spawn(async move { reader.unblock().await });
         for thread in threads {
-            if thread.thread().id() == std::thread::current().id() {
-                continue; // Dropped on an I/O thread: it ends by itself.
-            }
-            let _ = thread.join();
+            join_io_thread(thread, join);
         }
     }
 }
 
 impl Drop for Live {
+    /// The last handle of a live bus is gone: stop as `shutdown` does, but
+    /// inside an async runtime without waiting (a destructor must not block an
+    /// executor thread). The writer still drains the outbox on its own thread;
+    /// async code that must know it has (before the process exits) awaits
+    /// `Bus::close` instead of dropping.
     fn drop(&mut self) {
-        self.shutdown();
+        let join = Join::unless_in_runtime();
+        if join == Join::Detach {
+            let waiting = self.core.outbox.depth();
+            if waiting > 0 {
+                tracing::warn!(
+                    waiting,
+                    "a live bus was dropped inside an async runtime with events in its outbox: \
+                     its writer goes on writing them, but nothing waits for it; \
+                     await Bus::close() before the process exits"
+                );
+            }
+        }
+        self.stop(join);
     }
 }
 

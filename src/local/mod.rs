@@ -16,6 +16,8 @@
 //! * `registry.rs`: the bus's table of topics and patterns (a mutex, touched when
 //!   topics or pattern subscriptions are created, never per event).
 
+#[cfg(feature = "redis")]
+pub(crate) mod durable;
 pub(crate) mod error;
 pub(crate) mod pattern;
 pub(crate) mod publisher;
@@ -25,6 +27,8 @@ pub(crate) mod subscriber;
 pub(crate) mod topic;
 pub(crate) mod wait;
 
+#[cfg(feature = "redis")]
+pub use durable::DurableTopic;
 pub use error::{PublishError, RecvError, TryPublishError, TryRecvError, UndecodableEvent};
 pub use pattern::{AnyEvent, AnyEventRef, PatternSubscriber};
 pub use publisher::Publisher;

@@ -92,6 +92,7 @@ pub(crate) enum PersistMode {
     /// `publish`: wait for ring room and (by policy) outbox room; no receipt.
     Publish,
     /// `publish_durable`: as `Publish`, and return a receipt.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // only a live bus persists
     Receipt,
     /// `try_publish`: never wait.
     Try,
@@ -554,53 +555,6 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
         published
     }
 
-    /// Publishes `value` as [`publish`](Topic::publish) does, and returns a
-    /// [`Receipt`] that resolves to the event's stream id once Redis has the entry
-    /// (and, for [`Durability::AofFsynced`](crate::Durability) topics, once the AOF
-    /// is fsynced). Local subscribers get the event at once, as with `publish`.
-    ///
-    /// Await the receipt, [`wait`](Receipt::wait) on it from a thread, or drop it:
-    /// the event is written either way. Receipts resolve in publish order.
-    ///
-    /// # Errors
-    ///
-    /// As [`publish`](Topic::publish), and [`PublishError::Rejected`] on a topic
-    /// that is not durable (there is no stream id to wait for).
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
-    /// use tickbus::{Bus, DurableOptions, RedisConfig};
-    ///
-    /// let bus = Bus::builder().redis(RedisConfig::from_url("redis://127.0.0.1:6379")?).build()?;
-    /// let fills = bus.durable_topic::<(String, f64)>("execution:fill", DurableOptions::default())?;
-    /// let receipt = fills.publish_durable(("ETH-PERP".into(), 2.5))?;
-    /// let stream_id = receipt.await?; // Redis has it
-    /// println!("fill stored as {stream_id}");
-    /// # Ok(()) }
-    /// ```
-    pub fn publish_durable(&self, value: T) -> Result<Receipt, PublishError<T>> {
-        match &self.shared.persist {
-            Some(persist) => persist
-                .publish(&self.shared, value, PersistMode::Receipt)
-                .map(|(_, receipt)| match receipt {
-                    Some(receipt) => receipt,
-                    None => unreachable!("PersistMode::Receipt returns a receipt"),
-                }),
-            None => Err(PublishError::Rejected(
-                value,
-                Error::new(
-                    ErrorKind::InvalidConfig,
-                    format!(
-                        "topic {} is local-only: create it with Bus::durable_topic to persist it",
-                        self.shared.name
-                    ),
-                ),
-            )),
-        }
-    }
-
     /// A durable topic's publish, out of the local-only path's way.
     #[cold]
     #[inline(never)]
@@ -616,9 +570,29 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
     }
 
     /// Whether events published here are persisted to Redis (see
-    /// [`Bus::durable_topic`](crate::Bus::durable_topic)).
+    /// [`LiveBus::durable_topic`](crate::LiveBus::durable_topic)): a component
+    /// that is handed a plain `Topic` publishes the same way on a durable and on
+    /// a local topic, and the durable one also writes the stream.
     pub fn is_durable(&self) -> bool {
         self.shared.persist.is_some()
+    }
+
+    /// This topic as a [`DurableTopic`](crate::DurableTopic) if it is durable
+    /// (for code that was handed a plain `Topic`).
+    #[cfg(feature = "redis")]
+    pub fn durable(&self) -> Option<crate::local::DurableTopic<T>> {
+        self.is_durable()
+            .then(|| crate::local::DurableTopic::new(self.clone()))
+    }
+
+    /// The persisted publish with its receipt ([`DurableTopic::publish_durable`](crate::DurableTopic::publish_durable)).
+    #[cfg(feature = "redis")]
+    pub(crate) fn publish_with_receipt(&self, value: T) -> Result<Receipt, PublishError<T>> {
+        self.publish_persisted(value, PersistMode::Receipt)
+            .map(|(_, receipt)| match receipt {
+                Some(receipt) => receipt,
+                None => unreachable!("PersistMode::Receipt returns a receipt"),
+            })
     }
 
     /// Publishes `value` unless that would have to wait for a backpressure subscriber.

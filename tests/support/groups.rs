@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use tickbus::test_util::RedisServer;
 use tickbus::{
-    Bus, Consumer, Delivery, DurableOptions, GroupConfig, GroupStart, RedisConfig, RetryBackoff,
+    Bus, Consumer, Delivery, DurableOptions, GroupConfig, GroupStart, LiveBus, RedisConfig,
+    RetryBackoff,
 };
 
 /// Upper bound on any single wait (a hang fails, never blocks CI).
@@ -35,7 +36,7 @@ pub fn config_for(url: &str) -> RedisConfig {
     config
 }
 
-pub fn live_bus(server: &RedisServer) -> Bus {
+pub fn live_bus(server: &RedisServer) -> LiveBus {
     init_tracing();
     Bus::builder().redis(config(server)).build().unwrap()
 }
@@ -66,7 +67,7 @@ pub async fn next<T: serde::de::DeserializeOwned + Send + 'static>(
 }
 
 /// Publishes `range` on `topic` and waits until Redis has them all.
-pub fn publish(bus: &Bus, topic: &str, range: std::ops::Range<u64>) {
+pub fn publish(bus: &LiveBus, topic: &str, range: std::ops::Range<u64>) {
     let topic = bus
         .durable_topic::<u64>(
             topic,

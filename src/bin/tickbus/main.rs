@@ -22,7 +22,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 use tickbus::admin::Admin;
-use tickbus::{Bus, Error, ErrorKind, RedisConfig, StreamId};
+use tickbus::{Bus, Error, ErrorKind, LiveBus, RedisConfig, StreamId};
 
 use crate::parse::Spot;
 
@@ -261,7 +261,7 @@ fn run(cli: Cli) -> Outcome {
     }
 }
 
-fn live_bus(config: RedisConfig) -> Result<Bus, Failure> {
+fn live_bus(config: RedisConfig) -> Result<LiveBus, Failure> {
     Ok(Bus::builder().redis(config).build()?)
 }
 

@@ -1,0 +1,133 @@
+//! [`DurableTopic`]: a topic whose events are also written to a Redis stream.
+
+use std::fmt;
+use std::ops::Deref;
+
+use super::error::PublishError;
+use super::topic::Topic;
+use crate::receipt::Receipt;
+
+/// A topic persisted to Redis: every event published to it is also appended to
+/// its stream, and (unless turned off) what other instances append there reaches
+/// its subscribers. Made by [`LiveBus::durable_topic`](crate::LiveBus::durable_topic),
+/// so only a live bus can have one.
+///
+/// It derefs to the [`Topic`] it is: publish, subscribe and hand `&Topic<T>` to
+/// components exactly as on an embedded bus (the same code runs in a backtest).
+/// What only a durable topic can do, waiting for Redis to hold an event, is
+/// [`publish_durable`](DurableTopic::publish_durable), here.
+///
+/// # Examples
+///
+/// ```no_run
+/// use tickbus::{Bus, DurableOptions, DurableTopic, RedisConfig, Topic};
+///
+/// fn book(fills: &Topic<(u64, f64)>) -> Result<(), Box<dyn std::error::Error>> {
+///     fills.publish((42, 2.5))?; // persisted: `fills` is durable
+///     Ok(())
+/// }
+///
+/// let bus = Bus::builder().redis(RedisConfig::from_url("redis://127.0.0.1:6379")?).build()?;
+/// let fills: DurableTopic<(u64, f64)> = bus.durable_topic("execution:fill", DurableOptions::default())?;
+/// book(&fills)?;
+/// let stream_id = fills.publish_durable((43, 1.0))?.wait()?;
+/// println!("the second fill is stored as {stream_id}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// A local topic has no stream, so no receipt to wait for: this does not compile.
+///
+/// ```compile_fail
+/// let bus = tickbus::Bus::builder().build().unwrap();
+/// let ticks = bus.topic::<u64>("md:tick").unwrap();
+/// let receipt = ticks.publish_durable(1);
+/// ```
+pub struct DurableTopic<T> {
+    topic: Topic<T>,
+}
+
+impl<T> DurableTopic<T> {
+    /// Wraps a topic known to be durable.
+    pub(crate) fn new(topic: Topic<T>) -> Self {
+        DurableTopic { topic }
+    }
+
+    /// The plain topic handle (a clone shares the topic; publishing through it
+    /// still writes the stream).
+    pub fn topic(&self) -> &Topic<T> {
+        &self.topic
+    }
+
+    /// Gives the plain topic handle back.
+    pub fn into_topic(self) -> Topic<T> {
+        self.topic
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> DurableTopic<T> {
+    /// Publishes `value` as [`publish`](Topic::publish) does, and returns a
+    /// [`Receipt`] that resolves to the event's stream id once Redis has the entry
+    /// (and, for [`Durability::AofFsynced`](crate::Durability) topics, once the AOF
+    /// is fsynced). Local subscribers get the event at once, as with `publish`.
+    ///
+    /// Await the receipt, [`wait`](Receipt::wait) on it from a thread, or drop it:
+    /// the event is written either way. Receipts resolve in publish order.
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Topic::publish): [`PublishError::Closed`] after shutdown,
+    /// [`PublishError::Backpressure`] when the outbox is full and
+    /// [`OutboxFull::Error`](crate::OutboxFull) is set, [`PublishError::Rejected`]
+    /// for an event that cannot be encoded or is over the size limit.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tickbus::{Bus, DurableOptions, RedisConfig};
+    ///
+    /// let bus = Bus::builder().redis(RedisConfig::from_url("redis://127.0.0.1:6379")?).build()?;
+    /// let fills = bus.durable_topic::<(String, f64)>("execution:fill", DurableOptions::default())?;
+    /// let receipt = fills.publish_durable(("ETH-PERP".into(), 2.5))?;
+    /// let stream_id = receipt.await?; // Redis has it
+    /// println!("fill stored as {stream_id}");
+    /// # Ok(()) }
+    /// ```
+    pub fn publish_durable(&self, value: T) -> Result<Receipt, PublishError<T>> {
+        self.topic.publish_with_receipt(value)
+    }
+}
+
+impl<T> Deref for DurableTopic<T> {
+    type Target = Topic<T>;
+
+    fn deref(&self) -> &Topic<T> {
+        &self.topic
+    }
+}
+
+impl<T> AsRef<Topic<T>> for DurableTopic<T> {
+    fn as_ref(&self) -> &Topic<T> {
+        &self.topic
+    }
+}
+
+impl<T> From<DurableTopic<T>> for Topic<T> {
+    fn from(durable: DurableTopic<T>) -> Topic<T> {
+        durable.topic
+    }
+}
+
+impl<T> Clone for DurableTopic<T> {
+    fn clone(&self) -> Self {
+        DurableTopic {
+            topic: self.topic.clone(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for DurableTopic<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("DurableTopic").field(&self.topic).finish()
+    }
+}
