@@ -86,7 +86,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteArray;
 use tickbus::test_util::RedisServer;
 use tickbus::{
-    Bus, Consumer, DurableOptions, GroupConfig, GroupStart, LiveBus, RedisConfig, Retention,
+    Bus, Consumer, DurableOptions, GroupConfig, LiveBus, RedisConfig, Retention, StartAt,
 };
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
@@ -374,7 +374,7 @@ impl TickbusGroup {
 
     fn config() -> GroupConfig {
         GroupConfig {
-            start: GroupStart::Beginning,
+            start: StartAt::Beginning,
             consumer: Some(CONSUMER.to_string()),
             batch: tuning().0,
             max_in_flight: tuning().1,

@@ -66,7 +66,7 @@ use measure::{fmt_range, process_cpu};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteArray;
 use tickbus::test_util::RedisServer;
-use tickbus::{Bus, DurableOptions, LiveBus, Position, RedisConfig, ReplayOptions, StreamId};
+use tickbus::{Bus, DurableOptions, LiveBus, RedisConfig, ReplayOptions, StopAt, StreamId};
 use tokio::runtime::Handle;
 
 // ---------------------------------------------------------------------------
@@ -150,7 +150,7 @@ impl ScanRig for TickbusReplay {
 
     fn run(&mut self, range: Range) -> Duration {
         let options = ReplayOptions {
-            to: Position::Id(range.end),
+            to: StopAt::Id(range.end),
             page: PAGE,
             ..Default::default()
         };

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use metrics_exporter_prometheus::PrometheusBuilder;
-use tickbus::{Bus, DurableOptions, GroupConfig, GroupStart, RedisConfig, TopicOptions};
+use tickbus::{Bus, DurableOptions, GroupConfig, RedisConfig, StartAt, TopicOptions};
 
 /// tickbus's metrics on a Prometheus endpoint at 127.0.0.1:PORT.
 #[derive(Parser)]
@@ -102,7 +102,7 @@ fn live(
     let bus = Bus::builder().redis(RedisConfig::from_url(url)?).build()?;
     let fills = bus.durable_topic::<(u64, f64)>("example:fill", DurableOptions::default())?;
     let config = GroupConfig {
-        start: GroupStart::New,
+        start: StartAt::New,
         ..Default::default()
     };
     let mut booking = bus.group::<(u64, f64)>("example-booking", "example:fill", config)?;

@@ -37,7 +37,7 @@ use clap::builder::RangedU64ValueParser;
 use clap::Parser;
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
-use tickbus::{Bus, DurableOptions, GroupConfig, GroupStart, LiveBus, RedisConfig};
+use tickbus::{Bus, DurableOptions, GroupConfig, LiveBus, RedisConfig, StartAt};
 
 /// One job: its id (0, 1, …) and a description to work on.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -102,7 +102,7 @@ fn worker(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let bus = live_bus(&args.redis)?;
     let config = GroupConfig {
-        start: GroupStart::Beginning,
+        start: StartAt::Beginning,
         consumer: Some(name.to_string()),
         batch: BATCH,
         max_in_flight: 2 * BATCH,

@@ -202,8 +202,14 @@ pub struct RedisConfig {
     /// Event ids remembered per topic to recognise duplicate entries (an `XADD`
     /// re-sent after a lost reply). Default 16 384.
     pub dedup_window: usize,
-    /// Where the cross-instance reader starts. Default [`RemoteStart::New`].
-    pub remote_start: RemoteStart,
+    /// Where the cross-instance reader of each durable topic starts. Default
+    /// [`StartAt::New`]: events written after the topic was created on this
+    /// bus. [`StartAt::Resume`]: after the last entry this instance (same
+    /// [`InstanceId`](crate::InstanceId)) delivered before it stopped, kept in
+    /// `<prefix>:cursor:{<topic>}` (`New` the first time; give the bus a fixed
+    /// instance id). `Beginning`, `After`, `At` and `Time`: local subscribers
+    /// first receive what other instances wrote since then.
+    pub remote_start: crate::event::StartAt,
     /// How long [`Bus::shutdown`](crate::Bus::shutdown) waits for the outbox to
     /// drain. Default 5 s.
     pub shutdown_timeout: Duration,
@@ -275,7 +281,7 @@ impl RedisConfig {
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(2),
             dedup_window: 16_384,
-            remote_start: RemoteStart::New,
+            remote_start: crate::event::StartAt::New,
             shutdown_timeout: Duration::from_secs(5),
         }
     }
@@ -375,19 +381,6 @@ pub enum OutboxFull {
     /// The publish fails at once with [`PublishError::Backpressure`](crate::PublishError),
     /// handing the event back. Nothing was delivered locally.
     Error,
-}
-
-/// Where the cross-instance reader of a durable topic starts.
-#[cfg(feature = "redis")]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum RemoteStart {
-    /// Events written after the topic was created on this bus.
-    #[default]
-    New,
-    /// After the last entry this instance (same [`InstanceId`](crate::InstanceId))
-    /// delivered before it stopped, kept in `<prefix>:cursor:{<topic>}`; like `New`
-    /// the first time. Give the bus a fixed instance id to use it.
-    Resume,
 }
 
 /// How long a durable topic's stream keeps entries (trimmed approximately, as

@@ -412,6 +412,95 @@ impl std::str::FromStr for StreamId {
     }
 }
 
+impl StreamId {
+    /// The id just before this one (`ZERO` stays `ZERO`): an exclusive bound
+    /// that lets this id itself through.
+    pub(crate) const fn predecessor(self) -> StreamId {
+        match (self.ms, self.seq) {
+            (0, 0) => StreamId::ZERO,
+            (ms, 0) => StreamId::new(ms - 1, u64::MAX),
+            (ms, seq) => StreamId::new(ms, seq - 1),
+        }
+    }
+
+    /// The id just after this one (the largest id stays itself): an inclusive
+    /// bound that leaves this id out.
+    pub(crate) const fn successor(self) -> StreamId {
+        match (self.ms, self.seq) {
+            (u64::MAX, u64::MAX) => self,
+            (ms, u64::MAX) => StreamId::new(ms + 1, 0),
+            (ms, seq) => StreamId::new(ms, seq + 1),
+        }
+    }
+
+    /// The first id of the millisecond `time` falls in.
+    pub(crate) fn first_of(time: std::time::SystemTime) -> StreamId {
+        let ms = time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        StreamId::new(ms, 0)
+    }
+}
+
+/// Where reading a stream starts: one vocabulary for a consumer group
+/// ([`GroupConfig::start`](crate::GroupConfig)), the cross-instance reader of
+/// durable topics ([`RedisConfig::remote_start`](crate::RedisConfig)) and a
+/// replay ([`ReplayOptions::from`](crate::ReplayOptions)), as JetStream's
+/// `DeliverPolicy` is one for its consumers. Times are the Redis server's
+/// (the milliseconds of stream ids).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use tickbus::{GroupConfig, StartAt, StreamId};
+///
+/// // A new reporting group takes the last hour of fills, then everything new.
+/// let reporting = GroupConfig {
+///     start: StartAt::Time(SystemTime::now() - Duration::from_secs(3600)),
+///     ..Default::default()
+/// };
+/// // Pick up after the last entry a previous run processed.
+/// let after = StartAt::After("1700000000000-3".parse::<StreamId>()?);
+/// assert_ne!(reporting.start, after);
+/// # Ok::<(), tickbus::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum StartAt {
+    /// Every entry the stream still holds.
+    Beginning,
+    /// Entries written from now on (`$`).
+    #[default]
+    New,
+    /// Entries after this stream id (exclusive).
+    After(StreamId),
+    /// This stream id and the entries after it (inclusive).
+    At(StreamId),
+    /// Entries written at or after this time.
+    Time(std::time::SystemTime),
+    /// Where this reader left off. A group always resumes from its own
+    /// position (this is `New` when it is created); the cross-instance reader
+    /// from the cursor it saved for this instance id
+    /// (`<prefix>:cursor:{<topic>}`; `New` the first time: give the bus a fixed
+    /// instance id). A replay has no position of its own: `InvalidConfig`.
+    Resume,
+}
+
+impl StartAt {
+    /// The exclusive id reading starts after (`XGROUP CREATE`, `XREAD`), for
+    /// the variants that name one; `None` for `New` and `Resume`, which the
+    /// reader resolves.
+    pub(crate) fn after_id(self) -> Option<StreamId> {
+        match self {
+            StartAt::Beginning => Some(StreamId::ZERO),
+            StartAt::After(id) => Some(id),
+            StartAt::At(id) => Some(id.predecessor()),
+            StartAt::Time(time) => Some(StreamId::first_of(time).predecessor()),
+            StartAt::New | StartAt::Resume => None,
+        }
+    }
+}
+
 /// Where an event came from: this instance, or another one through Redis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Origin {

@@ -188,7 +188,7 @@ pub use bus::{LiveBus, LiveBusBuilder};
 pub use clock::Clock;
 pub use config::{SlowPolicy, SubscribeOptions, TopicOptions};
 pub use error::{Error, ErrorKind, Result};
-pub use event::{EventId, InstanceId, Meta, Pattern, StreamId, TopicName};
+pub use event::{EventId, InstanceId, Meta, Pattern, StartAt, StreamId, TopicName};
 pub use json::payload_json;
 #[cfg(feature = "redis")]
 pub use local::DurableTopic;
@@ -205,18 +205,18 @@ pub use admin::Admin;
 #[cfg(feature = "cache")]
 pub use cache::{Cache, CacheConfig, CacheStats, PublishedWithState, StatePolicy, StateStore};
 #[cfg(feature = "redis")]
-pub use config::{Durability, DurableOptions, OutboxFull, RedisConfig, RemoteStart, Retention};
+pub use config::{Durability, DurableOptions, OutboxFull, RedisConfig, Retention};
 #[cfg(feature = "redis")]
 pub use group::{
     Acker, Consumer, ConsumerInfo, DeadLetter, Delivery, DeliveryInfo, GroupConfig, GroupInfo,
-    GroupStart, GroupStats, GroupStreamInfo, OnMissingGroup, Redrive, RetryBackoff, SeenWindow,
+    GroupStats, GroupStreamInfo, OnMissingGroup, Redrive, RetryBackoff, SeenWindow,
 };
 #[cfg(feature = "redis")]
 pub use health::{ConnectionState, DeadLetterCount, GroupHealth, HealthReport, HealthThresholds};
 #[cfg(feature = "redis")]
 pub use live::{Health, RedisStats};
 #[cfg(feature = "redis")]
-pub use replay::{OnTrimmed, Position, Replay, ReplayOptions, TrimmedRange};
+pub use replay::{OnTrimmed, Replay, ReplayOptions, StopAt, TrimmedRange};
 
 /// Entry points for the fuzz targets in `fuzz/` (not part of the API).
 #[doc(hidden)]

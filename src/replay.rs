@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::config::RedisConfig;
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::{Pattern, StreamId, TopicName};
+use crate::event::{Pattern, StartAt, StreamId, TopicName};
 use crate::io::spawn_io_thread;
 use crate::recording::ReplayedEvent;
 use crate::transport::keys;
@@ -31,24 +31,23 @@ use crate::transport::redis::{
 use crate::transport::RawEntry;
 use crate::wire::{self, EntryLimits, Fields};
 
-/// One end of a replay range.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Position {
-    /// The oldest entry the stream still holds.
-    Beginning,
+/// Where a replay ends (where it starts is a [`StartAt`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum StopAt {
     /// The newest entry when the replay starts (later entries are not part of it).
+    #[default]
     End,
     /// This stream id, inclusive.
     Id(StreamId),
-    /// Entries of this millisecond (by their stream id, the Redis server's
-    /// clock), inclusive at both ends.
+    /// The last entry of this millisecond (by its stream id, the Redis server's
+    /// clock), inclusive.
     Time(SystemTime),
-    /// As an end: everything stored, then every entry written later, as it is
-    /// written (catch-up, then live). The replay never ends; the seam is by
-    /// stream id, so nothing is missed or repeated between the two. Live entries
-    /// come in the order they are read: per stream in stream order, and across
-    /// streams by (stream id, topic) within each read. A pattern follows the
-    /// streams that existed when the replay started.
+    /// Everything stored, then every entry written later, as it is written
+    /// (catch-up, then live). The replay never ends; the seam is by stream id,
+    /// so nothing is missed or repeated between the two. Live entries come in
+    /// the order they are read: per stream in stream order, and across streams
+    /// by (stream id, topic) within each read. A pattern follows the streams
+    /// that existed when the replay started.
     Live,
 }
 
@@ -71,21 +70,23 @@ pub enum OnTrimmed {
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
-/// use tickbus::{OnTrimmed, Position, ReplayOptions};
+/// use tickbus::{OnTrimmed, ReplayOptions, StartAt, StopAt};
 ///
 /// let last_hour = ReplayOptions {
-///     from: Position::Time(SystemTime::now() - Duration::from_secs(3600)),
+///     from: StartAt::Time(SystemTime::now() - Duration::from_secs(3600)),
 ///     on_trimmed: OnTrimmed::Report,
 ///     ..Default::default()
 /// };
-/// assert_eq!(last_hour.to, Position::End);
+/// assert_eq!(last_hour.to, StopAt::End);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplayOptions {
-    /// Where the range starts. Default [`Position::Beginning`].
-    pub from: Position,
-    /// Where it ends. Default [`Position::End`].
-    pub to: Position,
+    /// Where the range starts. Default [`StartAt::Beginning`]; `New` replays
+    /// nothing stored (with `to: StopAt::Live`, only what is written from now
+    /// on); `Resume` is refused (`InvalidConfig`).
+    pub from: StartAt,
+    /// Where it ends. Default [`StopAt::End`].
+    pub to: StopAt,
     /// Entries per `XRANGE` page. Default 1 000.
     pub page: usize,
     /// A range that starts before what a stream still holds. Default
@@ -96,8 +97,8 @@ pub struct ReplayOptions {
 impl Default for ReplayOptions {
     fn default() -> Self {
         ReplayOptions {
-            from: Position::Beginning,
-            to: Position::End,
+            from: StartAt::Beginning,
+            to: StopAt::End,
             page: 1_000,
             on_trimmed: OnTrimmed::Error,
         }
@@ -187,10 +188,11 @@ impl Replay {
         topics: Vec<String>,
         options: ReplayOptions,
     ) -> Result<Replay> {
-        if options.from == Position::Live {
+        if options.from == StartAt::Resume {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
-                "ReplayOptions::from cannot be Position::Live (use it as `to`)",
+                "ReplayOptions::from cannot be StartAt::Resume: a replay has no saved position \
+                 (start After the last stream id you processed)",
             ));
         }
         if options.page == 0 || options.page > 100_000 {
@@ -409,7 +411,7 @@ async fn run(
     let mut cursors = Vec::with_capacity(plans.len());
     let mut tasks = Vec::with_capacity(plans.len());
     let mut live = None;
-    if options.to == Position::Live {
+    if options.to == StopAt::Live {
         // Its own connection: a blocked `XREAD` holds everything queued behind it.
         let follower = match Connection::open(&redis, "replay live").await {
             Ok((follower, _)) => follower,
@@ -499,18 +501,19 @@ async fn plan(
         };
         let first = info_stream_id(&info, "first-entry");
         let last = info_stream_id(&info, "last-entry");
+        // The first id of the range, inclusive (`None`: from the oldest held).
         let start = match options.from {
-            Position::Beginning => None,
-            Position::End => last,
-            Position::Id(id) => Some(id),
-            Position::Time(time) => Some(StreamId::new(ms_of(time), 0)),
-            Position::Live => None, // refused in `start`
+            StartAt::Beginning => None,
+            StartAt::New => last.map(StreamId::successor),
+            StartAt::After(id) => Some(id.successor()),
+            StartAt::At(id) => Some(id),
+            StartAt::Time(time) => Some(StreamId::first_of(time)),
+            StartAt::Resume => None, // refused in `start`
         };
         let end = match options.to {
-            Position::Beginning => Some(StreamId::ZERO),
-            Position::End | Position::Live => last,
-            Position::Id(id) => Some(id),
-            Position::Time(time) => Some(StreamId::new(ms_of(time), u64::MAX)),
+            StopAt::End | StopAt::Live => last,
+            StopAt::Id(id) => Some(id),
+            StopAt::Time(time) => Some(StreamId::new(ms_of(time), u64::MAX)),
         };
         if let Some(start) = start {
             // The stream lost entries (trims remove the oldest; `XDEL` records
@@ -565,7 +568,7 @@ async fn plan(
             )),
             _ => None, // an empty stream, or a range that ends before it
         };
-        if range.is_none() && options.to != Position::Live {
+        if range.is_none() && options.to != StopAt::Live {
             continue;
         }
         plans.push(Plan {

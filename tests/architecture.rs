@@ -14,10 +14,12 @@ use std::path::{Path, PathBuf};
 /// The layers of `src/`, lowest first. A module may use modules of lower
 /// layers; modules of one layer do not use each other.
 const LAYERS: &[&[&str]] = &[
-    // Std/loom shim, clocks, configuration, errors: depend on nothing.
-    &["sync", "clock", "config", "error"],
-    // The vocabulary: events, ids, names.
+    // Std/loom shim, clocks, errors: depend on nothing.
+    &["sync", "clock", "error"],
+    // The vocabulary: events, ids, names, where reading starts.
     &["event"],
+    // Configuration (it names the vocabulary: `StartAt`).
+    &["config"],
     // Bytes (MessagePack within limits); receipts of durable publishes.
     &["codec", "receipt"],
     // The stream entry: the one parser and encoder of its fields (id, src,

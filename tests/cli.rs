@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tickbus::test_util::{RedisServer, RedisServerOptions};
-use tickbus::{Bus, GroupConfig, GroupStart, RedisConfig, StreamId};
+use tickbus::{Bus, GroupConfig, RedisConfig, StartAt, StreamId};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -402,7 +402,7 @@ fn dlq_list_shows_a_dead_letter_and_requeue_puts_it_back() {
             "labelers",
             "job:label",
             GroupConfig {
-                start: GroupStart::Beginning,
+                start: StartAt::Beginning,
                 consumer: Some("c1".into()),
                 block: Duration::from_millis(100),
                 ..Default::default()

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use tickbus::test_util::{FaultProxy, RedisServer};
 use tickbus::{
-    Bus, CacheConfig, DurableOptions, Event, GroupConfig, GroupStart, Health, RecvError,
-    RedisConfig, Subscriber,
+    Bus, CacheConfig, DurableOptions, Event, GroupConfig, Health, RecvError, RedisConfig, StartAt,
+    Subscriber,
 };
 
 mod support;
@@ -176,7 +176,7 @@ async fn a_lost_read_reply_is_re_read_from_the_pending_list_at_once() {
             "booking",
             "order:exec",
             GroupConfig {
-                start: GroupStart::Beginning,
+                start: StartAt::Beginning,
                 consumer: Some("c1".into()),
                 block: Duration::from_millis(100),
                 ack_wait,

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
 use tickbus::test_util::RedisServer;
-use tickbus::{Bus, DurableOptions, GroupConfig, GroupStart, RedisConfig};
+use tickbus::{Bus, DurableOptions, GroupConfig, RedisConfig, StartAt};
 
 /// Events published (sequence numbers `0..EVENTS`).
 const EVENTS: u64 = 100_000;
@@ -103,7 +103,7 @@ fn group_worker_process() {
 async fn worker(url: &str, name: &str) {
     let bus = Bus::builder().redis(redis_config(url)).build().unwrap();
     let config = GroupConfig {
-        start: GroupStart::Beginning,
+        start: StartAt::Beginning,
         consumer: Some(name.to_string()),
         block: Duration::from_millis(100),
         ack_wait: ACK_WAIT,

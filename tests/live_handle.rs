@@ -8,7 +8,7 @@ use std::time::Duration;
 use fred::prelude::{ClientLike, StreamsInterface};
 use tickbus::test_util::{FaultProxy, RedisServer};
 use tickbus::{
-    Admin, Bus, DurableOptions, GroupConfig, GroupStart, LiveBus, RedisConfig, ReplayOptions,
+    Admin, Bus, DurableOptions, GroupConfig, LiveBus, RedisConfig, ReplayOptions, StartAt,
 };
 
 /// Upper bound on any single wait in these tests (a hang fails, never blocks CI).
@@ -46,7 +46,7 @@ async fn the_async_twins_set_up_a_live_bus_without_blocking_the_executor() {
         .await
         .unwrap();
     let group = GroupConfig {
-        start: GroupStart::Beginning,
+        start: StartAt::Beginning,
         ..Default::default()
     };
     let mut workers = bus
@@ -71,7 +71,7 @@ async fn the_async_twins_set_up_a_live_bus_without_blocking_the_executor() {
     workers.close().await;
 
     let options = ReplayOptions {
-        to: tickbus::Position::Id(last),
+        to: tickbus::StopAt::Id(last),
         ..Default::default()
     };
     let mut replay = bus.replay_async(&["job:price"], options).await.unwrap();

@@ -14,7 +14,7 @@ use fred::prelude::{ClientLike, StreamsInterface, Value};
 use tickbus::test_util::{AppendFsync, FaultProxy, RedisServer, RedisServerOptions};
 use tickbus::{
     Bus, Durability, DurableOptions, ErrorKind, Event, Health, InstanceId, LiveBus, OutboxFull,
-    PublishError, RecvError, RedisConfig, RemoteStart, Retention, Subscriber,
+    PublishError, RecvError, RedisConfig, Retention, StartAt, Subscriber,
 };
 
 /// Upper bound on any single wait in these tests (a hang fails, never blocks CI).
@@ -535,7 +535,7 @@ async fn resume_continues_after_the_last_entry_seen() {
     let me = InstanceId::from_uuid(uuid::Uuid::from_u128(0x5eed));
     let resuming = || {
         let mut config = config(&server);
-        config.remote_start = RemoteStart::Resume;
+        config.remote_start = StartAt::Resume;
         Bus::builder()
             .instance_id(me)
             .redis(config)
@@ -572,6 +572,35 @@ async fn resume_continues_after_the_last_entry_seen() {
             next(&mut sub).await.unwrap().value,
             i,
             "no gap, no duplicate"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_started_after_an_id_first_delivers_what_came_after_it() {
+    let server = RedisServer::start().unwrap();
+    let publisher = live_bus(&server);
+    let ticks = publisher
+        .durable_topic::<u64>("md:tick", DurableOptions::default())
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(ticks.publish_durable(i).unwrap().await.unwrap());
+    }
+    // A late instance starting after the 4th entry: the 5th onwards, then live.
+    let mut config = config(&server);
+    config.remote_start = StartAt::After(ids[3]);
+    let late = Bus::builder().redis(config).build().unwrap();
+    let mut sub = late
+        .durable_topic::<u64>("md:tick", DurableOptions::default())
+        .unwrap()
+        .subscribe();
+    ticks.publish(10).unwrap();
+    for i in 4..=10 {
+        assert_eq!(
+            next(&mut sub).await.unwrap().value,
+            i,
+            "in order, none missed"
         );
     }
 }

@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use tickbus::test_util::{AppendFsync, FaultProxy, RedisServer, RedisServerOptions};
 use tickbus::{
-    Bus, CacheConfig, Consumer, Durability, DurableOptions, ErrorKind, GroupConfig, GroupStart,
-    Health, LiveBus, PublishError, RedisConfig, ReplayOptions, Retention, StatePolicy, StreamId,
+    Bus, CacheConfig, Consumer, Durability, DurableOptions, ErrorKind, GroupConfig, Health,
+    LiveBus, PublishError, RedisConfig, ReplayOptions, Retention, StartAt, StatePolicy, StreamId,
 };
 
 mod support;
@@ -638,7 +638,7 @@ async fn new_groups_from_the_beginning_and_from_a_time_on_a_trimmed_stream() {
             "late-joiner",
             topic,
             GroupConfig {
-                start: GroupStart::Time(std::time::UNIX_EPOCH + Duration::from_millis(from)),
+                start: StartAt::Time(std::time::UNIX_EPOCH + Duration::from_millis(from)),
                 ..group_config("t1")
             },
         )

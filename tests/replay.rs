@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tickbus::test_util::RedisServer;
 use tickbus::{
-    Bus, DurableOptions, ErrorKind, LiveBus, OnTrimmed, Position, RedisConfig, ReplayOptions,
-    StreamId,
+    Bus, DurableOptions, ErrorKind, LiveBus, OnTrimmed, RedisConfig, ReplayOptions, StartAt,
+    StopAt, StreamId,
 };
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -133,20 +133,43 @@ fn ranges_by_id_and_by_time_are_inclusive() {
         &bus,
         &["md:tick"],
         ReplayOptions {
-            from: Position::Id(ids[10]),
-            to: Position::Id(ids[19]),
+            from: StartAt::At(ids[10]),
+            to: StopAt::Id(ids[19]),
             ..Default::default()
         },
     );
     let values: Vec<u64> = events.iter().map(|e| e.decode().unwrap()).collect();
     assert_eq!(values, (10..20).collect::<Vec<_>>());
+    // `After` leaves its id out; `New` replays nothing stored; `Resume` is refused.
+    let events = replay_all(
+        &bus,
+        &["md:tick"],
+        ReplayOptions {
+            from: StartAt::After(ids[10]),
+            to: StopAt::Id(ids[19]),
+            ..Default::default()
+        },
+    );
+    let values: Vec<u64> = events.iter().map(|e| e.decode().unwrap()).collect();
+    assert_eq!(values, (11..20).collect::<Vec<_>>());
+    let from_now = ReplayOptions {
+        from: StartAt::New,
+        ..Default::default()
+    };
+    assert!(replay_all(&bus, &["md:tick"], from_now).is_empty());
+    let resume = ReplayOptions {
+        from: StartAt::Resume,
+        ..Default::default()
+    };
+    let refused = bus.replay(&["md:tick"], resume).unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::InvalidConfig);
     let at = |id: StreamId| UNIX_EPOCH + Duration::from_millis(id.ms);
     let events = replay_all(
         &bus,
         &["md:tick"],
         ReplayOptions {
-            from: Position::Time(at(ids[30])),
-            to: Position::Time(at(ids[40])),
+            from: StartAt::Time(at(ids[30])),
+            to: StopAt::Time(at(ids[40])),
             ..Default::default()
         },
     );
@@ -188,7 +211,7 @@ fn a_trimmed_range_is_an_error_or_a_reported_gap() {
         .cli(&["XTRIM", "tickbus:stream:{md:tick}", "MAXLEN", "10"])
         .unwrap();
     let from_early = ReplayOptions {
-        from: Position::Id(ids[5]),
+        from: StartAt::At(ids[5]),
         ..Default::default()
     };
     let error = bus.replay(&["md:tick"], from_early).unwrap_err();
@@ -216,7 +239,7 @@ fn a_trimmed_range_is_an_error_or_a_reported_gap() {
         .replay(
             &["md:tick"],
             ReplayOptions {
-                from: Position::Id(ids[95]),
+                from: StartAt::At(ids[95]),
                 ..Default::default()
             },
         )
@@ -297,7 +320,7 @@ fn catch_up_then_live_has_no_gap_and_no_duplicate_at_the_seam() {
         .replay(
             &["md:tick"],
             ReplayOptions {
-                to: Position::Live,
+                to: StopAt::Live,
                 ..Default::default()
             },
         )

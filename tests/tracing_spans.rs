@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tickbus::test_util::RedisServer;
-use tickbus::{Bus, DurableOptions, GroupConfig, GroupStart, RedisConfig};
+use tickbus::{Bus, DurableOptions, GroupConfig, RedisConfig, StartAt};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
@@ -148,7 +148,7 @@ fn publish_write_batch_and_delivery_carry_their_fields() {
 
     // A group delivery: a span with the event id and the delivery count.
     let config = GroupConfig {
-        start: GroupStart::Beginning,
+        start: StartAt::Beginning,
         ack_wait: Duration::from_millis(300),
         ..Default::default()
     };

@@ -228,11 +228,11 @@ impl LiveBus {
     ///
     /// ```no_run
     /// use std::time::Duration;
-    /// use tickbus::{Bus, DurableOptions, GroupConfig, GroupStart, RedisConfig};
+    /// use tickbus::{Bus, DurableOptions, GroupConfig, RedisConfig, StartAt};
     ///
     /// let bus = Bus::builder().redis(RedisConfig::from_url("redis://127.0.0.1:6379")?).build()?;
     /// let jobs = bus.durable_topic::<String>("job:label", DurableOptions::default())?;
-    /// let config = GroupConfig { start: GroupStart::Beginning, ..Default::default() };
+    /// let config = GroupConfig { start: StartAt::Beginning, ..Default::default() };
     /// let mut workers = bus.group::<String>("labelers", "job:label", config)?;
     /// jobs.publish("article 42".to_string())?;
     /// let delivery = workers.recv_blocking().expect("open")?;
@@ -334,7 +334,7 @@ impl LiveBus {
     /// # Examples
     ///
     /// ```no_run
-    /// use tickbus::{Bus, Position, RedisConfig, ReplayOptions};
+    /// use tickbus::{Bus, RedisConfig, ReplayOptions};
     ///
     /// let bus = Bus::builder().redis(RedisConfig::from_url("redis://127.0.0.1:6379")?).build()?;
     /// let mut replay = bus.replay(&["md:tick", "execution:*"], ReplayOptions::default())?;

@@ -1,46 +1,19 @@
 //! [`GroupConfig`] and its parts.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+#[cfg(test)]
+use std::time::UNIX_EPOCH;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::StreamId;
+use crate::event::StartAt;
 
-/// Where a new group starts reading. Applies only when the group is created: an
-/// existing group keeps its position (it is shared by every member, past and
-/// present).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum GroupStart {
-    /// Every entry the stream still holds.
-    Beginning,
-    /// Entries written after the group is created (`$`).
-    #[default]
-    New,
-    /// Entries after this stream id.
-    After(StreamId),
-    /// Entries written at or after this time (by their stream id's milliseconds).
-    Time(SystemTime),
-}
-
-impl GroupStart {
-    /// The id given to `XGROUP CREATE`: the group's "last delivered" id.
-    pub(crate) fn create_id(&self) -> String {
-        match self {
-            GroupStart::Beginning => "0".into(),
-            GroupStart::New => "$".into(),
-            GroupStart::After(id) => id.to_string(),
-            GroupStart::Time(time) => {
-                let ms = time
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-                    .unwrap_or(0);
-                match ms.checked_sub(1) {
-                    // Everything of millisecond `ms` and later.
-                    Some(before) => format!("{before}-{}", u64::MAX),
-                    None => "0".into(),
-                }
-            }
-        }
-    }
+/// The id given to `XGROUP CREATE` for a group that starts at `start`: the
+/// group's "last delivered" id. A group that exists keeps its own position
+/// (shared by every member, past and present), so `Resume` creates as `New`.
+pub(crate) fn create_id(start: StartAt) -> String {
+    start
+        .after_id()
+        .map_or_else(|| "$".to_string(), |id| id.to_string())
 }
 
 /// The delay before a nacked delivery comes back, when [`nack`](crate::Delivery::nack)
@@ -115,10 +88,10 @@ pub enum OnMissingGroup {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tickbus::{GroupConfig, GroupStart};
+/// use tickbus::{GroupConfig, StartAt};
 ///
 /// let config = GroupConfig {
-///     start: GroupStart::Beginning,
+///     start: StartAt::Beginning,
 ///     consumer: Some("risk-worker-1".into()),
 ///     ack_wait: Duration::from_secs(5),
 ///     max_in_flight: 64,
@@ -129,8 +102,8 @@ pub enum OnMissingGroup {
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupConfig {
-    /// Where a group that does not exist yet starts. Default [`GroupStart::New`].
-    pub start: GroupStart,
+    /// Where a group that does not exist yet starts. Default [`StartAt::New`].
+    pub start: StartAt,
     /// This member's name. Default: `TICKBUS_CONSUMER` if set, else
     /// `<host>-<program>`: stable across restarts, so a restarted process first
     /// re-reads the deliveries it held when it stopped. Give each process on one
@@ -167,7 +140,7 @@ pub struct GroupConfig {
 impl Default for GroupConfig {
     fn default() -> Self {
         GroupConfig {
-            start: GroupStart::New,
+            start: StartAt::New,
             consumer: None,
             batch: 128,
             block: Duration::from_secs(1),
@@ -272,13 +245,22 @@ mod tests {
 
     #[test]
     fn start_ids() {
-        assert_eq!(GroupStart::Beginning.create_id(), "0");
-        assert_eq!(GroupStart::New.create_id(), "$");
+        assert_eq!(create_id(StartAt::Beginning), "0-0");
+        assert_eq!(create_id(StartAt::New), "$");
+        assert_eq!(create_id(StartAt::Resume), "$");
         let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         assert_eq!(
-            GroupStart::Time(t).create_id(),
+            create_id(StartAt::Time(t)),
             format!("1700000000122-{}", u64::MAX)
         );
+        let id = crate::event::StreamId::new(1_700_000_000_123, 0);
+        assert_eq!(create_id(StartAt::After(id)), "1700000000123-0");
+        assert_eq!(
+            create_id(StartAt::At(id)),
+            format!("1700000000122-{}", u64::MAX)
+        );
+        let id = crate::event::StreamId::new(1_700_000_000_123, 5);
+        assert_eq!(create_id(StartAt::At(id)), "1700000000123-4");
     }
 
     #[test]

@@ -30,7 +30,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 pub(crate) use config::validate_name;
-pub use config::{GroupConfig, GroupStart, OnMissingGroup, RetryBackoff};
+pub use config::{GroupConfig, OnMissingGroup, RetryBackoff};
 pub use consumer::{Consumer, SeenWindow};
 pub(crate) use dead_letter::{list as list_dead_letters, redrive as redrive_dead_letters};
 pub use dead_letter::{DeadLetter, Redrive};

@@ -145,7 +145,7 @@ async fn prepare(core: &GroupCore, control: &Connection) -> Result<()> {
                     ),
                 ));
             }
-            let start = core.config.start.create_id();
+            let start = super::config::create_id(core.config.start);
             if control
                 .group_create(&stream.key, &core.group, &start, true)
                 .await?
@@ -197,7 +197,7 @@ async fn discover(core: &GroupCore, control: &Connection, first: bool) -> Result
             continue;
         }
         let start = if first {
-            core.config.start.create_id()
+            super::config::create_id(core.config.start)
         } else {
             "0".to_string()
         };

@@ -42,8 +42,9 @@ use serde::Serialize;
 use tokio::sync::Notify as AsyncNotify;
 
 use crate::codec::CodecLimits;
-use crate::config::{Durability, DurableOptions, RedisConfig, RemoteStart};
+use crate::config::{Durability, DurableOptions, RedisConfig};
 use crate::error::{Error, ErrorKind, Result};
+use crate::event::StartAt;
 use crate::event::{InstanceId, StreamId, TopicName};
 use crate::io::{join_io_thread, lock, spawn_io_thread, Join};
 use crate::local::topic::{Persist, TopicShared};
@@ -394,7 +395,7 @@ impl Live {
         let check_key = key.clone();
         let cursor_key = self.cursor_key(topic);
         let instance = self.core.instance.to_string();
-        let resume = self.core.config.remote_start == RemoteStart::Resume;
+        let start_at = self.core.config.remote_start;
         let topic_name = topic.clone();
         let start = self.run_on_writer(async move {
             let kind = writer.key_type(&check_key).await?;
@@ -428,7 +429,10 @@ impl Live {
                     }
                 }
             }
-            if resume {
+            if let Some(after) = start_at.after_id() {
+                return Ok(after);
+            }
+            if start_at == StartAt::Resume {
                 if let Some(saved) = writer.hget(&cursor_key, &instance).await? {
                     if let Ok(id) = std::str::from_utf8(&saved).unwrap_or_default().parse() {
                         return Ok(id);

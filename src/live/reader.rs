@@ -2,8 +2,8 @@
 //! events of the local topics (self-filtered, deduplicated, decoded).
 
 use crate::codec::{self, CodecLimits};
-use crate::config::RemoteStart;
 use crate::error::{Error, ErrorKind};
+use crate::event::StartAt;
 use crate::event::StreamId;
 use crate::io::{lock, Backoff};
 use crate::local::topic::{Remote, Stored, TopicShared};
@@ -203,7 +203,7 @@ pub(super) async fn reader_loop(core: Arc<Core>, connection: Connection) {
     let config = &core.config;
     let mut targets: Vec<ReadTarget> = Vec::new();
     let mut backoff = Backoff::new(config);
-    let resume = config.remote_start == RemoteStart::Resume;
+    let resume = config.remote_start == StartAt::Resume;
     let instance = core.instance.to_string();
     loop {
         if core.closed.load(Ordering::Acquire) {

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use tickbus::test_util::RedisServer;
 use tickbus::{
-    Bus, Consumer, Delivery, DurableOptions, GroupConfig, GroupStart, LiveBus, RedisConfig,
-    RetryBackoff,
+    Bus, Consumer, Delivery, DurableOptions, GroupConfig, LiveBus, RedisConfig, RetryBackoff,
+    StartAt,
 };
 
 /// Upper bound on any single wait (a hang fails, never blocks CI).
@@ -44,7 +44,7 @@ pub fn live_bus(server: &RedisServer) -> LiveBus {
 /// Quick timing for tests: short blocks and ack waits.
 pub fn group_config(name: &str) -> GroupConfig {
     GroupConfig {
-        start: GroupStart::Beginning,
+        start: StartAt::Beginning,
         consumer: Some(name.to_string()),
         block: Duration::from_millis(100),
         ack_wait: Duration::from_millis(500),

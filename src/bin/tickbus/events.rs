@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 use tickbus::admin::Admin;
 use tickbus::{
-    DurableOptions, ErrorKind, OnTrimmed, Position, RedisConfig, ReplayOptions, ReplayedEvent,
+    DurableOptions, ErrorKind, OnTrimmed, RedisConfig, ReplayOptions, ReplayedEvent, StopAt,
     StreamId,
 };
 
@@ -117,8 +117,8 @@ pub(crate) fn tail(config: RedisConfig, args: TailArgs) -> Outcome {
     let replay = bus.replay(
         &topic_refs,
         ReplayOptions {
-            from: args.from.position(),
-            to: Position::Live,
+            from: args.from.start(),
+            to: StopAt::Live,
             on_trimmed: OnTrimmed::Report,
             ..Default::default()
         },
@@ -168,8 +168,8 @@ pub(crate) fn replay(config: RedisConfig, args: ReplayArgs) -> Outcome {
     let replay = bus.replay(
         &topic_refs,
         ReplayOptions {
-            from: args.from.position(),
-            to: args.to.position(),
+            from: args.from.start(),
+            to: args.to.stop(),
             on_trimmed: OnTrimmed::Report,
             ..Default::default()
         },

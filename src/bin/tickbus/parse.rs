@@ -4,7 +4,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use tickbus::{Position, StreamId};
+use tickbus::{StartAt, StopAt, StreamId};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -23,13 +23,23 @@ pub(crate) enum Spot {
 }
 
 impl Spot {
-    /// The replay position.
-    pub(crate) fn position(self) -> Position {
+    /// Where a replay starts (`--from`): `end` is what is written from now on.
+    pub(crate) fn start(self) -> StartAt {
         match self {
-            Spot::Beginning => Position::Beginning,
-            Spot::End => Position::End,
-            Spot::Id(id) => Position::Id(id),
-            Spot::Time(ms) => Position::Time(UNIX_EPOCH + Duration::from_millis(ms)),
+            Spot::Beginning => StartAt::Beginning,
+            Spot::End => StartAt::New,
+            Spot::Id(id) => StartAt::At(id),
+            Spot::Time(ms) => StartAt::Time(UNIX_EPOCH + Duration::from_millis(ms)),
+        }
+    }
+
+    /// Where a replay stops (`--to`): `beginning` is before every entry.
+    pub(crate) fn stop(self) -> StopAt {
+        match self {
+            Spot::Beginning => StopAt::Id(StreamId::ZERO),
+            Spot::End => StopAt::End,
+            Spot::Id(id) => StopAt::Id(id),
+            Spot::Time(ms) => StopAt::Time(UNIX_EPOCH + Duration::from_millis(ms)),
         }
     }
 
