@@ -203,8 +203,8 @@ pub struct RedisConfig {
     /// re-sent after a lost reply). Default 16 384.
     pub dedup_window: usize,
     /// Where the cross-instance reader of each durable topic starts. Default
-    /// [`StartAt::New`]: events written after the topic was created on this
-    /// bus. [`StartAt::Resume`]: after the last entry this instance (same
+    /// [`StartAt::New`](crate::StartAt::New): events written after the topic was created on this
+    /// bus. [`StartAt::Resume`](crate::StartAt::Resume): after the last entry this instance (same
     /// [`InstanceId`](crate::InstanceId)) delivered before it stopped, kept in
     /// `<prefix>:cursor:{<topic>}` (`New` the first time; give the bus a fixed
     /// instance id). `Beginning`, `After`, `At` and `Time`: local subscribers

@@ -412,6 +412,7 @@ impl std::str::FromStr for StreamId {
     }
 }
 
+#[cfg(feature = "redis")]
 impl StreamId {
     /// The id just before this one (`ZERO` stays `ZERO`): an exclusive bound
     /// that lets this id itself through.
@@ -465,6 +466,7 @@ impl StreamId {
 /// assert_ne!(reporting.start, after);
 /// # Ok::<(), tickbus::Error>(())
 /// ```
+#[cfg(feature = "redis")]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum StartAt {
     /// Every entry the stream still holds.
@@ -486,6 +488,7 @@ pub enum StartAt {
     Resume,
 }
 
+#[cfg(feature = "redis")]
 impl StartAt {
     /// The exclusive id reading starts after (`XGROUP CREATE`, `XREAD`), for
     /// the variants that name one; `None` for `New` and `Resume`, which the

@@ -188,7 +188,9 @@ pub use bus::{LiveBus, LiveBusBuilder};
 pub use clock::Clock;
 pub use config::{SlowPolicy, SubscribeOptions, TopicOptions};
 pub use error::{Error, ErrorKind, Result};
-pub use event::{EventId, InstanceId, Meta, Pattern, StartAt, StreamId, TopicName};
+#[cfg(feature = "redis")]
+pub use event::StartAt;
+pub use event::{EventId, InstanceId, Meta, Pattern, StreamId, TopicName};
 pub use json::payload_json;
 #[cfg(feature = "redis")]
 pub use local::DurableTopic;
