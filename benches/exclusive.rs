@@ -280,7 +280,7 @@ impl<P: Payload> Rig<P> {
                         };
                         match received {
                             Ok(()) if shared => {
-                                if checker.expected % 64 == 0 {
+                                if checker.expected.is_multiple_of(64) {
                                     checker.report();
                                 }
                             }

@@ -77,7 +77,7 @@ fn embedded(until: Option<Instant>, pause: Duration) -> Result<(), Box<dyn std::
     let mut slow = ticks.subscribe(); // reads one event a second: lags
     let mut next_sample = Instant::now();
     let mut n = 0_u64;
-    while until.map_or(true, |until| Instant::now() < until) {
+    while until.is_none_or(|until| Instant::now() < until) {
         ticks.publish((n, 100.0 + (n % 100) as f64 / 100.0))?;
         while fast.try_recv().is_ok() {}
         n += 1;
@@ -128,7 +128,7 @@ fn live(
     });
     let mut next_report = Instant::now() + Duration::from_secs(5);
     let mut n = 0_u64;
-    while until.map_or(true, |until| Instant::now() < until) {
+    while until.is_none_or(|until| Instant::now() < until) {
         fills.publish((n, 0.5))?;
         n += 1;
         if Instant::now() >= next_report {

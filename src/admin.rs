@@ -266,7 +266,7 @@ impl Admin {
                     .strip_suffix('}')
             })
             .filter_map(|name| TopicName::new(name).ok())
-            .filter(|topic| filter.map_or(true, |filter| filter.matches(topic)))
+            .filter(|topic| filter.is_none_or(|filter| filter.matches(topic)))
             .collect();
         topics.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         topics.dedup();

@@ -737,7 +737,7 @@ mod tests {
         for len in [1usize, 2, 4, 8, 16, 3, 300, 70_000] {
             let mut ext = Vec::new();
             rmp::encode::write_ext_meta(&mut ext, len as u32, 5).unwrap();
-            ext.extend(std::iter::repeat(0xab).take(len));
+            ext.extend(std::iter::repeat_n(0xab, len));
             out.push(ext);
         }
         out

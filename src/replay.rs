@@ -282,7 +282,7 @@ impl Replay {
         let mut next: Option<(StreamId, usize)> = None;
         for (i, cursor) in self.cursors.iter().enumerate() {
             if let Some((id, _)) = &cursor.head {
-                if next.map_or(true, |(min, _)| *id < min) {
+                if next.is_none_or(|(min, _)| *id < min) {
                     next = Some((*id, i));
                 }
             }
@@ -533,7 +533,7 @@ async fn plan(
                 }
                 _ => true,
             };
-            let before_first = first.map_or(true, |first| start < first);
+            let before_first = first.is_none_or(|first| start < first);
             if before_first && removed && !info.is_empty() {
                 let gap = TrimmedRange {
                     topic: topic.clone(),

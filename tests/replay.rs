@@ -100,7 +100,7 @@ fn several_topics_merge_in_stream_id_order_as_plain_xrange_says() {
         for event in &events {
             let (w, i): (u64, u64) = event.decode().unwrap();
             let previous = last.insert((w, event.topic.to_string()), i);
-            assert!(previous.map_or(true, |p| p < i));
+            assert!(previous.is_none_or(|p| p < i));
         }
     }
     // The same range twice: the same sequence.

@@ -53,6 +53,6 @@ impl Args {
             && self
                 .filter
                 .as_deref()
-                .map_or(true, |filter| id.contains(filter))
+                .is_none_or(|filter| id.contains(filter))
     }
 }

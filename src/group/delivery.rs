@@ -187,6 +187,7 @@ impl Drop for Acker {
 /// # }
 /// ```
 #[derive(Debug)]
+#[must_use = "a delivery that is neither acked, nacked nor termed is delivered again after the ack wait"]
 pub struct Delivery<T> {
     pub(super) value: T,
     pub(super) acker: Acker,

@@ -269,7 +269,7 @@ impl Progress {
     }
 
     fn show(&self, count: u64, at: StreamId) {
-        if count % 1024 != 0 {
+        if !count.is_multiple_of(1024) {
             return;
         }
         let done = if self.by_count {
