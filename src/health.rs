@@ -4,12 +4,12 @@
 //! judged against [`HealthThresholds`].
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::group::GroupCore;
-use crate::live::{Health, Live};
+use crate::live::{ConnectionState, Live};
 
 /// Limits past which [`HealthReport::is_healthy`] says `false`. Each default is
 /// chosen so that a blip does not fail a health check (a failing check often
@@ -63,29 +63,6 @@ impl Default for HealthThresholds {
             max_dead_letters: None,
         }
     }
-}
-
-/// The state of the connection to Redis, serializable (see [`Health`] for the
-/// plain form).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum ConnectionState {
-    /// No Redis configured.
-    Embedded,
-    /// Redis answers.
-    Connected,
-    /// Redis does not answer (or refuses) since `since_unix_ms`.
-    Degraded {
-        /// The last error (no password in it).
-        last_error: String,
-        /// When the trouble started, ms since the Unix epoch.
-        since_unix_ms: u64,
-        /// How long it has lasted, in ms.
-        for_ms: u64,
-    },
-    /// The bus is shut down.
-    Closed,
 }
 
 /// One consumer (member of a group) joined through this bus.
@@ -171,27 +148,6 @@ impl HealthReport {
     }
 }
 
-fn unix_ms(at: SystemTime) -> u64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
-
-/// The connection state from [`Health`].
-pub(crate) fn connection_state(health: Health) -> ConnectionState {
-    match health {
-        Health::Embedded => ConnectionState::Embedded,
-        Health::Connected => ConnectionState::Connected,
-        Health::Closed => ConnectionState::Closed,
-        Health::Degraded {
-            last_error, since, ..
-        } => ConnectionState::Degraded {
-            last_error,
-            since_unix_ms: unix_ms(since),
-            for_ms: since.elapsed().unwrap_or_default().as_millis() as u64,
-        },
-    }
-}
-
 /// What a report is made of, before the dead-letter counts (which need Redis).
 pub(crate) struct Snapshot {
     pub(crate) connection: ConnectionState,
@@ -204,9 +160,9 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    pub(crate) fn embedded(health: Health) -> Snapshot {
+    pub(crate) fn embedded(connection: ConnectionState) -> Snapshot {
         Snapshot {
-            connection: connection_state(health),
+            connection,
             outbox_depth: 0,
             outbox_capacity: 0,
             groups: Vec::new(),
@@ -236,7 +192,7 @@ impl Snapshot {
         topics.dedup();
         let stats = live.stats();
         Snapshot {
-            connection: connection_state(live.health()),
+            connection: live.health(),
             outbox_depth: stats.outbox_depth,
             outbox_capacity: live.outbox_capacity(),
             groups,
@@ -255,12 +211,17 @@ impl Snapshot {
         match &self.connection {
             ConnectionState::Closed => problems.push("the bus is shut down".to_string()),
             ConnectionState::Degraded {
-                last_error, for_ms, ..
-            } if Duration::from_millis(*for_ms) > limits.max_degraded => problems.push(format!(
-                "Redis unavailable for {} s (more than {} s): {last_error}",
-                for_ms / 1000,
-                limits.max_degraded.as_secs()
-            )),
+                last_error, since, ..
+            } => {
+                let away = since.elapsed().unwrap_or_default();
+                if away > limits.max_degraded {
+                    problems.push(format!(
+                        "Redis unavailable for {} s (more than {} s): {last_error}",
+                        away.as_secs(),
+                        limits.max_degraded.as_secs()
+                    ));
+                }
+            }
             _ => {}
         }
         if self.cache_tracking == Some(false)

@@ -132,7 +132,7 @@
 //! * [`Bus::subscribe_pattern`]: `trading:>` and `*:updated`, type-erased.
 //! * [`codec`]: the MessagePack wire format, with limits for untrusted bytes.
 //! * Live mode: [`BusBuilder::redis`] with a [`RedisConfig`] gives a [`LiveBus`];
-//!   [`LiveBus::durable_topic`] with [`DurableOptions`], [`Receipt`], [`Health`],
+//!   [`LiveBus::durable_topic`] with [`DurableOptions`], [`Receipt`], [`ConnectionState`],
 //!   [`RedisStats`], [`Bus::health_report`] ([`HealthReport`]).
 //!
 //! The guarantees (ordering, lag, bounds, shutdown, durability) are written
@@ -214,9 +214,9 @@ pub use group::{
     GroupStats, GroupStreamInfo, OnMissingGroup, Redrive, RetryBackoff, SeenWindow,
 };
 #[cfg(feature = "redis")]
-pub use health::{ConnectionState, DeadLetterCount, GroupHealth, HealthReport, HealthThresholds};
+pub use health::{DeadLetterCount, GroupHealth, HealthReport, HealthThresholds};
 #[cfg(feature = "redis")]
-pub use live::{Health, RedisStats};
+pub use live::{ConnectionState, RedisStats};
 #[cfg(feature = "redis")]
 pub use replay::{OnTrimmed, Replay, ReplayOptions, StopAt, TrimmedRange};
 

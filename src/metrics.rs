@@ -283,7 +283,7 @@ pub(crate) fn record(
         counter!(RECONNECTS, bus_wide.clone()).absolute(stats.reconnects);
         gauge!(OUTBOX_DEPTH, bus_wide.clone()).set(stats.outbox_depth as f64);
         gauge!(OUTBOX_CAPACITY, bus_wide.clone()).set(live.config().outbox_capacity as f64);
-        let connected = matches!(live.health(), crate::Health::Connected);
+        let connected = matches!(live.health(), crate::ConnectionState::Connected);
         gauge!(CONNECTED, bus_wide.clone()).set(if connected { 1.0 } else { 0.0 });
         #[cfg(feature = "cache")]
         if let Some(tracking) = cache_tracking {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use tickbus::test_util::{FaultProxy, RedisServer};
 use tickbus::{
-    Bus, CacheConfig, DurableOptions, Event, GroupConfig, Health, RecvError, RedisConfig, StartAt,
-    Subscriber,
+    Bus, CacheConfig, ConnectionState, DurableOptions, Event, GroupConfig, RecvError, RedisConfig,
+    StartAt, Subscriber,
 };
 
 mod support;
@@ -107,7 +107,7 @@ async fn a_half_open_connection_is_replaced_and_every_event_is_written_once_in_o
         }
     }
     until("health degraded", || {
-        publisher.health() != Health::Connected
+        publisher.health() != ConnectionState::Connected
     })
     .await;
     assert_eq!(xlen(), BEFORE, "nothing crossed the stalled network");
@@ -155,7 +155,7 @@ async fn a_half_open_connection_is_replaced_and_every_event_is_written_once_in_o
     orders.publish_durable(u64::MAX).unwrap().await.unwrap();
     assert_eq!(next(&mut remote).await.unwrap().value, u64::MAX);
     eprintln!("first write {recovery:?} after the heal; all received {received_all:?} after it");
-    assert_eq!(publisher.health(), Health::Connected);
+    assert_eq!(publisher.health(), ConnectionState::Connected);
 }
 
 /// Case 3 of issue 13. The reply of an `XREADGROUP` is lost with its

@@ -152,6 +152,32 @@ async fn a_lost_redis_and_a_filling_outbox_make_the_bus_unhealthy() {
     })
     .await;
     assert_eq!((report.outbox_depth, report.outbox_capacity), (9, 10));
+    assert!(
+        matches!(
+            &report.connection,
+            ConnectionState::Degraded { outbox_depth: 9, last_error, .. } if !last_error.is_empty()
+        ),
+        "{:?}",
+        report.connection
+    );
+    let json = serde_json::to_value(&report).unwrap();
+    let connection = json["connection"].as_object().unwrap();
+    let mut fields: Vec<&str> = connection.keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "for_ms",
+            "last_error",
+            "outbox_depth",
+            "since_unix_ms",
+            "state"
+        ]
+    );
+    assert_eq!(connection["state"], "degraded");
+    assert_eq!(connection["outbox_depth"], 9);
+    assert!(connection["since_unix_ms"].as_u64().unwrap() > 0);
+    assert!(connection["for_ms"].is_u64());
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
     assert!(
         report.problems[0].contains("outbox 9 of 10"),
@@ -194,8 +220,16 @@ async fn an_embedded_bus_is_healthy_until_shut_down() {
     let report = bus.health_report().await;
     assert!(report.is_healthy());
     assert_eq!(report.connection, ConnectionState::Embedded);
+    assert_eq!(
+        serde_json::to_value(&report).unwrap()["connection"],
+        serde_json::json!({"state": "embedded"})
+    );
     bus.shutdown();
     let report = bus.health_report().await;
     assert!(!report.is_healthy());
     assert_eq!(report.connection, ConnectionState::Closed);
+    assert_eq!(
+        serde_json::to_value(&report).unwrap()["connection"],
+        serde_json::json!({"state": "closed"})
+    );
 }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use fred::prelude::{ClientLike, StreamsInterface, Value};
 use tickbus::test_util::{AppendFsync, FaultProxy, RedisServer, RedisServerOptions};
 use tickbus::{
-    Bus, Durability, DurableOptions, ErrorKind, Event, Health, InstanceId, LiveBus, OutboxFull,
-    PublishError, RecvError, RedisConfig, Retention, StartAt, Subscriber,
+    Bus, ConnectionState, Durability, DurableOptions, ErrorKind, Event, InstanceId, LiveBus,
+    OutboxFull, PublishError, RecvError, RedisConfig, Retention, StartAt, Subscriber,
 };
 
 /// Upper bound on any single wait in these tests (a hang fails, never blocks CI).
@@ -45,7 +45,7 @@ async fn next<T: Clone + Send + Sync + 'static>(
 }
 
 /// Waits (up to `PATIENCE`) until the bus's health passes `check`.
-async fn wait_for_health(bus: &Bus, check: impl Fn(&Health) -> bool) {
+async fn wait_for_health(bus: &Bus, check: impl Fn(&ConnectionState) -> bool) {
     let deadline = Instant::now() + PATIENCE;
     while !check(&bus.health()) {
         assert!(Instant::now() < deadline, "{:?}", bus.health());
@@ -153,9 +153,9 @@ async fn two_instances_receive_each_others_events_once_in_order() {
     );
     assert_eq!(stats.duplicates, 0);
     assert_eq!(stats.outbox_depth, 0);
-    assert_eq!(a.health(), Health::Connected);
+    assert_eq!(a.health(), ConnectionState::Connected);
     a.shutdown();
-    assert_eq!(a.health(), Health::Closed);
+    assert_eq!(a.health(), ConnectionState::Closed);
 }
 
 #[test]
@@ -206,7 +206,10 @@ async fn redis_killed_and_restarted_loses_no_acknowledged_event() {
         // Local delivery never stops, Redis or not.
         assert_eq!(next(&mut local).await.unwrap().value, i);
         if i == N / 2 {
-            wait_for_health(&bus, |health| matches!(health, Health::Degraded { .. })).await;
+            wait_for_health(&bus, |health| {
+                matches!(health, ConnectionState::Degraded { .. })
+            })
+            .await;
             server.restart().unwrap();
         }
     }
@@ -232,7 +235,7 @@ async fn redis_killed_and_restarted_loses_no_acknowledged_event() {
     let stats = bus.redis_stats();
     assert!(stats.redis_errors > 0);
     assert_eq!(stats.outbox_depth, 0);
-    wait_for_health(&bus, |health| *health == Health::Connected).await;
+    wait_for_health(&bus, |health| *health == ConnectionState::Connected).await;
 }
 
 #[test]
@@ -279,7 +282,7 @@ fn start_fails_with_a_wrong_password_and_never_prints_it() {
         .redis(RedisConfig::from_url(&server.url()).unwrap())
         .build()
         .unwrap();
-    assert_eq!(bus.health(), Health::Connected);
+    assert_eq!(bus.health(), ConnectionState::Connected);
     assert!(!format!("{bus:?}").contains("right-horse-battery"));
 }
 
@@ -490,7 +493,7 @@ async fn a_full_outbox_hands_the_event_back_and_delivers_nothing() {
     let deadline = Instant::now() + PATIENCE;
     while !matches!(
         bus.health(),
-        Health::Degraded {
+        ConnectionState::Degraded {
             outbox_depth: 8,
             ..
         }
@@ -518,7 +521,7 @@ async fn a_full_outbox_hands_the_event_back_and_delivers_nothing() {
             .unwrap(),
         "9"
     );
-    wait_for_health(&bus, |health| *health == Health::Connected).await;
+    wait_for_health(&bus, |health| *health == ConnectionState::Connected).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -924,6 +927,6 @@ fn shutdown_during_an_outage_is_bounded_and_says_what_was_not_written() {
         .expect("shutdown returns while Redis is away");
     let error = receipt.wait_timeout(PATIENCE).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Closed, "{error}");
-    assert_eq!(bus.health(), Health::Closed);
+    assert_eq!(bus.health(), ConnectionState::Closed);
     assert!(matches!(orders.publish(2), Err(PublishError::Closed(2))));
 }

@@ -32,15 +32,16 @@ use std::time::{Duration, Instant};
 
 use tickbus::test_util::{AppendFsync, FaultProxy, RedisServer, RedisServerOptions};
 use tickbus::{
-    Bus, CacheConfig, Consumer, Durability, DurableOptions, ErrorKind, GroupConfig, Health,
-    LiveBus, PublishError, RedisConfig, ReplayOptions, Retention, StartAt, StatePolicy, StreamId,
+    Bus, CacheConfig, ConnectionState, Consumer, Durability, DurableOptions, ErrorKind,
+    GroupConfig, LiveBus, PublishError, RedisConfig, ReplayOptions, Retention, StartAt,
+    StatePolicy, StreamId,
 };
 
 mod support;
 use support::groups::{config, eventually, group_config, live_bus, next, stream_key, PATIENCE};
 
 /// Waits until the bus's health satisfies `check`.
-async fn health_becomes(bus: &Bus, what: &str, check: impl Fn(&Health) -> bool) {
+async fn health_becomes(bus: &Bus, what: &str, check: impl Fn(&ConnectionState) -> bool) {
     eventually(what, || check(&bus.health())).await;
 }
 
@@ -107,7 +108,7 @@ async fn publishes_survive_a_stopped_server(fsync: AppendFsync, stop: Stop) {
         receipts.push(fills.publish_durable(i as u64).unwrap());
         if i == N / 2 {
             health_becomes(&bus, "health degraded", |health| {
-                matches!(health, Health::Degraded { .. })
+                matches!(health, ConnectionState::Degraded { .. })
             })
             .await;
             server.restart().unwrap();

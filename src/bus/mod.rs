@@ -19,7 +19,7 @@ use crate::event::{InstanceId, TopicName};
 #[cfg(feature = "redis")]
 use crate::health::{DeadLetterCount, HealthReport, HealthThresholds, Snapshot};
 #[cfg(feature = "redis")]
-use crate::live::{Health, Live};
+use crate::live::{ConnectionState, Live};
 use crate::local::registry::BusShared;
 use crate::local::{PatternSubscriber, Topic};
 
@@ -329,16 +329,16 @@ impl Bus {
         ))
     }
 
-    /// The state of the connection to Redis: [`Health::Embedded`] without Redis,
+    /// The state of the connection to Redis: [`ConnectionState::Embedded`] without Redis,
     /// else connected, degraded (with the outbox depth, the last error and since
     /// when) or closed. Cheap: serve it as a health check, or serve
     /// [`health_report`](Bus::health_report) for the outbox, the groups and
     /// the dead letters too.
     #[cfg(feature = "redis")]
-    pub fn health(&self) -> Health {
+    pub fn health(&self) -> ConnectionState {
         match &self.live {
-            None if self.is_shut_down() => Health::Closed,
-            None => Health::Embedded,
+            None if self.is_shut_down() => ConnectionState::Closed,
+            None => ConnectionState::Embedded,
             Some(live) => live.health(),
         }
     }

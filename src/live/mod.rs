@@ -55,11 +55,13 @@ use crate::transport::redis::{Connection, ConnectionEvent, WAITAOF_VERSION};
 mod outbox;
 mod persist;
 mod reader;
+mod state;
 mod writer;
 
 use outbox::Outbox;
 use persist::DurablePersist;
 use reader::{reader_loop, ReadTarget, TypedSink};
+pub use state::ConnectionState;
 use writer::writer_loop;
 
 /// Metric: entries per write pipeline (histogram), recorded by the writer.
@@ -133,30 +135,7 @@ impl Counters {
     }
 }
 
-/// The state of the connection to Redis, as [`Bus::health`](crate::Bus::health)
-/// reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Health {
-    /// No Redis configured: everything is in-process.
-    Embedded,
-    /// Redis answers; the outbox is being written as it fills.
-    Connected,
-    /// Redis does not answer (or refuses) since `since`. Local delivery goes on;
-    /// durable events wait in the outbox.
-    Degraded {
-        /// Durable events waiting for Redis.
-        outbox_depth: usize,
-        /// The last error, as text (no password in it).
-        last_error: String,
-        /// When the trouble started.
-        since: SystemTime,
-    },
-    /// The bus is shut down.
-    Closed,
-}
-
-/// Errors of one I/O task, for `Health`.
+/// Errors of one I/O task, for the [`ConnectionState`].
 #[derive(Default)]
 struct Trouble {
     writer: Option<(String, SystemTime)>,
@@ -498,13 +477,13 @@ impl Live {
         }
     }
 
-    pub(crate) fn health(&self) -> Health {
+    pub(crate) fn health(&self) -> ConnectionState {
         if self.core.closed.load(Ordering::Acquire) {
-            return Health::Closed;
+            return ConnectionState::Closed;
         }
         let trouble = lock(&self.core.trouble);
         let (last_error, since) = match (&trouble.writer, &trouble.reader) {
-            (None, None) => return Health::Connected,
+            (None, None) => return ConnectionState::Connected,
             (Some(one), None) | (None, Some(one)) => one.clone(),
             (Some(writer), Some(reader)) => (
                 writer.0.clone(),
@@ -515,7 +494,7 @@ impl Live {
                 },
             ),
         };
-        Health::Degraded {
+        ConnectionState::Degraded {
             outbox_depth: self.core.outbox.depth(),
             last_error,
             since,
@@ -556,7 +535,7 @@ impl Live {
         topics: Vec<TopicName>,
     ) -> tokio::sync::oneshot::Receiver<Vec<Option<u64>>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let degraded = !matches!(self.health(), Health::Connected);
+        let degraded = !matches!(self.health(), ConnectionState::Connected);
         if topics.is_empty() || degraded {
             let _ = tx.send(vec![None; topics.len()]);
             return rx;
@@ -701,7 +680,7 @@ pub(crate) struct DurableSetup {
     gate: Arc<Mutex<FollowGate>>,
 }
 
-/// Keeps `Health` current with the connection's state, whether or not a command
+/// Keeps the [`ConnectionState`] current with the connection's state, whether or not a command
 /// is under way to notice it.
 async fn watch_connection(core: Arc<Core>, connection: Connection, reader: bool) {
     let mut events = connection.events();
