@@ -85,13 +85,13 @@ fn unix_ns() -> u64 {
 // ---------------------------------------------------------------------------
 // The worker process.
 
-/// One member of the group: runs only when `group_processes_survive_sigkill`
-/// re-executes this binary with `TICKBUS_GROUP_WORKER_URL` set.
+/// One member of the group: `group_processes_survive_sigkill` re-executes this
+/// binary to run it (`--ignored --exact`), with `TICKBUS_GROUP_WORKER_URL` set.
+/// Ignored in a normal run: it is a process of that test, not a test of its own.
 #[test]
+#[ignore = "a worker process of group_processes_survive_sigkill, which runs it"]
 fn group_worker_process() {
-    let Ok(url) = std::env::var(URL_ENV) else {
-        return;
-    };
+    let url = std::env::var(URL_ENV).expect("run by group_processes_survive_sigkill");
     let name = std::env::var(NAME_ENV).expect("a worker needs a name");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -279,6 +279,7 @@ impl Workers {
         self.started[index] += 1;
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
+                "--ignored",
                 "--exact",
                 "group_worker_process",
                 "--nocapture",
