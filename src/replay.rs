@@ -15,7 +15,7 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 
@@ -174,12 +174,6 @@ struct Plan {
     live_after: StreamId,
     /// …and skips entries before this one (the range's start).
     live_from: StreamId,
-}
-
-fn ms_of(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 impl Replay {
@@ -513,7 +507,7 @@ async fn plan(
         let end = match options.to {
             StopAt::End | StopAt::Live => last,
             StopAt::Id(id) => Some(id),
-            StopAt::Time(time) => Some(StreamId::new(ms_of(time), u64::MAX)),
+            StopAt::Time(time) => Some(StreamId::new(StreamId::first_of(time).ms, u64::MAX)),
         };
         if let Some(start) = start {
             // The stream lost entries (trims remove the oldest; `XDEL` records
