@@ -33,8 +33,9 @@ use crate::bus::Bus;
 use crate::clock::Clock;
 use crate::config::{SlowPolicy, SubscribeOptions, TopicOptions};
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::{InstanceId, TopicName};
-use crate::local::topic::{Remote, Stored};
+use crate::event::{Extra, Remote};
+use crate::event::{Headers, InstanceId, TopicName};
+use crate::local::topic::Stored;
 use crate::local::{Event, Subscriber, Topic, TryRecvError};
 use crate::recording::ReplayedEvent;
 
@@ -90,11 +91,14 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> Route for TypedRoute<T
         let stored = Stored {
             value,
             timestamp_ns: event.timestamp_ns,
-            remote: Some(Box::new(Remote {
-                id: event.event_id,
-                source: event.source,
-                stream_id: event.stream_id,
-            })),
+            extra: Extra::remote(
+                Remote {
+                    id: event.event_id,
+                    source: event.source,
+                    stream_id: event.stream_id,
+                },
+                Headers::from(event.headers.clone()),
+            ),
         };
         let shared = &self.topic.shared;
         shared

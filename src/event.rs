@@ -504,22 +504,135 @@ impl StartAt {
     }
 }
 
-/// Where an event came from: this instance, or another one through Redis.
+/// An event's headers: `(name, value)` pairs of text, in the order they were
+/// given, names repeated if the publisher repeated them (field `h` of a stream
+/// entry, `docs/redis-layout.md`). For what travels beside a payload and is not
+/// part of it: a trace id, a correlation id, the strategy that sent an order.
+///
+/// Cheap to clone (shared, not copied), and free when empty: an event published
+/// without headers carries no allocation for them.
+///
+/// # Examples
+///
+/// ```
+/// use tickbus::{Bus, Headers};
+///
+/// let bus = Bus::builder().build()?;
+/// let orders = bus.topic::<u64>("order:new")?;
+/// let mut router = orders.subscribe();
+/// let headers: Headers = [("trace", "4bf92f35"), ("strategy", "mm-eth")].into_iter().collect();
+/// orders.publish_with_headers(7, headers)?;
+/// let event = router.try_recv()?;
+/// assert_eq!(event.meta.headers().get("trace"), Some("4bf92f35"));
+/// assert_eq!(event.meta.headers().len(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Headers(Option<Arc<[(String, String)]>>);
+
+impl Headers {
+    /// No headers.
+    pub const fn new() -> Self {
+        Headers(None)
+    }
+
+    /// How many `(name, value)` pairs.
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// The value of the first header named `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter()
+            .find_map(|(n, value)| (n == name).then_some(value))
+    }
+
+    /// The `(name, value)` pairs, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.as_slice()
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+    }
+
+    /// The pairs as a slice.
+    pub fn as_slice(&self) -> &[(String, String)] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+}
+
+impl From<Vec<(String, String)>> for Headers {
+    fn from(pairs: Vec<(String, String)>) -> Self {
+        if pairs.is_empty() {
+            Headers(None)
+        } else {
+            Headers(Some(pairs.into()))
+        }
+    }
+}
+
+impl<N: Into<String>, V: Into<String>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(pairs: I) -> Self {
+        pairs
+            .into_iter()
+            .map(|(name, value)| (name.into(), value.into()))
+            .collect::<Vec<_>>()
+            .into()
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// The metadata of an event from another instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Origin {
-    /// Published on this bus: its id derives from the topic sequence and salt.
-    Local { salt: u32, instance: InstanceId },
-    /// Published by another instance; carries its own id, source and stream id.
-    Remote {
-        id: EventId,
-        source: InstanceId,
-        stream_id: StreamId,
-    },
+pub(crate) struct Remote {
+    pub(crate) id: EventId,
+    pub(crate) source: InstanceId,
+    pub(crate) stream_id: StreamId,
+}
+
+/// What an event carries beyond its sequence and time, for the few that have
+/// it: another instance's ids, headers. Shared by the ring's slot and every
+/// [`Meta`] of the event (one reference count each, nothing copied).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Extra {
+    /// Set for an event from another instance.
+    pub(crate) remote: Option<Remote>,
+    pub(crate) headers: Headers,
+}
+
+impl Extra {
+    /// A remote event's extra.
+    pub(crate) fn remote(remote: Remote, headers: Headers) -> Option<Arc<Extra>> {
+        Some(Arc::new(Extra {
+            remote: Some(remote),
+            headers,
+        }))
+    }
+
+    /// A local event's extra: none unless it has headers.
+    pub(crate) fn local(headers: Headers) -> Option<Arc<Extra>> {
+        (!headers.is_empty()).then(|| {
+            Arc::new(Extra {
+                remote: None,
+                headers,
+            })
+        })
+    }
 }
 
 /// What every event carries besides its payload: id, topic sequence, source
-/// instance and publish time. `Copy`, and computed without allocation: the id
-/// is derived from the sequence when asked for. The topic is the subscriber's
+/// instance, publish time and [`Headers`]. Built without allocation: the id is
+/// derived from the sequence when asked for, and headers are shared, not
+/// copied (an event without headers carries none). The topic is the subscriber's
 /// ([`Subscriber::topic`](crate::Subscriber::topic)), or [`AnyEvent::topic`](crate::AnyEvent::topic)
 /// for pattern subscribers.
 ///
@@ -536,13 +649,19 @@ pub(crate) enum Origin {
 /// assert_eq!(event.meta.seq(), 0);
 /// assert_eq!(event.meta.source(), bus.instance_id());
 /// assert!(event.meta.timestamp_ns() > 0);
+/// assert!(event.meta.headers().is_empty());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Meta {
     pub(crate) seq: u64,
     pub(crate) timestamp_ns: u64,
-    pub(crate) origin: Origin,
+    /// This bus's instance and the topic's salt: a local event's id and source.
+    pub(crate) instance: InstanceId,
+    pub(crate) salt: u32,
+    /// Another instance's ids, headers; `None` for most events. One pointer,
+    /// so that a `Meta` stays 48 bytes (it is returned by every receive).
+    pub(crate) extra: Option<Arc<Extra>>,
 }
 
 impl Meta {
@@ -559,33 +678,40 @@ impl Meta {
 
     /// The event id (UUIDv7).
     pub fn id(&self) -> EventId {
-        match self.origin {
-            Origin::Local { salt, .. } => EventId::derive(self.timestamp_ns, salt, self.seq),
-            Origin::Remote { id, .. } => id,
+        match self.remote() {
+            None => EventId::derive(self.timestamp_ns, self.salt, self.seq),
+            Some(remote) => remote.id,
         }
     }
 
     /// The instance that published the event.
     pub fn source(&self) -> InstanceId {
-        match self.origin {
-            Origin::Local { instance, .. } => instance,
-            Origin::Remote { source, .. } => source,
-        }
+        self.remote().map_or(self.instance, |remote| remote.source)
     }
 
     /// Whether the event came from another instance, through Redis.
     pub fn is_remote(&self) -> bool {
-        matches!(self.origin, Origin::Remote { .. })
+        self.remote().is_some()
     }
 
     /// The id of the stream entry the event was read from, for an event that came
     /// from another instance. `None` for events published on this bus (their stream
     /// id, if the topic is durable, is what [`Receipt`](crate::Receipt) resolves to).
     pub fn stream_id(&self) -> Option<StreamId> {
-        match self.origin {
-            Origin::Local { .. } => None,
-            Origin::Remote { stream_id, .. } => Some(stream_id),
-        }
+        self.remote().map(|remote| remote.stream_id)
+    }
+
+    #[inline]
+    fn remote(&self) -> Option<&Remote> {
+        self.extra.as_ref().and_then(|extra| extra.remote.as_ref())
+    }
+
+    /// The event's headers: what its publisher gave
+    /// [`Topic::publish_with_headers`](crate::Topic::publish_with_headers), or
+    /// field `h` of the stream entry it was read from. Empty for most events.
+    pub fn headers(&self) -> &Headers {
+        static NONE: Headers = Headers::new();
+        self.extra.as_ref().map_or(&NONE, |extra| &extra.headers)
     }
 }
 
@@ -597,6 +723,7 @@ impl fmt::Debug for Meta {
             .field("timestamp_ns", &self.timestamp_ns)
             .field("source", &self.source())
             .field("stream_id", &self.stream_id())
+            .field("headers", self.headers())
             .finish()
     }
 }
@@ -604,6 +731,14 @@ impl fmt::Debug for Meta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every receive returns a `Meta`: what few events carry beyond it stays
+    /// behind one pointer.
+    #[test]
+    fn meta_stays_small() {
+        assert_eq!(std::mem::size_of::<Meta>(), 48);
+        assert_eq!(std::mem::size_of::<Headers>(), 16);
+    }
 
     #[test]
     fn topic_rules_name_the_rule_broken() {

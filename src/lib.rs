@@ -190,7 +190,7 @@ pub use config::{SlowPolicy, SubscribeOptions, TopicOptions};
 pub use error::{Error, ErrorKind, Result};
 #[cfg(feature = "redis")]
 pub use event::StartAt;
-pub use event::{EventId, InstanceId, Meta, Pattern, StreamId, TopicName};
+pub use event::{EventId, Headers, InstanceId, Meta, Pattern, StreamId, TopicName};
 pub use json::payload_json;
 #[cfg(feature = "redis")]
 pub use local::DurableTopic;

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{self, CodecLimits};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{EventId, InstanceId, StreamId, TopicName};
-use crate::wire::{self, Headers};
+use crate::wire::{self, HeaderPairs};
 
 /// One recorded event: where it was, and its MessagePack payload, decoded with
 /// [`decode`](ReplayedEvent::decode) into the topic's type. Yielded by a replay
@@ -42,7 +42,7 @@ pub struct ReplayedEvent {
     /// Publish time, ns since the Unix epoch (the publisher's clock).
     pub timestamp_ns: u64,
     pub(crate) data: Bytes,
-    pub(crate) headers: Headers,
+    pub(crate) headers: HeaderPairs,
 }
 
 impl ReplayedEvent {
@@ -150,7 +150,7 @@ struct Record<'a> {
         skip_serializing_if = "Vec::is_empty",
         with = "wire::headers_as_map"
     )]
-    h: Headers,
+    h: HeaderPairs,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -168,7 +168,7 @@ struct JsonRecord {
         skip_serializing_if = "Vec::is_empty",
         with = "wire::headers_as_map"
     )]
-    headers: Headers,
+    headers: HeaderPairs,
 }
 
 fn io_error(what: &str, error: std::io::Error) -> Error {

@@ -68,8 +68,8 @@ pub(crate) fn is_event_field(name: &[u8]) -> bool {
     EVENT_FIELDS.iter().any(|field| field.as_bytes() == name)
 }
 
-/// Headers of an event: (name, value), in order, repeated names kept.
-pub(crate) type Headers = Vec<(String, String)>;
+/// The headers of an event: (name, value), in order, repeated names kept.
+pub(crate) type HeaderPairs = Vec<(String, String)>;
 
 /// Bounds on what [`parse`] accepts and [`encode`] writes. Plain data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,7 +144,7 @@ pub(crate) struct Entry<'a> {
     /// Field `data`, not decoded: the caller decodes it into its type.
     pub(crate) payload: &'a Bytes,
     /// Field `h` (empty when absent).
-    pub(crate) headers: Headers,
+    pub(crate) headers: HeaderPairs,
 }
 
 /// Why a field list is not an event entry, or is one over the limits: one
@@ -359,7 +359,7 @@ fn parse_decimal(text: &[u8]) -> Option<u64> {
 
 /// The headers of an `h` field: its size, then the map's claimed length, are
 /// checked before the list is allocated.
-fn parse_headers(field: &[u8], limits: &EntryLimits) -> Result<Headers, EntryError> {
+fn parse_headers(field: &[u8], limits: &EntryLimits) -> Result<HeaderPairs, EntryError> {
     if field.len() > limits.max_headers_size {
         return Err(EntryError::HeadersTooLarge {
             size: field.len(),
@@ -581,10 +581,10 @@ pub(crate) mod headers_as_map {
     use serde::de::{self, MapAccess, Visitor};
     use serde::{Deserializer, Serializer};
 
-    use super::{EntryLimits, Headers};
+    use super::{EntryLimits, HeaderPairs};
 
     pub(crate) fn serialize<S: Serializer>(
-        headers: &Headers,
+        headers: &HeaderPairs,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
         serializer.collect_map(headers.iter().map(|(name, value)| (name, value)))
@@ -592,17 +592,17 @@ pub(crate) mod headers_as_map {
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
-    ) -> Result<Headers, D::Error> {
+    ) -> Result<HeaderPairs, D::Error> {
         struct HeadersVisitor;
 
         impl<'de> Visitor<'de> for HeadersVisitor {
-            type Value = Headers;
+            type Value = HeaderPairs;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a map of header names to values, both strings")
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Headers, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HeaderPairs, A::Error> {
                 let limit = EntryLimits::DEFAULT_MAX_HEADERS;
                 let mut headers = Vec::with_capacity(map.size_hint().unwrap_or(0).min(limit));
                 while let Some(header) = map.next_entry::<String, String>()? {
@@ -750,7 +750,7 @@ mod tests {
         parse(fields, &EntryLimits::default()).unwrap_err()
     }
 
-    fn headers(pairs: &[(&str, &str)]) -> Headers {
+    fn headers(pairs: &[(&str, &str)]) -> HeaderPairs {
         pairs
             .iter()
             .map(|(name, value)| (name.to_string(), value.to_string()))

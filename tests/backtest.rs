@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tickbus::test_util::RedisServer;
 use tickbus::{
-    codec, export, import, Backtest, Bus, DurableOptions, DurableTopic, Event, EventId, InstanceId,
-    LiveBus, RecordingFormat, RecvError, RedisConfig, ReplayOptions, ReplayedEvent, SlowPolicy,
-    StreamId, SubscribeOptions, Subscriber, TopicName,
+    codec, export, import, Backtest, Bus, DurableOptions, DurableTopic, Event, EventId, Headers,
+    InstanceId, LiveBus, RecordingFormat, RecvError, RedisConfig, ReplayOptions, ReplayedEvent,
+    SlowPolicy, StreamId, SubscribeOptions, Subscriber, TopicName,
 };
 
 /// Position updates fed live.
@@ -778,6 +778,38 @@ fn a_backtest_handler_sees_the_recorded_event_ids() {
         .map(|e| (e.event_id, e.source, Some(e.stream_id), e.timestamp_ns))
         .collect();
     assert_eq!(*seen.lock().unwrap(), expected);
+}
+
+/// A recorded event's headers reach the backtest handler, as they reach a live
+/// subscriber.
+#[test]
+fn a_backtest_handler_sees_the_recorded_headers() {
+    let trace = vec![("trace".to_string(), "4bf92f35".to_string())];
+    let recorded: Vec<_> = synthetic_recording(2)
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            if i == 0 {
+                e.with_headers(trace.clone())
+            } else {
+                e
+            }
+        })
+        .collect();
+    let mut backtest = Backtest::new();
+    backtest.route::<PositionUpdate>(POSITIONS).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let into = seen.clone();
+    backtest
+        .on::<PositionUpdate, _>(POSITIONS, move |event| {
+            into.lock().unwrap().push(event.meta.headers().clone())
+        })
+        .unwrap();
+    backtest.run(recorded.into_iter().map(Ok)).unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [Headers::from(trace), Headers::new()]
+    );
 }
 
 fn uuid_of(n: u128) -> uuid::Uuid {

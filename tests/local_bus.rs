@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread;
 
 use tickbus::{
-    Bus, BusySpin, Clock, ErrorKind, InstanceId, PublishError, RecvError, SlowPolicy,
+    Bus, BusySpin, Clock, ErrorKind, Headers, InstanceId, PublishError, RecvError, SlowPolicy,
     SpinThenYield, SubscribeOptions, TopicOptions, TryPublishError, TryRecvError,
 };
 
@@ -310,6 +310,32 @@ fn topics_check_names_and_types() {
     );
     assert!(err.to_string().contains("topic a:c"), "{err}");
     assert!(Bus::builder().topic_options(huge).build().is_err());
+}
+
+/// Headers given to `publish_with_headers` reach plain and pattern subscribers
+/// (shared, not copied); events published without them carry none.
+#[test]
+fn headers_reach_plain_and_pattern_subscribers() {
+    let bus = Bus::builder().build().unwrap();
+    let orders = bus.topic::<u32>("trading:order").unwrap();
+    let mut plain = orders.subscribe();
+    let mut pattern = bus.subscribe_pattern("trading:>").unwrap();
+    let headers: Headers = [("trace", "7f3a"), ("trace", "7f3b")].into_iter().collect();
+    orders.publish_with_headers(1, headers.clone()).unwrap();
+    orders.publish(2).unwrap();
+
+    let first = plain.try_recv().unwrap();
+    assert_eq!(first.meta.headers(), &headers);
+    assert_eq!(first.meta.headers().get("trace"), Some("7f3a"));
+    assert!(plain.try_recv().unwrap().meta.headers().is_empty());
+
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        pattern
+            .try_recv_with(|event| seen.push(event.meta.headers().clone()))
+            .unwrap();
+    }
+    assert_eq!(seen, [headers, Headers::new()]);
 }
 
 #[test]

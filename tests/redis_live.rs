@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use fred::prelude::{ClientLike, StreamsInterface, Value};
 use tickbus::test_util::{AppendFsync, FaultProxy, RedisServer, RedisServerOptions};
 use tickbus::{
-    Bus, ConnectionState, Durability, DurableOptions, ErrorKind, Event, InstanceId, LiveBus,
-    OutboxFull, PublishError, RecvError, RedisConfig, Retention, StartAt, Subscriber,
+    Bus, ConnectionState, Durability, DurableOptions, ErrorKind, Event, Headers, InstanceId,
+    LiveBus, OutboxFull, PublishError, RecvError, RedisConfig, Retention, StartAt, Subscriber,
 };
 
 /// Upper bound on any single wait in these tests (a hang fails, never blocks CI).
@@ -453,8 +453,78 @@ async fn entries_with_headers_are_delivered_and_bad_headers_skipped() {
     let good = next(&mut sub).await.unwrap();
     assert_eq!(good.value, 43);
     assert_eq!(good.meta.id().to_string(), id(3));
+    // The headers reach the event's metadata.
+    assert_eq!(good.meta.headers().get("k"), Some("v"));
+    assert_eq!(good.meta.headers().len(), 1);
     let stats = bus.redis_stats();
     assert_eq!((stats.received, stats.skipped), (1, 2));
+}
+
+/// Headers given to `publish_with_headers` reach local subscribers at once,
+/// field `h` of the entry, and the subscribers of another instance, in order
+/// and with repeats kept; an event without headers carries none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_travel_with_the_event_to_every_reader() {
+    let server = RedisServer::start().unwrap();
+    let publisher = live_bus(&server);
+    let other = live_bus(&server);
+    let remote_side = other
+        .durable_topic::<u64>("order:new", DurableOptions::default())
+        .unwrap();
+    let mut remote = remote_side.subscribe();
+    let orders = publisher
+        .durable_topic::<u64>("order:new", DurableOptions::default())
+        .unwrap();
+    let mut local = orders.subscribe();
+    let headers: Headers = [("trace", "4bf92f35"), ("tag", "a"), ("tag", "b")]
+        .into_iter()
+        .collect();
+    orders.publish_with_headers(1, headers.clone()).unwrap();
+    orders.publish_durable(2).unwrap().wait().unwrap();
+
+    let first = local.try_recv().unwrap();
+    assert_eq!(first.meta.headers(), &headers);
+    assert!(local.try_recv().unwrap().meta.headers().is_empty());
+
+    let first = next(&mut remote).await.unwrap();
+    assert_eq!((first.value, first.meta.is_remote()), (1, true));
+    assert_eq!(first.meta.headers(), &headers);
+    assert_eq!(
+        first.meta.headers().iter().collect::<Vec<_>>(),
+        [("trace", "4bf92f35"), ("tag", "a"), ("tag", "b")]
+    );
+    let second = next(&mut remote).await.unwrap();
+    assert_eq!(second.value, 2);
+    assert!(second.meta.headers().is_empty());
+
+    // On the wire: `h` on the first entry only.
+    let raw = server
+        .command(&[b"XRANGE", b"tickbus:stream:{order:new}", b"-", b"+"])
+        .unwrap();
+    let h_fields = raw.windows(7).filter(|w| w == b"$1\r\nh\r\n").count();
+    assert_eq!(h_fields, 1, "{}", String::from_utf8_lossy(&raw));
+}
+
+/// Headers over the entry limits are refused before any subscriber sees the
+/// event, with the value handed back.
+#[test]
+fn headers_over_the_limits_are_refused_before_delivery() {
+    let server = RedisServer::start().unwrap();
+    let bus = live_bus(&server);
+    let orders = bus
+        .durable_topic::<u64>("order:new", DurableOptions::default())
+        .unwrap();
+    let mut local = orders.subscribe();
+    let many: Headers = (0..65).map(|n| (format!("k{n}"), "v")).collect();
+    match orders.publish_with_headers(7, many) {
+        Err(PublishError::Rejected(value, error)) => {
+            assert_eq!(value, 7);
+            assert!(error.to_string().contains("65 headers"), "{error}");
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    assert_eq!(local.try_recv(), Err(tickbus::TryRecvError::Empty));
+    assert_eq!(bus.redis_stats().outbox_depth, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

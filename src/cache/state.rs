@@ -15,8 +15,9 @@ use super::Layer;
 use crate::clock::Clock;
 use crate::codec::{self, CodecLimits};
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::{EventId, InstanceId, StreamId, TopicName};
-use crate::local::topic::{Remote, Stored};
+use crate::event::{EventId, Headers, InstanceId, StreamId, TopicName};
+use crate::event::{Extra, Remote};
+use crate::local::topic::Stored;
 use crate::local::Topic;
 use crate::transport::{stream_key, WireEntry};
 use crate::wire::{self, EncodedEntry};
@@ -370,11 +371,14 @@ impl StateStore {
         let stored = Stored {
             value,
             timestamp_ns,
-            remote: Some(Box::new(Remote {
-                id: event_id,
-                source: self.instance,
-                stream_id,
-            })),
+            extra: Extra::remote(
+                Remote {
+                    id: event_id,
+                    source: self.instance,
+                    stream_id,
+                },
+                Headers::new(),
+            ),
         };
         topic.shared.publish_stored(stored).map_err(|_| {
             Error::new(

@@ -2,13 +2,14 @@
 
 use crate::codec::{self, CodecLimits};
 use crate::config::OutboxFull;
-use crate::event::EventId;
+use crate::event::Extra;
+use crate::event::{EventId, Headers};
 use crate::io::lock;
 use crate::local::topic::{Persist, PersistMode, TopicShared};
 use crate::local::PublishError;
 use crate::receipt::Receipt;
 use crate::transport::WireEntry;
-use crate::wire::EncodedEntry;
+use crate::wire::{self, EncodedEntry, EntryLimits};
 use bytes::Bytes;
 use serde::Serialize;
 use std::marker::PhantomData;
@@ -36,6 +37,7 @@ impl<T: Serialize + Clone + Send + Sync + 'static> Persist<T> for DurablePersist
         &self,
         topic: &TopicShared<T>,
         value: T,
+        headers: Headers,
         mode: PersistMode,
     ) -> std::result::Result<(u64, Option<Receipt>), PublishError<T>> {
         let span = tracing::trace_span!(
@@ -53,6 +55,10 @@ impl<T: Serialize + Clone + Send + Sync + 'static> Persist<T> for DurablePersist
             Ok(data) => data,
             Err(error) => return Err(PublishError::Rejected(value, error)),
         };
+        let h = match wire::encode_headers(headers.as_slice(), &EntryLimits::new(&self.limits)) {
+            Ok(h) => h,
+            Err(error) => return Err(PublishError::Rejected(value, error.into())),
+        };
         let outbox = &self.core.outbox;
         let wait = mode != PersistMode::Try && outbox.policy == OutboxFull::Wait;
         match outbox.reserve(wait) {
@@ -61,7 +67,8 @@ impl<T: Serialize + Clone + Send + Sync + 'static> Persist<T> for DurablePersist
             Err(Refused::Closed) => return Err(PublishError::Closed(value)),
         }
         let order = lock(&self.order);
-        let stored = topic.stored(value);
+        let mut stored = topic.stored(value);
+        stored.extra = Extra::local(headers);
         let timestamp_ns = stored.timestamp_ns;
         let published = match mode {
             PersistMode::Try => topic
@@ -96,12 +103,10 @@ impl<T: Serialize + Clone + Send + Sync + 'static> Persist<T> for DurablePersist
                 key: Arc::clone(&self.key),
                 // The codec held the payload to `self.limits`, the entry's
                 // payload limit too.
-                event: EncodedEntry::new(
-                    id,
-                    self.core.src.clone(),
-                    timestamp_ns,
-                    Bytes::from(data),
-                ),
+                event: EncodedEntry {
+                    headers: h,
+                    ..EncodedEntry::new(id, self.core.src.clone(), timestamp_ns, Bytes::from(data))
+                },
                 max_len: self.max_len,
             },
             fsync: self.fsync,

@@ -3,10 +3,11 @@
 
 use crate::codec::{self, CodecLimits};
 use crate::error::{Error, ErrorKind};
-use crate::event::StartAt;
 use crate::event::StreamId;
+use crate::event::{Extra, Remote};
+use crate::event::{Headers, StartAt};
 use crate::io::{lock, Backoff};
-use crate::local::topic::{Remote, Stored, TopicShared};
+use crate::local::topic::{Stored, TopicShared};
 use crate::local::UndecodableEvent;
 use crate::transport::redis::Connection;
 use crate::transport::RawEntry;
@@ -38,6 +39,7 @@ pub(super) trait RemoteSink: Send {
         data: &[u8],
         timestamp_ns: u64,
         remote: Remote,
+        headers: Headers,
         counters: &Counters,
     ) -> std::result::Result<Delivered, ()>;
     /// The codec limits for this topic's fields.
@@ -55,6 +57,7 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> RemoteSink for TypedSi
         data: &[u8],
         timestamp_ns: u64,
         remote: Remote,
+        headers: Headers,
         counters: &Counters,
     ) -> std::result::Result<Delivered, ()> {
         let topic = self.topic.upgrade().ok_or(())?;
@@ -71,7 +74,7 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> RemoteSink for TypedSi
                 let stored = Stored {
                     value,
                     timestamp_ns,
-                    remote: Some(Box::new(remote)),
+                    extra: Extra::remote(remote, headers),
                 };
                 topic
                     .publish_stored(stored)
@@ -163,17 +166,18 @@ pub(super) fn handle_entry(
         Counters::add(&counters.duplicates, 1);
         return Ok(());
     }
-    // The headers were checked by the parser; a local event's `Meta` has no
-    // place for them yet, so they stop here (groups and replay carry them).
     let remote = Remote {
         id: parsed.event_id,
         source: parsed.source,
         stream_id: entry.id,
     };
-    match target
-        .sink
-        .deliver(parsed.payload, parsed.timestamp_ns, remote, counters)?
-    {
+    match target.sink.deliver(
+        parsed.payload,
+        parsed.timestamp_ns,
+        remote,
+        Headers::from(parsed.headers),
+        counters,
+    )? {
         Delivered::Event => {}
         Delivered::Undecodable => {
             tracing::warn!(

@@ -79,8 +79,8 @@ impl fmt::Debug for AnyEvent {
 pub struct AnyEventRef<'a> {
     /// The topic the event was published to.
     pub topic: &'a TopicName,
-    /// Id, sequence, source and timestamp.
-    pub meta: Meta,
+    /// Id, sequence, source, timestamp and headers.
+    pub meta: &'a Meta,
     value: &'a (dyn Any + Send + Sync),
     type_name: &'static str,
 }
@@ -138,7 +138,7 @@ impl<T: Clone + Send + Sync + 'static> ErasedSubscriber for Subscriber<T> {
         let event = self.try_recv_ref()?;
         read(AnyEventRef {
             topic: event.topic(),
-            meta: *event.meta(),
+            meta: event.meta(),
             value: &*event,
             type_name: std::any::type_name::<T>(),
         });

@@ -166,7 +166,7 @@ impl<T: Clone + Send + Sync + 'static> Publisher<T> {
             next_value().map(|value| Stored {
                 value,
                 timestamp_ns,
-                remote: None,
+                extra: None,
             })
         })?;
         if wake {

@@ -17,7 +17,7 @@ use super::wait::{SpinYieldPark, WaitStep, WaitStrategy};
 use crate::clock::Clock;
 use crate::config::{SlowPolicy, SubscribeOptions, TopicOptions};
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::{topic_salt, EventId, InstanceId, Meta, Origin, StreamId, TopicName};
+use crate::event::{topic_salt, Extra, Headers, InstanceId, Meta, TopicName};
 use crate::receipt::Receipt;
 use crate::sync::Handshake;
 
@@ -30,21 +30,15 @@ use crate::sync::Handshake;
 pub(crate) struct Stored<T> {
     pub(crate) value: T,
     pub(crate) timestamp_ns: u64,
-    /// Set only for events that came from another instance (through Redis).
-    pub(crate) remote: Option<Box<Remote>>,
-}
-
-/// The metadata of an event from another instance.
-pub(crate) struct Remote {
-    pub(crate) id: EventId,
-    pub(crate) source: InstanceId,
-    pub(crate) stream_id: StreamId,
+    /// Set only for events that came from another instance (through Redis) or
+    /// were published with headers: the common event pays one null pointer.
+    pub(crate) extra: Option<Arc<Extra>>,
 }
 
 impl<T> SlotValue for Stored<T> {
     #[inline(always)]
     fn drop_is_trivial(&self) -> bool {
-        !std::mem::needs_drop::<T>() && self.remote.is_none()
+        !std::mem::needs_drop::<T>() && self.extra.is_none()
     }
 }
 
@@ -77,6 +71,7 @@ pub(crate) trait Persist<T>: Send + Sync {
         &self,
         topic: &TopicShared<T>,
         value: T,
+        headers: Headers,
         mode: PersistMode,
     ) -> Result<(u64, Option<Receipt>), PublishError<T>>;
 
@@ -201,7 +196,7 @@ impl<T> TopicShared<T> {
             target: "tickbus::publish",
             topic = %self.name,
             seq,
-            event_id = %EventId::derive(timestamp_ns, self.salt, seq),
+            event_id = %crate::event::EventId::derive(timestamp_ns, self.salt, seq),
             "tickbus.publish"
         );
     }
@@ -233,17 +228,9 @@ impl<T> TopicShared<T> {
         Meta {
             seq,
             timestamp_ns: stored.timestamp_ns,
-            origin: match &stored.remote {
-                None => Origin::Local {
-                    salt: self.salt,
-                    instance: self.instance,
-                },
-                Some(remote) => Origin::Remote {
-                    id: remote.id,
-                    source: remote.source,
-                    stream_id: remote.stream_id,
-                },
-            },
+            instance: self.instance,
+            salt: self.salt,
+            extra: stored.extra.clone(),
         }
     }
 
@@ -314,7 +301,7 @@ impl<T> TopicShared<T> {
         Stored {
             value,
             timestamp_ns: self.clock.now_ns(),
-            remote: None,
+            extra: None,
         }
     }
 
@@ -538,7 +525,7 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
     pub fn publish(&self, value: T) -> Result<u64, PublishError<T>> {
         if self.shared.persist.is_some() {
             return self
-                .publish_persisted(value, PersistMode::Publish)
+                .publish_persisted(value, Headers::new(), PersistMode::Publish)
                 .map(|(seq, _)| seq);
         }
         let stored = self.shared.stored(value);
@@ -561,12 +548,61 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
     fn publish_persisted(
         &self,
         value: T,
+        headers: Headers,
         mode: PersistMode,
     ) -> Result<(u64, Option<Receipt>), PublishError<T>> {
         match &self.shared.persist {
-            Some(persist) => persist.publish(&self.shared, value, mode),
+            Some(persist) => persist.publish(&self.shared, value, headers, mode),
             None => unreachable!("checked by the caller"),
         }
+    }
+
+    /// Publishes `value` as [`publish`](Topic::publish) does, with `headers`:
+    /// subscribers find them in [`Meta::headers`], and a durable topic writes
+    /// them to the entry's field `h`, where other instances, consumer groups,
+    /// replay and recordings read them back. For what travels beside a payload
+    /// and is not part of it (a trace or correlation id).
+    ///
+    /// Headers cost one allocation per event (the pairs are shared by every
+    /// subscriber, not copied): keep them off a path that counts nanoseconds.
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Topic::publish); on a durable topic also
+    /// [`PublishError::Rejected`] when the headers are over the entry limits
+    /// (64 pairs, 64 KiB), before any subscriber sees the event.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tickbus::{Bus, Headers};
+    ///
+    /// let bus = Bus::builder().build()?;
+    /// let signals = bus.topic::<f64>("strategy:signal")?;
+    /// let mut executor = signals.subscribe();
+    /// signals.publish_with_headers(0.8, Headers::from(vec![("trace".into(), "7f3a".into())]))?;
+    /// assert_eq!(executor.try_recv()?.meta.headers().get("trace"), Some("7f3a"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn publish_with_headers(&self, value: T, headers: Headers) -> Result<u64, PublishError<T>> {
+        if self.shared.persist.is_some() {
+            return self
+                .publish_persisted(value, headers, PersistMode::Publish)
+                .map(|(seq, _)| seq);
+        }
+        let mut stored = self.shared.stored(value);
+        stored.extra = Extra::local(headers);
+        #[cfg(feature = "tracing")]
+        let timestamp_ns = stored.timestamp_ns;
+        let published = self
+            .shared
+            .publish_stored(stored)
+            .map_err(|(error, stored)| self.shared.publish_error(error, stored.into_value()));
+        #[cfg(feature = "tracing")]
+        if let Ok(seq) = published {
+            self.shared.trace_publish(seq, timestamp_ns);
+        }
+        published
     }
 
     /// Whether events published here are persisted to Redis (see
@@ -588,7 +624,7 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
     /// The persisted publish with its receipt ([`DurableTopic::publish_durable`](crate::DurableTopic::publish_durable)).
     #[cfg(feature = "redis")]
     pub(crate) fn publish_with_receipt(&self, value: T) -> Result<Receipt, PublishError<T>> {
-        self.publish_persisted(value, PersistMode::Receipt)
+        self.publish_persisted(value, Headers::new(), PersistMode::Receipt)
             .map(|(_, receipt)| match receipt {
                 Some(receipt) => receipt,
                 None => unreachable!("PersistMode::Receipt returns a receipt"),
@@ -605,7 +641,7 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
     pub fn try_publish(&self, value: T) -> Result<u64, TryPublishError<T>> {
         if self.shared.persist.is_some() {
             return self
-                .publish_persisted(value, PersistMode::Try)
+                .publish_persisted(value, Headers::new(), PersistMode::Try)
                 .map(|(seq, _)| seq)
                 .map_err(|error| match error {
                     PublishError::Closed(value) => TryPublishError::Closed(value),
