@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use fred::prelude::*;
+use tickbus::cache::{Cache, CacheConfig};
 use tickbus::test_util::RedisServer;
-use tickbus::{Bus, Cache, CacheConfig, LiveBus, RedisConfig};
+use tickbus::{Bus, LiveBus, RedisConfig};
 
 const MEMORY_KEYS: usize = 10_000;
 const REDIS_KEYS: usize = 200_000;

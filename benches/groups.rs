@@ -84,10 +84,9 @@ use fred::types::{ClusterHash, CustomCommand};
 use measure::{min_max, process_cpu, threads_cpu};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteArray;
+use tickbus::group::{Consumer, GroupConfig};
 use tickbus::test_util::RedisServer;
-use tickbus::{
-    Bus, Consumer, DurableOptions, GroupConfig, LiveBus, RedisConfig, Retention, StartAt,
-};
+use tickbus::{Bus, DurableOptions, LiveBus, RedisConfig, Retention, StartAt};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 

@@ -65,8 +65,9 @@ use fred::prelude::*;
 use measure::{fmt_range, process_cpu};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteArray;
+use tickbus::replay::{ReplayOptions, StopAt};
 use tickbus::test_util::RedisServer;
-use tickbus::{Bus, DurableOptions, LiveBus, RedisConfig, ReplayOptions, StopAt, StreamId};
+use tickbus::{Bus, DurableOptions, LiveBus, RedisConfig, StreamId};
 use tokio::runtime::Handle;
 
 // ---------------------------------------------------------------------------

@@ -28,9 +28,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde::{Deserialize, Serialize};
+use tickbus::backtest::Backtest;
+use tickbus::replay::ReplayOptions;
 use tickbus::{
-    Backtest, Bus, DurableOptions, EventId, LiveBus, RecvError, RedisConfig, ReplayOptions,
-    SlowPolicy, StreamId, SubscribeOptions,
+    Bus, DurableOptions, EventId, LiveBus, RecvError, RedisConfig, SlowPolicy, StreamId,
+    SubscribeOptions,
 };
 
 /// One recorded event: a trade print.

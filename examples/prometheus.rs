@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use metrics_exporter_prometheus::PrometheusBuilder;
-use tickbus::{Bus, DurableOptions, GroupConfig, RedisConfig, StartAt, TopicOptions};
+use tickbus::group::GroupConfig;
+use tickbus::{Bus, DurableOptions, RedisConfig, StartAt, TopicOptions};
 
 /// tickbus's metrics on a Prometheus endpoint at 127.0.0.1:PORT.
 #[derive(Parser)]

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use clap::builder::RangedU64ValueParser;
 use clap::Parser;
-use tickbus::{Bus, Cache, CacheConfig, CacheStats, RedisConfig};
+use tickbus::cache::{Cache, CacheConfig, CacheStats};
+use tickbus::{Bus, RedisConfig};
 
 const LOADER_TIME: Duration = Duration::from_millis(50);
 

@@ -37,7 +37,8 @@ use clap::builder::RangedU64ValueParser;
 use clap::Parser;
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
-use tickbus::{Bus, DurableOptions, GroupConfig, LiveBus, RedisConfig, StartAt};
+use tickbus::group::GroupConfig;
+use tickbus::{Bus, DurableOptions, LiveBus, RedisConfig, StartAt};
 
 /// One job: its id (0, 1, …) and a description to work on.
 #[derive(Clone, Debug, Serialize, Deserialize)]

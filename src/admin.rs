@@ -130,7 +130,8 @@ pub struct CacheNamespace {
 /// Which member holds the oldest unacknowledged entries of a group:
 ///
 /// ```no_run
-/// use tickbus::{Admin, ErrorKind, RedisConfig};
+/// use tickbus::{ErrorKind, RedisConfig};
+/// use tickbus::admin::Admin;
 ///
 /// let config = RedisConfig::from_env()?.expect("set REDIS_URL");
 /// let admin = Admin::connect(config)?;

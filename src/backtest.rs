@@ -159,7 +159,7 @@ where
 /// deterministically.
 ///
 /// Each recorded event ([`ReplayedEvent`], from [`LiveBus::replay`](crate::LiveBus::replay) or
-/// [`import`](crate::import)) of a [routed](Backtest::route) topic is decoded
+/// [`import`](crate::recording::import)) of a [routed](Backtest::route) topic is decoded
 /// and published on the backtest bus, with its recorded id, source, stream id
 /// and timestamp, after the bus clock is set to that timestamp (never
 /// backwards). Then every [handler](Backtest::on) runs on the driving thread, in
@@ -173,9 +173,11 @@ where
 ///
 /// ```
 /// use std::sync::{Arc, Mutex};
-/// use tickbus::{codec, Backtest, EventId, InstanceId, ReplayedEvent, StreamId, TopicName};
+/// use tickbus::{codec, EventId, InstanceId, StreamId, TopicName};
+/// use tickbus::backtest::Backtest;
+/// use tickbus::recording::ReplayedEvent;
 ///
-/// // A recording (from a replay of Redis, or `tickbus::import` of a file).
+/// // A recording (from a replay of Redis, or `tickbus::recording::import` of a file).
 /// let recorded: Vec<ReplayedEvent> = (0..3_u64)
 ///     .map(|i| {
 ///         let payload = codec::encode_payload(&(100.0 + i as f64), &Default::default()).unwrap();

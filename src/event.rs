@@ -444,9 +444,9 @@ impl StreamId {
 }
 
 /// Where reading a stream starts: one vocabulary for a consumer group
-/// ([`GroupConfig::start`](crate::GroupConfig)), the cross-instance reader of
+/// ([`GroupConfig::start`](crate::group::GroupConfig)), the cross-instance reader of
 /// durable topics ([`RedisConfig::remote_start`](crate::RedisConfig)) and a
-/// replay ([`ReplayOptions::from`](crate::ReplayOptions)), as JetStream's
+/// replay ([`ReplayOptions::from`](crate::replay::ReplayOptions)), as JetStream's
 /// `DeliverPolicy` is one for its consumers. Times are the Redis server's
 /// (the milliseconds of stream ids).
 ///
@@ -454,7 +454,8 @@ impl StreamId {
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
-/// use tickbus::{GroupConfig, StartAt, StreamId};
+/// use tickbus::{StartAt, StreamId};
+/// use tickbus::group::GroupConfig;
 ///
 /// // A new reporting group takes the last hour of fills, then everything new.
 /// let reporting = GroupConfig {

@@ -20,7 +20,7 @@ use crate::live::{ConnectionState, Live};
 ///
 /// ```
 /// use std::time::Duration;
-/// use tickbus::HealthThresholds;
+/// use tickbus::health::HealthThresholds;
 ///
 /// // A service whose groups must keep up, and where any dead letter needs a look.
 /// let limits = HealthThresholds {

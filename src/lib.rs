@@ -2,8 +2,8 @@
 //!
 //! An event bus for latency-sensitive trading engines: an embedded, lock-free
 //! in-process bus first, persisted to Redis Streams second (durable topics and
-//! cross-instance delivery; consumer groups, replay and a tiered cache follow
-//! in later releases).
+//! cross-instance delivery), with consumer groups for guaranteed delivery,
+//! replay of history, backtests over recordings, and a tiered cache.
 //!
 //! Components talk through typed **topics** named `component:event_type`
 //! (`position:updated`, `risk:calculated`). Publishing moves the value into a
@@ -124,16 +124,35 @@
 //!
 //! ## Where to start reading
 //!
+//! The crate root holds the bus itself; what builds on it has a module of its own.
+//!
 //! * [`Bus`]: the handle; [`Bus::topic`] gives a typed [`Topic`].
 //! * [`Topic::publish`], [`Topic::try_publish`], [`Topic::subscribe`],
-//!   [`Topic::subscribe_with`] and [`SlowPolicy`] (lag or backpressure).
-//! * [`Subscriber`]: `try_recv`, `try_recv_ref`, `recv_blocking_with` a
-//!   [`WaitStrategy`], `recv().await`, and [`Stream`](futures_core::Stream).
+//!   [`Topic::subscribe_with`] and [`SlowPolicy`] (lag or backpressure);
+//!   [`Topic::publisher`] for a single-publisher topic.
+//! * [`Subscriber`]: `try_recv`, `try_recv_ref`, `recv_batch`,
+//!   `recv_blocking_with` a [`WaitStrategy`], `recv().await`, and
+//!   [`Stream`](futures_core::Stream). [`Meta`] is what an event carries
+//!   besides its payload (id, sequence, source, time, [`Headers`]).
 //! * [`Bus::subscribe_pattern`]: `trading:>` and `*:updated`, type-erased.
-//! * [`codec`]: the MessagePack wire format, with limits for untrusted bytes.
 //! * Live mode: [`BusBuilder::redis`] with a [`RedisConfig`] gives a [`LiveBus`];
-//!   [`LiveBus::durable_topic`] with [`DurableOptions`], [`Receipt`], [`ConnectionState`],
-//!   [`RedisStats`], [`Bus::health_report`] ([`HealthReport`]).
+//!   [`LiveBus::durable_topic`] with [`DurableOptions`], [`Receipt`],
+//!   [`ConnectionState`], [`RedisStats`]. Where reading starts: [`StartAt`].
+//!
+//! The modules:
+//!
+//! * [`group`] (feature `redis`): consumer groups, each event to one member,
+//!   at least once, with retries and dead letters.
+//! * [`replay`] (feature `redis`): a range of streams read back in one
+//!   deterministic order.
+//! * [`recording`]: export a replay to a file and import it again, with no Redis.
+//! * [`backtest`]: drive components from a recording, synchronously, on a
+//!   virtual clock.
+//! * [`cache`] (feature `cache`): memory, then Redis keys, then a loader; and
+//!   latest-state keys written with their event.
+//! * [`health`] (feature `redis`): the health report a service serves.
+//! * [`admin`] (feature `redis`): read-only queries, as the `tickbus` tool makes them.
+//! * [`codec`]: the MessagePack wire format, with limits for untrusted bytes.
 //!
 //! The guarantees (ordering, lag, bounds, shutdown, durability) are written
 //! down in `docs/guarantees.md`; the design in `docs/architecture.md`; the keys
@@ -149,19 +168,19 @@
 
 #[cfg(feature = "redis")]
 pub mod admin;
-mod backtest;
+pub mod backtest;
 mod bus;
 #[cfg(feature = "cache")]
-mod cache;
+pub mod cache;
 mod clock;
 pub mod codec;
 mod config;
 mod error;
 mod event;
 #[cfg(feature = "redis")]
-mod group;
+pub mod group;
 #[cfg(feature = "redis")]
-mod health;
+pub mod health;
 #[cfg(feature = "redis")]
 mod io;
 mod json;
@@ -171,9 +190,9 @@ mod local;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod receipt;
-mod recording;
+pub mod recording;
 #[cfg(feature = "redis")]
-mod replay;
+pub mod replay;
 mod sync;
 #[cfg(feature = "test-util")]
 pub mod test_util;
@@ -181,7 +200,6 @@ pub mod test_util;
 mod transport;
 mod wire;
 
-pub use backtest::{Backtest, BacktestReport, Pace};
 pub use bus::{Bus, BusBuilder};
 #[cfg(feature = "redis")]
 pub use bus::{LiveBus, LiveBusBuilder};
@@ -200,25 +218,11 @@ pub use local::{
     UndecodableEvent, WaitStep, WaitStrategy,
 };
 pub use receipt::Receipt;
-pub use recording::{export, import, Import, RecordingFormat, ReplayedEvent};
 
-#[cfg(feature = "redis")]
-pub use admin::Admin;
-#[cfg(feature = "cache")]
-pub use cache::{Cache, CacheConfig, CacheStats, PublishedWithState, StatePolicy, StateStore};
 #[cfg(feature = "redis")]
 pub use config::{Durability, DurableOptions, OutboxFull, RedisConfig, Retention};
 #[cfg(feature = "redis")]
-pub use group::{
-    Acker, Consumer, ConsumerInfo, DeadLetter, Delivery, DeliveryInfo, GroupConfig, GroupInfo,
-    GroupStats, GroupStreamInfo, OnMissingGroup, Redrive, RetryBackoff, SeenWindow,
-};
-#[cfg(feature = "redis")]
-pub use health::{DeadLetterCount, GroupHealth, HealthReport, HealthThresholds};
-#[cfg(feature = "redis")]
 pub use live::{ConnectionState, RedisStats};
-#[cfg(feature = "redis")]
-pub use replay::{OnTrimmed, Replay, ReplayOptions, StopAt, TrimmedRange};
 
 /// Entry points for the fuzz targets in `fuzz/` (not part of the API).
 #[doc(hidden)]

@@ -3,7 +3,7 @@
 //!
 //! * Per topic, bus-wide and per consumer-group figures are **sampled** from the
 //!   atomics tickbus keeps anyway (the ring's tail, [`RedisStats`](crate::RedisStats),
-//!   [`GroupStats`](crate::GroupStats)) by [`record`]: once a second on a live bus's
+//!   [`GroupStats`](crate::group::GroupStats)) by [`record`]: once a second on a live bus's
 //!   writer thread, or when the application calls
 //!   [`Bus::record_metrics`](crate::Bus::record_metrics). Counters are set with
 //!   `absolute` (they only grow), gauges with `set`.

@@ -28,7 +28,7 @@ use crate::wire::{self, HeaderPairs};
 
 /// One recorded event: where it was, and its MessagePack payload, decoded with
 /// [`decode`](ReplayedEvent::decode) into the topic's type. Yielded by a replay
-/// from Redis and by [`import`], consumed by a [`Backtest`](crate::Backtest).
+/// from Redis and by [`import`], consumed by a [`Backtest`](crate::backtest::Backtest).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplayedEvent {
     /// Its topic.
@@ -73,7 +73,8 @@ impl ReplayedEvent {
     /// # Examples
     ///
     /// ```
-    /// use tickbus::{EventId, InstanceId, ReplayedEvent, StreamId, TopicName};
+    /// use tickbus::{EventId, InstanceId, StreamId, TopicName};
+    /// use tickbus::recording::ReplayedEvent;
     ///
     /// let event = ReplayedEvent::new(
     ///     TopicName::new("execution:fill")?,
@@ -187,7 +188,8 @@ fn io_error(what: &str, error: std::io::Error) -> Error {
 /// # Examples
 ///
 /// ```
-/// use tickbus::{codec, export, import, EventId, InstanceId, RecordingFormat, ReplayedEvent, StreamId, TopicName};
+/// use tickbus::{codec, EventId, InstanceId, StreamId, TopicName};
+/// use tickbus::recording::{export, import, RecordingFormat, ReplayedEvent};
 ///
 /// let payload = codec::encode_payload(&(42_u64, 2.5_f64), &Default::default())?;
 /// let event = ReplayedEvent::new(

@@ -5,8 +5,8 @@
 //! (`XRANGE … COUNT page`) by its own task, one page ahead of the consumer: while
 //! the application decodes a page, the next one is on its way, and no more than
 //! three pages per stream are held (one being taken, one queued, one arriving),
-//! whatever the range's length. A page crosses to the consumer as fred parsed it
-//! ([`RangePage`]); its entries are walked there, in place. The consumer side
+//! whatever the range's length. A page crosses to the consumer as the transport
+//! parsed it; its entries are walked there, in place. The consumer side
 //! merges the streams by (stream id, topic name): the same range always yields
 //! the same sequence.
 
@@ -70,7 +70,8 @@ pub enum OnTrimmed {
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
-/// use tickbus::{OnTrimmed, ReplayOptions, StartAt, StopAt};
+/// use tickbus::StartAt;
+/// use tickbus::replay::{OnTrimmed, ReplayOptions, StopAt};
 ///
 /// let last_hour = ReplayOptions {
 ///     from: StartAt::Time(SystemTime::now() - Duration::from_secs(3600)),

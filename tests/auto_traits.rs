@@ -26,7 +26,8 @@ fn public_types_are_send_and_sync() {
     send_sync::<RecvError>();
     send_sync::<TryRecvError>();
     send_sync::<codec::CodecLimits>();
-    send_sync::<ReplayedEvent>();
+    send_sync::<recording::ReplayedEvent>();
+    send_sync::<Headers>();
     // A subscriber moves to the thread that reads it; it is not shared.
     send::<Subscriber<Payload>>();
     sync::<Subscriber<Payload>>();

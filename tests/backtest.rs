@@ -23,11 +23,13 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tickbus::backtest::Backtest;
+use tickbus::recording::{export, import, RecordingFormat, ReplayedEvent};
+use tickbus::replay::ReplayOptions;
 use tickbus::test_util::RedisServer;
 use tickbus::{
-    codec, export, import, Backtest, Bus, DurableOptions, DurableTopic, Event, EventId, Headers,
-    InstanceId, LiveBus, RecordingFormat, RecvError, RedisConfig, ReplayOptions, ReplayedEvent,
-    SlowPolicy, StreamId, SubscribeOptions, Subscriber, TopicName,
+    codec, Bus, DurableOptions, DurableTopic, Event, EventId, Headers, InstanceId, LiveBus,
+    RecvError, RedisConfig, SlowPolicy, StreamId, SubscribeOptions, Subscriber, TopicName,
 };
 
 /// Position updates fed live.

@@ -5,10 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tickbus::cache::{CacheConfig, StatePolicy};
 use tickbus::test_util::RedisServer;
-use tickbus::{
-    Bus, CacheConfig, Clock, DurableOptions, ErrorKind, LiveBus, RedisConfig, StatePolicy,
-};
+use tickbus::{Bus, Clock, DurableOptions, ErrorKind, LiveBus, RedisConfig};
 
 /// Upper bound on any wait for a condition (a hang fails, never blocks CI).
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -51,7 +50,7 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) -> Duration
 /// Reads `key` through `cache` until its memory keeps it (a read that crosses
 /// the invalidation push of an earlier write is not kept: the cache cannot tell
 /// it from a change made after the read), checking the value each time.
-async fn read_until_kept<V>(cache: &tickbus::Cache<V>, key: &str, expected: &V)
+async fn read_until_kept<V>(cache: &tickbus::cache::Cache<V>, key: &str, expected: &V)
 where
     V: serde::Serialize
         + serde::de::DeserializeOwned

@@ -7,8 +7,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tickbus::group::GroupConfig;
 use tickbus::test_util::{RedisServer, RedisServerOptions};
-use tickbus::{Bus, GroupConfig, RedisConfig, StartAt, StreamId};
+use tickbus::{Bus, RedisConfig, StartAt, StreamId};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -656,7 +657,8 @@ fn every_command_has_help() {
 
 #[test]
 fn admin_answers_with_plain_structs_and_not_found_kinds() {
-    use tickbus::{Admin, ErrorKind};
+    use tickbus::admin::Admin;
+    use tickbus::ErrorKind;
     let server = RedisServer::start().unwrap();
     let url = server.url();
     publish(&url, "md:tick", "1");

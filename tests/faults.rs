@@ -7,10 +7,11 @@
 
 use std::time::{Duration, Instant};
 
+use tickbus::cache::CacheConfig;
+use tickbus::group::GroupConfig;
 use tickbus::test_util::{FaultProxy, RedisServer};
 use tickbus::{
-    Bus, CacheConfig, ConnectionState, DurableOptions, Event, GroupConfig, RecvError, RedisConfig,
-    StartAt, Subscriber,
+    Bus, ConnectionState, DurableOptions, Event, RecvError, RedisConfig, StartAt, Subscriber,
 };
 
 mod support;

@@ -17,8 +17,9 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use tickbus::group::{Consumer, GroupConfig, SeenWindow};
 use tickbus::test_util::{AppendFsync, RedisServer, RedisServerOptions};
-use tickbus::{Consumer, ErrorKind, GroupConfig, SeenWindow};
+use tickbus::ErrorKind;
 
 mod support;
 use support::groups::*;
@@ -876,7 +877,7 @@ async fn idle_members_are_removed_but_never_one_holding_entries() {
             },
         )
         .unwrap();
-    let names = |info: &tickbus::GroupInfo| -> Vec<(String, u64)> {
+    let names = |info: &tickbus::group::GroupInfo| -> Vec<(String, u64)> {
         let mut names: Vec<_> = info.streams[0]
             .consumers
             .iter()

@@ -34,8 +34,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
+use tickbus::group::GroupConfig;
 use tickbus::test_util::RedisServer;
-use tickbus::{Bus, DurableOptions, GroupConfig, RedisConfig, StartAt};
+use tickbus::{Bus, DurableOptions, RedisConfig, StartAt};
 
 /// Events published (sequence numbers `0..EVENTS`).
 const EVENTS: u64 = 100_000;

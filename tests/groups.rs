@@ -8,8 +8,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use tickbus::group::{GroupConfig, OnMissingGroup, Redrive};
 use tickbus::test_util::RedisServer;
-use tickbus::{DurableOptions, ErrorKind, GroupConfig, OnMissingGroup, Redrive};
+use tickbus::{DurableOptions, ErrorKind};
 
 mod support;
 use support::groups::*;

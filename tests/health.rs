@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use tickbus::health::{HealthReport, HealthThresholds};
 use tickbus::test_util::RedisServer;
-use tickbus::{Bus, ConnectionState, HealthReport, HealthThresholds, LiveBus, OutboxFull};
+use tickbus::{Bus, ConnectionState, LiveBus, OutboxFull};
 
 mod support;
 use support::groups::*;
@@ -43,7 +44,7 @@ async fn groups_pending_lag_and_dead_letters_are_reported_and_judged() {
         .group::<u64>(
             "labelers",
             "job:label",
-            tickbus::GroupConfig {
+            tickbus::group::GroupConfig {
                 max_in_flight: 3,
                 ..group_config("c1")
             },

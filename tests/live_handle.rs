@@ -6,10 +6,11 @@
 use std::time::Duration;
 
 use fred::prelude::{ClientLike, StreamsInterface};
+use tickbus::admin::Admin;
+use tickbus::group::GroupConfig;
+use tickbus::replay::ReplayOptions;
 use tickbus::test_util::{FaultProxy, RedisServer};
-use tickbus::{
-    Admin, Bus, DurableOptions, GroupConfig, LiveBus, RedisConfig, ReplayOptions, StartAt,
-};
+use tickbus::{Bus, DurableOptions, LiveBus, RedisConfig, StartAt};
 
 /// Upper bound on any single wait in these tests (a hang fails, never blocks CI).
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -71,7 +72,7 @@ async fn the_async_twins_set_up_a_live_bus_without_blocking_the_executor() {
     workers.close().await;
 
     let options = ReplayOptions {
-        to: tickbus::StopAt::Id(last),
+        to: tickbus::replay::StopAt::Id(last),
         ..Default::default()
     };
     let mut replay = bus.replay_async(&["job:price"], options).await.unwrap();

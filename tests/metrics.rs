@@ -256,7 +256,7 @@ fn cache_hits_per_layer_and_loads_reach_the_scrape() {
     prometheus();
     let bus = Bus::builder().build().unwrap();
     let cache = bus
-        .cache::<String>("metrics_test", tickbus::CacheConfig::default())
+        .cache::<String>("metrics_test", tickbus::cache::CacheConfig::default())
         .unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -317,7 +317,7 @@ async fn cache_tracking_gauge_follows_the_connection() {
         .build()
         .unwrap();
     let cache = bus
-        .cache::<u64>("tracking_test", tickbus::CacheConfig::default())
+        .cache::<u64>("tracking_test", tickbus::cache::CacheConfig::default())
         .unwrap();
     cache.set("k", 1).await.unwrap();
     let gauge = || {

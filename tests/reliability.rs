@@ -30,11 +30,13 @@
 
 use std::time::{Duration, Instant};
 
+use tickbus::cache::{CacheConfig, StatePolicy};
+use tickbus::group::{Consumer, GroupConfig};
+use tickbus::replay::ReplayOptions;
 use tickbus::test_util::{AppendFsync, FaultProxy, RedisServer, RedisServerOptions};
 use tickbus::{
-    Bus, CacheConfig, ConnectionState, Consumer, Durability, DurableOptions, ErrorKind,
-    GroupConfig, LiveBus, PublishError, RedisConfig, ReplayOptions, Retention, StartAt,
-    StatePolicy, StreamId,
+    Bus, ConnectionState, Durability, DurableOptions, ErrorKind, LiveBus, PublishError,
+    RedisConfig, Retention, StartAt, StreamId,
 };
 
 mod support;

@@ -3,11 +3,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tickbus::replay::{OnTrimmed, ReplayOptions, StopAt};
 use tickbus::test_util::RedisServer;
-use tickbus::{
-    Bus, DurableOptions, ErrorKind, LiveBus, OnTrimmed, RedisConfig, ReplayOptions, StartAt,
-    StopAt, StreamId,
-};
+use tickbus::{Bus, DurableOptions, ErrorKind, LiveBus, RedisConfig, StartAt, StreamId};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -36,7 +34,7 @@ fn replay_all(
     bus: &LiveBus,
     topics: &[&str],
     options: ReplayOptions,
-) -> Vec<tickbus::ReplayedEvent> {
+) -> Vec<tickbus::recording::ReplayedEvent> {
     let mut replay = bus.replay(topics, options).unwrap();
     let mut events = Vec::new();
     while let Some(event) = replay.recv_blocking() {
@@ -355,7 +353,7 @@ struct Fill {
 
 #[test]
 fn an_export_of_100k_events_imports_back_identical() {
-    use tickbus::{export, import, RecordingFormat};
+    use tickbus::recording::{export, import, RecordingFormat};
     let server = RedisServer::start().unwrap();
     let bus = live_bus(&server);
     let fills = bus
@@ -455,7 +453,7 @@ fn an_export_of_100k_events_imports_back_identical() {
 
 #[test]
 fn headers_reach_replayed_events_and_recordings_keep_them() {
-    use tickbus::{export, import, RecordingFormat};
+    use tickbus::recording::{export, import, RecordingFormat};
     let server = RedisServer::start().unwrap();
     let bus = live_bus(&server);
     // {"trace": "abc", "tenant": "eu"} from another writer; then an entry without `h`.

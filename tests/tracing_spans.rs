@@ -8,8 +8,9 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tickbus::group::GroupConfig;
 use tickbus::test_util::RedisServer;
-use tickbus::{Bus, DurableOptions, GroupConfig, RedisConfig, StartAt};
+use tickbus::{Bus, DurableOptions, RedisConfig, StartAt};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;

@@ -211,7 +211,7 @@ impl LiveBus {
     /// Joins consumer group `group` on `topics` (a topic name, or a pattern with
     /// `*` / `>` to read every matching topic's stream) as one member, creating
     /// the group if needed (at [`GroupConfig::start`]). Each event goes to one
-    /// member of the group, at least once; see [`Consumer`] and [`Delivery`](crate::Delivery).
+    /// member of the group, at least once; see [`Consumer`] and [`Delivery`](crate::group::Delivery).
     ///
     /// The members need not be durable topics on this bus: a group reads the
     /// streams in Redis, whoever wrote them. Unlike a durable topic's
@@ -228,7 +228,8 @@ impl LiveBus {
     ///
     /// ```no_run
     /// use std::time::Duration;
-    /// use tickbus::{Bus, DurableOptions, GroupConfig, RedisConfig, StartAt};
+    /// use tickbus::{Bus, DurableOptions, RedisConfig, StartAt};
+    /// use tickbus::group::GroupConfig;
     ///
     /// let bus = Bus::builder().redis(RedisConfig::from_url("redis://127.0.0.1:6379")?).build()?;
     /// let jobs = bus.durable_topic::<String>("job:label", DurableOptions::default())?;
@@ -323,18 +324,19 @@ impl LiveBus {
     /// always yields the same sequence. Each item of `topics` is a topic name or
     /// a pattern (`*`, `>`), matched against the streams present now. Events
     /// come with their MessagePack payload; decode each with
-    /// [`ReplayedEvent::decode`](crate::ReplayedEvent::decode) into its topic's type.
+    /// [`ReplayedEvent::decode`](crate::recording::ReplayedEvent::decode) into its topic's type.
     ///
     /// # Errors
     ///
     /// `InvalidTopic`/`InvalidPattern`;
     /// [`ErrorKind::Trimmed`] when the range starts before what a stream holds
-    /// (with [`OnTrimmed::Error`](crate::OnTrimmed)); the Redis errors.
+    /// (with [`OnTrimmed::Error`](crate::replay::OnTrimmed)); the Redis errors.
     ///
     /// # Examples
     ///
     /// ```no_run
-    /// use tickbus::{Bus, RedisConfig, ReplayOptions};
+    /// use tickbus::{Bus, RedisConfig};
+    /// use tickbus::replay::ReplayOptions;
     ///
     /// let bus = Bus::builder().redis(RedisConfig::from_url("redis://127.0.0.1:6379")?).build()?;
     /// let mut replay = bus.replay(&["md:tick", "execution:*"], ReplayOptions::default())?;
@@ -347,8 +349,12 @@ impl LiveBus {
     /// }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn replay(&self, topics: &[&str], options: crate::ReplayOptions) -> Result<crate::Replay> {
-        crate::Replay::start(
+    pub fn replay(
+        &self,
+        topics: &[&str],
+        options: crate::replay::ReplayOptions,
+    ) -> Result<crate::replay::Replay> {
+        crate::replay::Replay::start(
             self.live.config().clone(),
             topics.iter().map(|t| t.to_string()).collect(),
             options,
@@ -364,8 +370,8 @@ impl LiveBus {
     pub fn replay_async(
         &self,
         topics: &[&str],
-        options: crate::ReplayOptions,
-    ) -> impl std::future::Future<Output = Result<crate::Replay>> + Send + 'static {
+        options: crate::replay::ReplayOptions,
+    ) -> impl std::future::Future<Output = Result<crate::replay::Replay>> + Send + 'static {
         let bus = self.clone();
         let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
         crate::io::off_thread(move || {

@@ -271,7 +271,8 @@ impl Bus {
     /// # Examples
     ///
     /// ```
-    /// use tickbus::{Bus, CacheConfig};
+    /// use tickbus::Bus;
+    /// use tickbus::cache::CacheConfig;
     ///
     /// let bus = Bus::builder().build()?;
     /// let tickers = bus.cache::<f64>("ticker", CacheConfig::ticker())?;
@@ -279,14 +280,18 @@ impl Bus {
     /// # Ok::<(), tickbus::Error>(())
     /// ```
     #[cfg(feature = "cache")]
-    pub fn cache<V>(&self, namespace: &str, config: crate::CacheConfig) -> Result<crate::Cache<V>>
+    pub fn cache<V>(
+        &self,
+        namespace: &str,
+        config: crate::cache::CacheConfig,
+    ) -> Result<crate::cache::Cache<V>>
     where
         V: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
     {
         crate::cache::validate_namespace(namespace)?;
         config.validate()?;
         let layer = self.cache_layer()?;
-        crate::Cache::new(
+        crate::cache::Cache::new(
             namespace,
             config,
             self.clock().clone(),
@@ -306,7 +311,8 @@ impl Bus {
     /// # Examples
     ///
     /// ```
-    /// use tickbus::{Bus, StatePolicy};
+    /// use tickbus::Bus;
+    /// use tickbus::cache::StatePolicy;
     ///
     /// let bus = Bus::builder().build()?;
     /// let state = bus.state(StatePolicy::seeds())?;
@@ -314,13 +320,13 @@ impl Bus {
     /// # Ok::<(), tickbus::Error>(())
     /// ```
     #[cfg(feature = "cache")]
-    pub fn state(&self, policy: crate::StatePolicy) -> Result<crate::StateStore> {
+    pub fn state(&self, policy: crate::cache::StatePolicy) -> Result<crate::cache::StateStore> {
         let layer = self.cache_layer()?;
         let prefix = self.live.as_ref().map_or_else(
             || "tickbus".to_string(),
             |live| live.config().key_prefix.clone(),
         );
-        Ok(crate::StateStore::new(
+        Ok(crate::cache::StateStore::new(
             layer,
             policy,
             self.clock().clone(),

@@ -11,7 +11,7 @@ use crate::error::{Error, ErrorKind, Result};
 ///
 /// ```
 /// use std::time::Duration;
-/// use tickbus::CacheConfig;
+/// use tickbus::cache::CacheConfig;
 ///
 /// let config = CacheConfig {
 ///     memory_capacity: 50_000,

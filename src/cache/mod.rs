@@ -127,7 +127,8 @@ impl<V> Memory<V> {
 /// # fn main() -> tickbus::Result<()> {
 /// # futures_lite_block_on(async {
 /// use std::time::Duration;
-/// use tickbus::{Bus, CacheConfig};
+/// use tickbus::Bus;
+/// use tickbus::cache::CacheConfig;
 ///
 /// let bus = Bus::builder().build()?; // embedded: memory and loader
 /// let labels = bus.cache::<String>("event_label", CacheConfig::event_label())?;

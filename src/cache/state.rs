@@ -30,7 +30,7 @@ use crate::wire::{self, EncodedEntry};
 ///
 /// ```
 /// use std::time::Duration;
-/// use tickbus::StatePolicy;
+/// use tickbus::cache::StatePolicy;
 ///
 /// let policy = StatePolicy::seeds();
 /// assert_eq!(policy.ttl_for("risk:current"), Some(Duration::from_secs(3600)));
@@ -130,7 +130,8 @@ enum Backend {
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// use serde::{Deserialize, Serialize};
-/// use tickbus::{Bus, StatePolicy};
+/// use tickbus::Bus;
+/// use tickbus::cache::StatePolicy;
 ///
 /// #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 /// struct Risk { var_99: f64 }

@@ -16,7 +16,7 @@ pub(crate) fn create_id(start: StartAt) -> String {
         .map_or_else(|| "$".to_string(), |id| id.to_string())
 }
 
-/// The delay before a nacked delivery comes back, when [`nack`](crate::Delivery::nack)
+/// The delay before a nacked delivery comes back, when [`nack`](crate::group::Delivery::nack)
 /// gives none.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RetryBackoff {
@@ -45,7 +45,7 @@ impl RetryBackoff {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use tickbus::RetryBackoff;
+    /// use tickbus::group::RetryBackoff;
     ///
     /// let ms = Duration::from_millis;
     /// let exp = RetryBackoff::Exponential { first: ms(100), max: ms(350) };
@@ -74,7 +74,7 @@ impl RetryBackoff {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum OnMissingGroup {
     /// Create the group again (from the beginning of whatever the stream holds
-    /// now), log a warning and count it in [`GroupStats::recreated`](crate::GroupStats).
+    /// now), log a warning and count it in [`GroupStats::recreated`](crate::group::GroupStats).
     #[default]
     Recreate,
     /// Yield one [`ErrorKind::GroupMissing`] error and end the stream of deliveries.
@@ -88,7 +88,8 @@ pub enum OnMissingGroup {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tickbus::{GroupConfig, StartAt};
+/// use tickbus::StartAt;
+/// use tickbus::group::GroupConfig;
 ///
 /// let config = GroupConfig {
 ///     start: StartAt::Beginning,
@@ -116,11 +117,11 @@ pub struct GroupConfig {
     pub block: Duration,
     /// How long a delivery may stay unacknowledged before another member may
     /// claim it and deliver it again. Default 30 s. Extend it for one delivery
-    /// with [`Delivery::in_progress`](crate::Delivery::in_progress).
+    /// with [`Delivery::in_progress`](crate::group::Delivery::in_progress).
     pub ack_wait: Duration,
     /// Deliveries of one event before it is dead-lettered. Default 5.
     pub max_deliveries: u32,
-    /// The delay of a [`nack`](crate::Delivery::nack) without one. Default
+    /// The delay of a [`nack`](crate::group::Delivery::nack) without one. Default
     /// exponential from 100 ms to 10 s.
     pub backoff: RetryBackoff,
     /// Most deliveries this member holds unacknowledged; it stops reading at the

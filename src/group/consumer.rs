@@ -437,7 +437,8 @@ impl<T> Unpin for Consumer<T> {}
 /// # Examples
 ///
 /// ```
-/// use tickbus::{EventId, SeenWindow};
+/// use tickbus::EventId;
+/// use tickbus::group::SeenWindow;
 ///
 /// let mut seen = SeenWindow::new(2);
 /// let [a, b, c] = [1u128, 2, 3].map(|n| EventId::from_uuid(uuid::Uuid::from_u128(n)));

@@ -168,7 +168,8 @@ impl Drop for Acker {
 /// # Examples
 ///
 /// ```no_run
-/// use tickbus::{Bus, GroupConfig, RedisConfig};
+/// use tickbus::{Bus, RedisConfig};
+/// use tickbus::group::GroupConfig;
 ///
 /// # async fn run() -> tickbus::Result<()> {
 /// let bus = Bus::builder().redis(RedisConfig::from_url("redis://127.0.0.1:6379")?).build()?;
@@ -204,7 +205,7 @@ impl<T> Delivery<T> {
     /// # Examples
     ///
     /// ```no_run
-    /// # fn handle(delivery: tickbus::Delivery<String>) {
+    /// # fn handle(delivery: tickbus::group::Delivery<String>) {
     /// let _in_delivery = delivery.span().clone().entered(); // logs below carry the event id
     /// tracing::info!(len = delivery.len(), "labelling");
     /// delivery.ack();

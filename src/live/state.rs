@@ -1,13 +1,13 @@
 //! [`ConnectionState`]: the state of the connection to Redis, as
 //! [`Bus::health`](crate::Bus::health) returns it and
-//! [`HealthReport::connection`](crate::HealthReport::connection) serializes it.
+//! [`HealthReport::connection`](crate::health::HealthReport::connection) serializes it.
 
 use std::time::SystemTime;
 
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
 /// The state of the connection to Redis, as [`Bus::health`](crate::Bus::health)
-/// returns it and [`HealthReport`](crate::HealthReport) holds it.
+/// returns it and [`HealthReport`](crate::health::HealthReport) holds it.
 ///
 /// Serialized (serde) as an object tagged by `state`, `Degraded` with its
 /// start as ms since the Unix epoch and its duration so far, computed when it

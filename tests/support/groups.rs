@@ -6,11 +6,9 @@
 
 use std::time::{Duration, Instant};
 
+use tickbus::group::{Consumer, Delivery, GroupConfig, RetryBackoff};
 use tickbus::test_util::RedisServer;
-use tickbus::{
-    Bus, Consumer, Delivery, DurableOptions, GroupConfig, LiveBus, RedisConfig, RetryBackoff,
-    StartAt,
-};
+use tickbus::{Bus, DurableOptions, LiveBus, RedisConfig, StartAt};
 
 /// Upper bound on any single wait (a hang fails, never blocks CI).
 pub const PATIENCE: Duration = Duration::from_secs(30);

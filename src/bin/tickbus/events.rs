@@ -8,10 +8,9 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 use tickbus::admin::Admin;
-use tickbus::{
-    DurableOptions, ErrorKind, OnTrimmed, RedisConfig, ReplayOptions, ReplayedEvent, StopAt,
-    StreamId,
-};
+use tickbus::recording::ReplayedEvent;
+use tickbus::replay::{OnTrimmed, ReplayOptions, StopAt};
+use tickbus::{DurableOptions, ErrorKind, RedisConfig, StreamId};
 
 use crate::parse::Spot;
 use tickbus::payload_json;

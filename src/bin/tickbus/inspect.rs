@@ -5,7 +5,8 @@ use std::io::Write;
 
 use serde_json::{json, Value};
 use tickbus::admin::{Admin, GroupSummary};
-use tickbus::{DeadLetter, ErrorKind, RedisConfig, Redrive, StreamId};
+use tickbus::group::{DeadLetter, Redrive};
+use tickbus::{ErrorKind, RedisConfig, StreamId};
 
 use crate::parse::{human_bytes, human_duration};
 use tickbus::payload_json;

@@ -4,7 +4,8 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use tickbus::{StartAt, StopAt, StreamId};
+use tickbus::replay::StopAt;
+use tickbus::{StartAt, StreamId};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
