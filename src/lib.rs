@@ -236,12 +236,26 @@ pub mod fuzz {
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-/// The examples of `docs/cache.md` run as doctests.
-#[cfg(all(doctest, feature = "cache"))]
-#[doc = include_str!("../docs/cache.md")]
-struct CacheDocDoctests;
-
-/// The examples of `docs/replay.md` compile as doctests.
-#[cfg(all(doctest, feature = "redis"))]
-#[doc = include_str!("../docs/replay.md")]
-struct ReplayDocDoctests;
+/// The guides of `docs/`, as pages of these docs (their examples run as
+/// doctests). The benchmark results and their log are in the package's
+/// `docs/benchmarks.md` and `docs/benchmarks-log.md`.
+pub mod guide {
+    #[doc = include_str!("../docs/guarantees.md")]
+    pub mod guarantees {}
+    #[doc = include_str!("../docs/architecture.md")]
+    pub mod architecture {}
+    #[doc = include_str!("../docs/redis-layout.md")]
+    pub mod redis_layout {}
+    #[cfg(feature = "redis")]
+    #[doc = include_str!("../docs/replay.md")]
+    pub mod replay {}
+    #[cfg(feature = "cache")]
+    #[doc = include_str!("../docs/cache.md")]
+    pub mod cache {}
+    #[doc = include_str!("../docs/operations.md")]
+    pub mod operations {}
+    #[doc = include_str!("../docs/cli.md")]
+    pub mod cli {}
+    #[doc = include_str!("../docs/fuzzing.md")]
+    pub mod fuzzing {}
+}
