@@ -433,6 +433,15 @@ pub struct DurableOptions {
     /// Deliver events other instances write to this topic to local subscribers.
     /// Default `true`; a publisher-only process can save the reads.
     pub receive_remote: bool,
+    /// Move this topic's due scheduled events
+    /// ([`DurableTopic::publish_at`](crate::DurableTopic::publish_at)) into its
+    /// stream from the start, looking for new ones at least this often. Set it
+    /// on the instances that should deliver jobs scheduled by others (workers):
+    /// any number may, each job is moved once. Default `None`: this instance
+    /// moves them only once it has scheduled one itself (then it looks every
+    /// second). Either way a job is never moved before it is due by the Redis
+    /// server's clock.
+    pub delayed_poll: Option<Duration>,
 }
 
 #[cfg(feature = "redis")]
@@ -443,6 +452,7 @@ impl Default for DurableOptions {
             retention: Retention::default(),
             durability: Durability::Written,
             receive_remote: true,
+            delayed_poll: None,
         }
     }
 }

@@ -16,14 +16,16 @@ use event_listener::{Event as Notify, EventListener, Listener as _};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::StreamId;
 
-struct Shared {
+struct Shared<R> {
     done: AtomicBool,
-    result: Mutex<Option<Result<StreamId>>>,
+    result: Mutex<Option<Result<R>>>,
     ready: Notify,
 }
 
-/// Resolves to the stream id of a durable event once Redis has the entry. Created
-/// by [`DurableTopic::publish_durable`](crate::DurableTopic::publish_durable).
+/// Resolves once Redis holds a durable event: to its stream id for
+/// [`DurableTopic::publish_durable`](crate::DurableTopic::publish_durable), to
+/// its event id for a scheduled one
+/// ([`DurableTopic::publish_at`](crate::DurableTopic::publish_at)).
 ///
 /// # Cancel safety
 ///
@@ -38,22 +40,22 @@ struct Shared {
 /// may not be in the stream). While Redis is merely unreachable the receipt stays
 /// pending: the event waits in the outbox.
 #[must_use = "a receipt does nothing unless awaited or waited on; drop it to not wait"]
-pub struct Receipt {
-    shared: Arc<Shared>,
+pub struct Receipt<R = StreamId> {
+    shared: Arc<Shared<R>>,
     listener: Option<EventListener>,
 }
 
 /// The writer's end of a [`Receipt`]. Dropping it unresolved resolves the receipt
 /// with a `Closed` error, so that no receipt waits forever.
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-pub(crate) struct ReceiptSender {
-    shared: Option<Arc<Shared>>,
+pub(crate) struct ReceiptSender<R = StreamId> {
+    shared: Option<Arc<Shared<R>>>,
 }
 
-impl Receipt {
+impl<R> Receipt<R> {
     /// A receipt and the writer's end of it.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn pair() -> (Receipt, ReceiptSender) {
+    pub(crate) fn pair() -> (Receipt<R>, ReceiptSender<R>) {
         let shared = Arc::new(Shared {
             done: AtomicBool::new(false),
             result: Mutex::new(None),
@@ -70,7 +72,7 @@ impl Receipt {
         )
     }
 
-    fn take(&self) -> Option<Result<StreamId>> {
+    fn take(&self) -> Option<Result<R>> {
         if !self.shared.done.load(Ordering::Acquire) {
             return None;
         }
@@ -97,7 +99,7 @@ impl Receipt {
     /// # Errors
     ///
     /// See [`Receipt`].
-    pub fn wait(self) -> Result<StreamId> {
+    pub fn wait(self) -> Result<R> {
         self.wait_until(None)
     }
 
@@ -107,7 +109,7 @@ impl Receipt {
     ///
     /// See [`Receipt`]; [`ErrorKind::Timeout`] when it did not resolve in time (the
     /// event is still in the outbox and will be written).
-    pub fn wait_timeout(self, timeout: Duration) -> Result<StreamId> {
+    pub fn wait_timeout(self, timeout: Duration) -> Result<R> {
         self.wait_until(Some(Instant::now() + timeout))
             .map_err(|error| match error.kind() {
                 ErrorKind::Timeout => Error::new(
@@ -118,7 +120,7 @@ impl Receipt {
             })
     }
 
-    fn wait_until(self, deadline: Option<Instant>) -> Result<StreamId> {
+    fn wait_until(self, deadline: Option<Instant>) -> Result<R> {
         loop {
             if let Some(result) = self.take() {
                 return result;
@@ -141,8 +143,8 @@ impl Receipt {
     }
 }
 
-impl Future for Receipt {
-    type Output = Result<StreamId>;
+impl<R> Future for Receipt<R> {
+    type Output = Result<R>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
@@ -161,7 +163,7 @@ impl Future for Receipt {
     }
 }
 
-impl fmt::Debug for Receipt {
+impl<R> fmt::Debug for Receipt<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Receipt")
             .field("resolved", &self.is_resolved())
@@ -170,22 +172,22 @@ impl fmt::Debug for Receipt {
 }
 
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-impl ReceiptSender {
+impl<R> ReceiptSender<R> {
     /// Resolves the receipt.
-    pub(crate) fn send(mut self, result: Result<StreamId>) {
+    pub(crate) fn send(mut self, result: Result<R>) {
         if let Some(shared) = self.shared.take() {
             Self::resolve(&shared, result);
         }
     }
 
-    fn resolve(shared: &Shared, result: Result<StreamId>) {
+    fn resolve(shared: &Shared<R>, result: Result<R>) {
         *shared.result.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
         shared.done.store(true, Ordering::Release);
         shared.ready.notify(usize::MAX);
     }
 }
 
-impl Drop for ReceiptSender {
+impl<R> Drop for ReceiptSender<R> {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.take() {
             Self::resolve(
@@ -200,7 +202,7 @@ impl Drop for ReceiptSender {
     }
 }
 
-impl fmt::Debug for ReceiptSender {
+impl<R> fmt::Debug for ReceiptSender<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ReceiptSender")
     }
@@ -220,14 +222,14 @@ mod tests {
 
     #[test]
     fn dropped_sender_resolves_closed() {
-        let (receipt, sender) = Receipt::pair();
+        let (receipt, sender) = Receipt::<StreamId>::pair();
         drop(sender);
         assert_eq!(receipt.wait().unwrap_err().kind(), ErrorKind::Closed);
     }
 
     #[test]
     fn wait_timeout_reports_timeout() {
-        let (receipt, _sender) = Receipt::pair();
+        let (receipt, _sender) = Receipt::<StreamId>::pair();
         let error = receipt.wait_timeout(Duration::from_millis(5)).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Timeout);
     }

@@ -61,6 +61,13 @@ pub(crate) const HEADERS: &str = "h";
 /// letter and a re-drive carry these over, and only these.
 pub(crate) const EVENT_FIELDS: [&str; 5] = [ID, SRC, TS, DATA, HEADERS];
 
+/// Field `due`, on an entry that was scheduled (`DurableTopic::publish_at`):
+/// when it was due, ms since the Unix epoch, decimal. Not one of the event's
+/// fields: the reader delivers such an entry even to the instance that
+/// published it (its subscribers did not see it at publish time).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))] // only a live bus schedules
+pub(crate) const DUE: &str = "due";
+
 /// Whether `name` is one of the [`EVENT_FIELDS`]: what a dead letter copies
 /// of the entry as it was, bytes and all, whether it parses or not.
 #[cfg_attr(not(feature = "redis"), allow(dead_code))] // dead letters
@@ -482,6 +489,30 @@ impl EncodedEntry {
             self.headers.clone().unwrap_or_default(),
         ]
     }
+}
+
+/// A scheduled entry as the move script reads it: a MessagePack array of the
+/// entry's field names and values, all as `str` holding the raw bytes (Redis's
+/// Lua `cmsgpack` of Redis 7.0 refuses `bin`, and does not check `str` for
+/// UTF-8); the script adds [`DUE`].
+#[cfg_attr(not(feature = "redis"), allow(dead_code))] // only a live bus schedules
+pub(crate) fn encode_scheduled(entry: &EncodedEntry) -> Bytes {
+    let fields: Vec<(&'static str, Bytes)> = entry.fields().collect();
+    let size = fields
+        .iter()
+        .map(|(name, value)| name.len() + value.len() + 10)
+        .sum::<usize>()
+        + 5;
+    let mut out = Vec::with_capacity(size);
+    // Writing into a Vec cannot fail, and the lengths fit in u32 (the entry
+    // limits hold the payload and headers far below 4 GiB).
+    let _ = rmp::encode::write_array_len(&mut out, (fields.len() * 2) as u32);
+    for (name, value) in &fields {
+        let _ = rmp::encode::write_str(&mut out, name);
+        let _ = rmp::encode::write_str_len(&mut out, value.len() as u32);
+        out.extend_from_slice(value);
+    }
+    Bytes::from(out)
 }
 
 /// Refuses a payload larger than the limit, before it is queued.

@@ -52,12 +52,14 @@ use crate::sync::Places;
 use crate::transport::keys;
 use crate::transport::redis::{Connection, ConnectionEvent, WAITAOF_VERSION};
 
+mod delayed;
 mod outbox;
 mod persist;
 mod reader;
 mod state;
 mod writer;
 
+use delayed::Scheduler;
 use outbox::Outbox;
 use persist::DurablePersist;
 use reader::{reader_loop, ReadTarget, TypedSink};
@@ -111,6 +113,11 @@ pub struct RedisStats {
     pub redis_errors: u64,
     /// Connections (writer or reader) re-established after a loss.
     pub reconnects: u64,
+    /// Events this instance scheduled ([`DurableTopic::publish_at`](crate::DurableTopic::publish_at)).
+    pub scheduled: u64,
+    /// Scheduled events (anyone's) this instance's movers appended to their
+    /// streams when they were due.
+    pub delayed_moved: u64,
 }
 
 #[derive(Default)]
@@ -127,6 +134,8 @@ struct Counters {
     undecodable: AtomicU64,
     redis_errors: AtomicU64,
     reconnects: AtomicU64,
+    scheduled: AtomicU64,
+    delayed_moved: AtomicU64,
 }
 
 impl Counters {
@@ -425,8 +434,23 @@ impl Live {
         if let Some(age) = options.retention.max_age {
             lock(&self.core.trims).push((Arc::clone(&key), age));
         }
+        let scheduler = Arc::new(Scheduler {
+            core: Arc::clone(&self.core),
+            writer: self.writer.clone(),
+            runtime: self.writer_runtime.clone(),
+            delayed_key: Arc::from(keys::delayed(&self.core.config.key_prefix, topic)),
+            stream_key: Arc::clone(&key),
+            max_len: options.retention.max_len,
+            poll: options.delayed_poll.unwrap_or(delayed::DEFAULT_POLL),
+            started: AtomicBool::new(false),
+            wake: AsyncNotify::new(),
+        });
+        if options.delayed_poll.is_some() {
+            scheduler.start();
+        }
         let gate = Arc::new(Mutex::new(FollowGate::default()));
         let persist = Box::new(DurablePersist::<T> {
+            scheduler,
             gate: Arc::clone(&gate),
             core: Arc::clone(&self.core),
             key: Arc::clone(&key),
@@ -524,6 +548,8 @@ impl Live {
             undecodable: get(&c.undecodable),
             redis_errors: get(&c.redis_errors),
             reconnects: get(&c.reconnects),
+            scheduled: get(&c.scheduled),
+            delayed_moved: get(&c.delayed_moved),
         }
     }
 

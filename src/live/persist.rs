@@ -5,7 +5,7 @@ use crate::config::OutboxFull;
 use crate::event::Extra;
 use crate::event::{EventId, Headers};
 use crate::io::lock;
-use crate::local::topic::{Persist, PersistMode, TopicShared};
+use crate::local::topic::{Due, Persist, PersistMode, TopicShared};
 use crate::local::PublishError;
 use crate::receipt::Receipt;
 use crate::transport::WireEntry;
@@ -16,7 +16,7 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
 use super::outbox::{Pending, Refused};
-use super::{Core, FollowGate};
+use super::{Core, FollowGate, Scheduler};
 
 /// The publish side of a durable topic.
 pub(super) struct DurablePersist<T> {
@@ -29,6 +29,8 @@ pub(super) struct DurablePersist<T> {
     pub(super) limits: CodecLimits,
     /// One order for the ring and the outbox.
     pub(super) order: Mutex<()>,
+    /// The topic's scheduled events.
+    pub(super) scheduler: Arc<Scheduler>,
     pub(super) _payload: PhantomData<fn(T)>,
 }
 
@@ -117,6 +119,37 @@ impl<T: Serialize + Clone + Send + Sync + 'static> Persist<T> for DurablePersist
         });
         drop(order);
         Ok((seq, receipt))
+    }
+
+    fn schedule(
+        &self,
+        topic: &TopicShared<T>,
+        value: T,
+        headers: Headers,
+        due: Due,
+    ) -> std::result::Result<Receipt<EventId>, PublishError<T>> {
+        if self.core.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(PublishError::Closed(value));
+        }
+        let data = match codec::encode_payload(&value, &self.limits) {
+            Ok(data) => data,
+            Err(error) => return Err(PublishError::Rejected(value, error)),
+        };
+        let h = match wire::encode_headers(headers.as_slice(), &EntryLimits::new(&self.limits)) {
+            Ok(h) => h,
+            Err(error) => return Err(PublishError::Rejected(value, error.into())),
+        };
+        let timestamp_ns = topic.clock.now_ns();
+        // Not a ring event: no topic sequence to derive the id from, so random
+        // bits take the place of the salt and sequence.
+        let (salt, seq) = uuid::Uuid::new_v4().as_u64_pair();
+        let id = EventId::derive(timestamp_ns, salt as u32, seq);
+        let entry = EncodedEntry {
+            headers: h,
+            ..EncodedEntry::new(id, self.core.src.clone(), timestamp_ns, Bytes::from(data))
+        };
+        let member = wire::encode_scheduled(&entry);
+        Ok(self.scheduler.schedule(id, member, due))
     }
 
     fn subscribed(&self) {

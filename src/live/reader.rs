@@ -155,7 +155,9 @@ pub(super) fn handle_entry(
             return Ok(());
         }
     };
-    if parsed.source == core.instance {
+    // A scheduled event was not delivered at publish time: its own instance
+    // receives it from the stream too.
+    if parsed.source == core.instance && entry.field(wire::DUE.as_bytes()).is_none() {
         Counters::add(&counters.self_filtered, 1);
         return Ok(());
     }

@@ -75,10 +75,33 @@ pub(crate) trait Persist<T>: Send + Sync {
         mode: PersistMode,
     ) -> Result<(u64, Option<Receipt>), PublishError<T>>;
 
+    /// Schedules `value` (with `headers`) to reach the stream, and from there
+    /// every reader, when `due` by the server's clock. Local subscribers get it
+    /// then, through the stream, not now. The receipt resolves to its event id
+    /// once Redis holds it.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // only a live bus persists
+    fn schedule(
+        &self,
+        topic: &TopicShared<T>,
+        value: T,
+        headers: Headers,
+        due: Due,
+    ) -> Result<Receipt<crate::event::EventId>, PublishError<T>>;
+
     /// Called once a new subscriber's cursor exists. The first call starts the
     /// delivery of other instances' events, so that what was read from the start
     /// position reaches a subscriber rather than an empty ring.
     fn subscribed(&self) {}
+}
+
+/// When a scheduled event is due.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))] // only a live bus persists
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Due {
+    /// At this time, ms since the Unix epoch.
+    At(u64),
+    /// This many ms after the server's time when it receives the event.
+    After(u64),
 }
 
 /// How a durable publish behaves when it cannot go on at once.
@@ -629,6 +652,20 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
                 Some(receipt) => receipt,
                 None => unreachable!("PersistMode::Receipt returns a receipt"),
             })
+    }
+
+    /// Schedules `value` on a durable topic ([`DurableTopic::publish_at`](crate::DurableTopic::publish_at)).
+    #[cfg(feature = "redis")]
+    pub(crate) fn schedule(
+        &self,
+        value: T,
+        headers: Headers,
+        due: Due,
+    ) -> Result<Receipt<crate::event::EventId>, PublishError<T>> {
+        match &self.shared.persist {
+            Some(persist) => persist.schedule(&self.shared, value, headers, due),
+            None => unreachable!("only a DurableTopic schedules"),
+        }
     }
 
     /// Publishes `value` unless that would have to wait for a backpressure subscriber.

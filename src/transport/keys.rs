@@ -20,6 +20,12 @@ pub(crate) fn cursor(prefix: &str, topic: impl Display) -> String {
     format!("{prefix}:cursor:{{{topic}}}")
 }
 
+/// `<prefix>:delayed:{<topic>}`: the topic's scheduled events, a sorted set by
+/// due time (ms), each member the entry to append when it is due.
+pub(crate) fn delayed(prefix: &str, topic: impl Display) -> String {
+    format!("{prefix}:delayed:{{{topic}}}")
+}
+
 /// `<prefix>:seen:{<group>}:<event id>`: `Consumer::seen_before`'s marker.
 pub(crate) fn seen(prefix: &str, group: &str, event: impl Display) -> String {
     format!("{prefix}:seen:{{{group}}}:{event}")

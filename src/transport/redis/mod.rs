@@ -29,6 +29,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::event::StreamId;
 
 mod cache;
+mod delayed;
 mod groups;
 mod streams;
 
