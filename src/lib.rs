@@ -220,7 +220,7 @@ pub use local::{
 pub use receipt::Receipt;
 
 #[cfg(feature = "redis")]
-pub use config::{Durability, DurableOptions, OutboxFull, RedisConfig, Retention};
+pub use config::{Durability, DurableOptions, OutboxFull, RedisConfig, Retention, TlsOptions};
 #[cfg(feature = "redis")]
 pub use live::{ConnectionState, RedisStats};
 
