@@ -138,6 +138,7 @@
 //! * Live mode: [`BusBuilder::redis`] with a [`RedisConfig`] gives a [`LiveBus`];
 //!   [`LiveBus::durable_topic`] with [`DurableOptions`], [`Receipt`],
 //!   [`ConnectionState`], [`RedisStats`]. Where reading starts: [`StartAt`].
+//!   TLS (`rediss://`): [`TlsOptions`].
 //!
 //! The modules:
 //!
