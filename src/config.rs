@@ -3,6 +3,8 @@
 #[cfg(feature = "redis")]
 use std::fmt;
 #[cfg(feature = "redis")]
+use std::path::PathBuf;
+#[cfg(feature = "redis")]
 use std::time::Duration;
 
 /// What happens when a subscriber falls a whole ring behind its publishers.
@@ -213,6 +215,102 @@ pub struct RedisConfig {
     /// How long [`Bus::shutdown`](crate::Bus::shutdown) waits for the outbox to
     /// drain. Default 5 s.
     pub shutdown_timeout: Duration,
+    /// Certificates of a `rediss://` connection: a private CA, a client
+    /// certificate (mutual TLS), the name to verify. Default: from the
+    /// environment ([`TlsOptions::ENV_VARS`]), else the system's roots and the
+    /// URL's host. TLS itself is on exactly when the URL is `rediss://`.
+    pub tls: TlsOptions,
+}
+
+/// The certificates of a `rediss://` connection (live mode, feature `redis`).
+///
+/// TLS is on exactly when the URL's scheme is `rediss://`; these options say
+/// whom to trust and who the client is. Plain data: the files are read by
+/// [`BusBuilder::build`](crate::BusBuilder::build), which fails (and never
+/// falls back to plaintext) when they cannot be read, when the server's
+/// certificate is not trusted, has expired or does not carry the expected
+/// name, or when the server does not speak TLS. The TLS library is rustls
+/// (with ring): no OpenSSL.
+///
+/// [`RedisConfig::from_url`] and [`RedisConfig::from_env`] start from the
+/// environment variables `TICKBUS_REDIS_CA_FILE`, `TICKBUS_REDIS_CERT_FILE`,
+/// `TICKBUS_REDIS_KEY_FILE` and `TICKBUS_REDIS_TLS_SERVER_NAME`, so a program
+/// (the examples, the `tickbus` tool) gets TLS without code changes.
+///
+/// # Examples
+///
+/// ```no_run
+/// use tickbus::{Bus, RedisConfig, TlsOptions};
+///
+/// let mut config = RedisConfig::from_url("rediss://10.0.0.5:6380")?;
+/// config.tls = TlsOptions {
+///     // Trust only the private CA (instead of the system's roots).
+///     ca_file: Some("/etc/tickbus/ca.pem".into()),
+///     // Mutual TLS: the server checks this certificate (`tls-auth-clients yes`).
+///     cert_file: Some("/etc/tickbus/client.pem".into()),
+///     key_file: Some("/etc/tickbus/client.key".into()),
+///     // The certificate names `redis.internal`, not the IP address connected to.
+///     server_name: Some("redis.internal".into()),
+/// };
+/// let bus = Bus::builder().redis(config).build()?;
+/// # Ok::<(), tickbus::Error>(())
+/// ```
+#[cfg(feature = "redis")]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// PEM file of the CA certificate(s) that signed the server's certificate
+    /// (a private CA). They replace the system's roots. Default `None`: the
+    /// system's roots. Environment: `TICKBUS_REDIS_CA_FILE`.
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of the client's certificate (chain), for servers that ask for
+    /// one (`tls-auth-clients yes`). Needs [`key_file`](TlsOptions::key_file).
+    /// Default `None`: no client certificate. Environment:
+    /// `TICKBUS_REDIS_CERT_FILE`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM file of the client certificate's private key (PKCS #8, PKCS #1 or
+    /// SEC1). Its contents never appear in errors or logs. Default `None`.
+    /// Environment: `TICKBUS_REDIS_KEY_FILE`.
+    pub key_file: Option<PathBuf>,
+    /// The name the server's certificate must carry (a DNS name or an IP
+    /// address). Default `None`: the URL's host. Environment:
+    /// `TICKBUS_REDIS_TLS_SERVER_NAME`.
+    pub server_name: Option<String>,
+}
+
+#[cfg(feature = "redis")]
+impl TlsOptions {
+    /// The environment variables read by [`from_env`](TlsOptions::from_env):
+    /// the CA file, the client certificate, its key and the server name.
+    pub const ENV_VARS: [&'static str; 4] = [
+        "TICKBUS_REDIS_CA_FILE",
+        "TICKBUS_REDIS_CERT_FILE",
+        "TICKBUS_REDIS_KEY_FILE",
+        "TICKBUS_REDIS_TLS_SERVER_NAME",
+    ];
+
+    /// The options named by the environment variables
+    /// [`ENV_VARS`](TlsOptions::ENV_VARS) (an empty variable counts as unset).
+    /// Reads no file.
+    pub fn from_env() -> TlsOptions {
+        Self::from_lookup(|name| std::env::var_os(name))
+    }
+
+    /// The options named by `lookup(variable)` (the environment, or a test's map).
+    pub(crate) fn from_lookup(lookup: impl Fn(&str) -> Option<std::ffi::OsString>) -> TlsOptions {
+        let [ca, cert, key, name] = Self::ENV_VARS;
+        let value = |var: &str| lookup(var).filter(|value| !value.is_empty());
+        TlsOptions {
+            ca_file: value(ca).map(PathBuf::from),
+            cert_file: value(cert).map(PathBuf::from),
+            key_file: value(key).map(PathBuf::from),
+            server_name: value(name).map(|name| name.to_string_lossy().into_owned()),
+        }
+    }
+
+    /// Whether any option is set.
+    pub fn is_set(&self) -> bool {
+        *self != TlsOptions::default()
+    }
 }
 
 #[cfg(feature = "redis")]
@@ -222,6 +320,12 @@ impl RedisConfig {
 
     /// A configuration with the defaults and this URL: `redis://[user[:password]@]host[:port][/db]`,
     /// or `rediss://` for TLS. Checks the form only; nothing connects.
+    ///
+    /// For a `rediss://` URL the [TLS options](RedisConfig::tls) come from the
+    /// environment ([`TlsOptions::from_env`]; the files are read by `build`).
+    /// A `redis://` URL ignores those variables: they say how to speak TLS,
+    /// not whether, so a process that talks to two servers is not refused for
+    /// the plaintext one.
     ///
     /// # Errors
     ///
@@ -238,6 +342,11 @@ impl RedisConfig {
         match host {
             Some(host) if !host.is_empty() && !host.starts_with(':') => Ok(RedisConfig {
                 url: url.to_string(),
+                tls: if url.starts_with("rediss://") {
+                    TlsOptions::from_env()
+                } else {
+                    TlsOptions::default()
+                },
                 ..RedisConfig::defaults()
             }),
             _ => Err(crate::Error::new(
@@ -251,6 +360,7 @@ impl RedisConfig {
     }
 
     /// The URL from `TICKBUS_REDIS_URL`, else `REDIS_URL`; `Ok(None)` when neither is set.
+    /// The TLS options from [`TlsOptions::ENV_VARS`], as in [`from_url`](RedisConfig::from_url).
     ///
     /// # Errors
     ///
@@ -283,7 +393,13 @@ impl RedisConfig {
             dedup_window: 16_384,
             remote_start: crate::event::StartAt::New,
             shutdown_timeout: Duration::from_secs(5),
+            tls: TlsOptions::default(),
         }
+    }
+
+    /// Whether the URL asks for TLS (`rediss://`).
+    pub fn uses_tls(&self) -> bool {
+        self.url.starts_with("rediss://")
     }
 
     /// The URL, password included. Never log it: use
@@ -327,6 +443,16 @@ impl RedisConfig {
         if self.reconnect_min.is_zero() || self.reconnect_min > self.reconnect_max {
             return invalid("reconnect_min must be above 0 and at most reconnect_max");
         }
+        if self.tls.is_set() && !self.uses_tls() {
+            // Never a plaintext connection where certificates were asked for.
+            return invalid(
+                "tls is set (a CA, client certificate or server name, perhaps from \
+                 TICKBUS_REDIS_* variables) but the URL is redis:// (plaintext): use rediss://",
+            );
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return invalid("tls.cert_file and tls.key_file must be set together (mutual TLS)");
+        }
         Ok(())
     }
 }
@@ -343,6 +469,7 @@ impl fmt::Debug for RedisConfig {
             .field("append_script", &self.append_script)
             .field("read_block", &self.read_block)
             .field("remote_start", &self.remote_start)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -454,5 +581,57 @@ impl Default for DurableOptions {
             receive_remote: true,
             delayed_poll: None,
         }
+    }
+}
+
+#[cfg(all(test, feature = "redis"))]
+mod tests {
+    use std::collections::HashMap;
+    use std::ffi::OsString;
+
+    use super::*;
+
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
+        let vars: HashMap<String, OsString> = vars
+            .iter()
+            .map(|(name, value)| (name.to_string(), OsString::from(value)))
+            .collect();
+        move |name| vars.get(name).cloned()
+    }
+
+    #[test]
+    fn tls_options_come_from_the_variables_and_empty_ones_count_as_unset() {
+        let tls = TlsOptions::from_lookup(lookup(&[
+            ("TICKBUS_REDIS_CA_FILE", "/etc/ca.pem"),
+            ("TICKBUS_REDIS_CERT_FILE", "/etc/client.pem"),
+            ("TICKBUS_REDIS_KEY_FILE", "/etc/client.key"),
+            ("TICKBUS_REDIS_TLS_SERVER_NAME", ""),
+        ]));
+        assert_eq!(tls.ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(tls.cert_file, Some(PathBuf::from("/etc/client.pem")));
+        assert_eq!(tls.key_file, Some(PathBuf::from("/etc/client.key")));
+        assert_eq!(tls.server_name, None);
+        assert!(!TlsOptions::from_lookup(lookup(&[])).is_set());
+    }
+
+    #[test]
+    fn certificates_on_a_plaintext_url_or_half_a_key_pair_are_refused() {
+        let mut config = RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            ..RedisConfig::defaults()
+        };
+        config.tls.ca_file = Some("/etc/ca.pem".into());
+        let error = config.validate().unwrap_err();
+        assert_eq!(error.kind(), crate::ErrorKind::InvalidConfig);
+        assert!(error.to_string().contains("use rediss://"), "{error}");
+
+        config.url = "rediss://127.0.0.1:6379".into();
+        assert!(config.validate().is_ok());
+        config.tls.cert_file = Some("/etc/client.pem".into());
+        let error = config.validate().unwrap_err();
+        assert!(error.to_string().contains("together"), "{error}");
+        config.tls.key_file = Some("/etc/client.key".into());
+        assert!(config.validate().is_ok());
+        assert!(format!("{config:?}").contains("client.key"));
     }
 }

@@ -138,6 +138,7 @@
 //! * Live mode: [`BusBuilder::redis`] with a [`RedisConfig`] gives a [`LiveBus`];
 //!   [`LiveBus::durable_topic`] with [`DurableOptions`], [`Receipt`],
 //!   [`ConnectionState`], [`RedisStats`]. Where reading starts: [`StartAt`].
+//!   TLS (`rediss://`): [`TlsOptions`].
 //!
 //! The modules:
 //!
@@ -220,7 +221,7 @@ pub use local::{
 pub use receipt::Receipt;
 
 #[cfg(feature = "redis")]
-pub use config::{Durability, DurableOptions, OutboxFull, RedisConfig, Retention};
+pub use config::{Durability, DurableOptions, OutboxFull, RedisConfig, Retention, TlsOptions};
 #[cfg(feature = "redis")]
 pub use live::{ConnectionState, RedisStats};
 

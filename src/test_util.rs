@@ -118,6 +118,43 @@ pub struct RedisServerOptions {
     /// The server binary. Default: the environment variable
     /// `TICKBUS_TEST_REDIS_SERVER`, else `redis-server` from `PATH`.
     pub binary: Option<PathBuf>,
+    /// A TLS port beside the plaintext one (`tls-port`, on another free port:
+    /// [`RedisServer::tls_port`]). Default `None`. The plaintext port stays, for
+    /// the harness's own commands ([`RedisServer::cli`], [`RedisServer::command`]).
+    pub tls: Option<ServerTls>,
+}
+
+/// The TLS port of a test server ([`RedisServerOptions::tls`]): its
+/// certificate, and the CA it checks client certificates against. The server
+/// needs Redis built with TLS (Debian's and most distributions' are).
+///
+/// ```no_run
+/// use tickbus::test_util::{RedisServer, RedisServerOptions, ServerTls};
+///
+/// let server = RedisServer::start_with(RedisServerOptions {
+///     tls: Some(ServerTls {
+///         cert_file: "server.pem".into(),
+///         key_file: "server.key".into(),
+///         ca_file: "ca.pem".into(),
+///         auth_clients: false,
+///     }),
+///     ..Default::default()
+/// })?;
+/// assert!(server.tls_url().unwrap().starts_with("rediss://127.0.0.1:"));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerTls {
+    /// The server's certificate (PEM): `tls-cert-file`.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM): `tls-key-file`.
+    pub key_file: PathBuf,
+    /// The CA of client certificates (PEM): `tls-ca-cert-file` (Redis needs one
+    /// even when it does not ask clients for certificates).
+    pub ca_file: PathBuf,
+    /// `tls-auth-clients yes`: clients must present a certificate signed by
+    /// `ca_file` (mutual TLS). `false`: `tls-auth-clients no`.
+    pub auth_clients: bool,
 }
 
 impl fmt::Debug for RedisServerOptions {
@@ -127,6 +164,7 @@ impl fmt::Debug for RedisServerOptions {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("extra_args", &self.extra_args)
             .field("binary", &self.binary)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -156,6 +194,8 @@ pub struct RedisServer {
     /// The running (or exited but not yet reaped) process; `None` once reaped.
     child: Option<Child>,
     port: u16,
+    /// The TLS port, when [`RedisServerOptions::tls`] is set.
+    tls_port: Option<u16>,
     options: RedisServerOptions,
     /// The resolved server binary.
     binary: PathBuf,
@@ -167,6 +207,7 @@ impl fmt::Debug for RedisServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisServer")
             .field("port", &self.port)
+            .field("tls_port", &self.tls_port)
             .field("pid", &self.pid())
             .field("dir", &self.dir.path())
             .field("binary", &self.binary)
@@ -215,11 +256,16 @@ impl RedisServer {
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
-            match launch(&binary, &options, port, dir.path()) {
+            let tls_port = match options.tls {
+                Some(_) => Some(free_port()?),
+                None => None,
+            };
+            match launch(&binary, &options, port, tls_port, dir.path()) {
                 Ok(child) => {
                     return Ok(RedisServer {
                         child: Some(child),
                         port,
+                        tls_port,
                         options,
                         binary,
                         dir,
@@ -265,6 +311,22 @@ impl RedisServer {
         }
     }
 
+    /// The TLS port (on 127.0.0.1) when [`RedisServerOptions::tls`] is set.
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT` (with the password as in
+    /// [`url`](Self::url)) when [`RedisServerOptions::tls`] is set.
+    pub fn tls_url(&self) -> Option<String> {
+        let tls_port = self.tls_port?;
+        let plain = self.url().replacen("redis://", "rediss://", 1);
+        Some(match plain.rsplit_once(':') {
+            Some((head, _)) => format!("{head}:{tls_port}"),
+            None => plain,
+        })
+    }
+
     /// The server's temporary working directory: its AOF directory
     /// (`appendonlydir`), RDB file and log (`redis.log`; configuration errors
     /// are in `redis.out`). Removed when the `RedisServer` is dropped.
@@ -297,7 +359,13 @@ impl RedisServer {
         self.kill();
         let deadline = Instant::now() + REBIND_TIMEOUT;
         loop {
-            match launch(&self.binary, &self.options, self.port, self.dir.path()) {
+            match launch(
+                &self.binary,
+                &self.options,
+                self.port,
+                self.tls_port,
+                self.dir.path(),
+            ) {
                 Ok(child) => {
                     self.child = Some(child);
                     return Ok(());
@@ -653,7 +721,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let binary =
             std::env::var_os(SERVER_ENV).map_or_else(|| "redis-server".into(), PathBuf::from);
-        match launch(&binary, &RedisServerOptions::default(), port, dir.path()) {
+        match launch(
+            &binary,
+            &RedisServerOptions::default(),
+            port,
+            None,
+            dir.path(),
+        ) {
             Err(Failure::PortInUse(e)) => assert!(e.to_string().contains("in use"), "{e}"),
             Err(Failure::Fatal(e)) => panic!("not a port failure: {e}"),
             Ok(mut child) => {

@@ -20,6 +20,7 @@
 pub(crate) mod durable;
 pub(crate) mod error;
 pub(crate) mod pattern;
+pub(crate) mod persist;
 pub(crate) mod publisher;
 pub(crate) mod registry;
 pub(crate) mod ring;

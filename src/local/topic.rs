@@ -21,6 +21,8 @@ use crate::event::{topic_salt, Extra, Headers, InstanceId, Meta, TopicName};
 use crate::receipt::Receipt;
 use crate::sync::Handshake;
 
+pub(crate) use super::persist::{Due, Persist, PersistMode};
+
 /// What a slot holds: the value and the metadata that cannot be derived.
 ///
 /// The value is a plain `T`, not an `Option`: an enum tag here cost ~100 ns of
@@ -60,61 +62,6 @@ pub(crate) struct UndecodableReports {
 
 /// Reports kept per topic for subscribers that have not reached them yet.
 const UNDECODABLE_KEPT: usize = 1024;
-
-/// What a durable topic does on publish besides the ring. Implemented outside the
-/// bus (by the Redis bridge), so that the bus knows nothing of Redis.
-pub(crate) trait Persist<T>: Send + Sync {
-    /// Publishes `value` to the ring (with `TopicShared::publish_stored` or
-    /// `try_publish_stored`) and hands it to the outbox, in one order for both.
-    /// Never delivers locally an event it will not persist.
-    fn publish(
-        &self,
-        topic: &TopicShared<T>,
-        value: T,
-        headers: Headers,
-        mode: PersistMode,
-    ) -> Result<(u64, Option<Receipt>), PublishError<T>>;
-
-    /// Schedules `value` (with `headers`) to reach the stream, and from there
-    /// every reader, when `due` by the server's clock. Local subscribers get it
-    /// then, through the stream, not now. The receipt resolves to its event id
-    /// once Redis holds it.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // only a live bus persists
-    fn schedule(
-        &self,
-        topic: &TopicShared<T>,
-        value: T,
-        headers: Headers,
-        due: Due,
-    ) -> Result<Receipt<crate::event::EventId>, PublishError<T>>;
-
-    /// Called once a new subscriber's cursor exists. The first call starts the
-    /// delivery of other instances' events, so that what was read from the start
-    /// position reaches a subscriber rather than an empty ring.
-    fn subscribed(&self) {}
-}
-
-/// When a scheduled event is due.
-#[cfg_attr(not(feature = "redis"), allow(dead_code))] // only a live bus persists
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Due {
-    /// At this time, ms since the Unix epoch.
-    At(u64),
-    /// This many ms after the server's time when it receives the event.
-    After(u64),
-}
-
-/// How a durable publish behaves when it cannot go on at once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum PersistMode {
-    /// `publish`: wait for ring room and (by policy) outbox room; no receipt.
-    Publish,
-    /// `publish_durable`: as `Publish`, and return a receipt.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // only a live bus persists
-    Receipt,
-    /// `try_publish`: never wait.
-    Try,
-}
 
 /// The state of one topic, shared by its publishers and subscribers.
 pub(crate) struct TopicShared<T> {

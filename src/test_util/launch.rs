@@ -28,6 +28,7 @@ pub(super) fn launch(
     binary: &Path,
     options: &RedisServerOptions,
     port: u16,
+    tls_port: Option<u16>,
     dir: &Path,
 ) -> Result<Child, Failure> {
     // Where this attempt's output starts, to show only its own lines in errors.
@@ -63,6 +64,19 @@ pub(super) fn launch(
         command.arg("--requirepass").arg(password);
     }
     command.arg("--protected-mode").arg("no");
+    if let (Some(tls), Some(tls_port)) = (&options.tls, tls_port) {
+        command
+            .arg("--tls-port")
+            .arg(tls_port.to_string())
+            .arg("--tls-cert-file")
+            .arg(&tls.cert_file)
+            .arg("--tls-key-file")
+            .arg(&tls.key_file)
+            .arg("--tls-ca-cert-file")
+            .arg(&tls.ca_file)
+            .arg("--tls-auth-clients")
+            .arg(if tls.auth_clients { "yes" } else { "no" });
+    }
     for (name, value) in &options.extra_args {
         command
             .arg(format!("--{}", name.trim_start_matches('-')))

@@ -32,6 +32,7 @@ mod cache;
 mod delayed;
 mod groups;
 mod streams;
+mod tls;
 
 #[cfg(feature = "cache")]
 pub(crate) use cache::Invalidation;
@@ -150,6 +151,46 @@ impl Connection {
             )
         })?;
         fred_config.fail_fast = true;
+        // `rediss://`: our rustls configuration (CA, client certificate, a
+        // verifier that says why it refused) instead of fred's default, and
+        // the name to verify. `redis://` never gets TLS options (`validate`).
+        let mut tls_name = None;
+        let tls = if config.uses_tls() {
+            let tls = tls::Tls::new(&config.tls)?;
+            fred_config.tls = Some(tls.fred.clone());
+            let fred::types::config::ServerConfig::Centralized { server } = &mut fred_config.server
+            else {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!("{redacted_url}: TLS is supported for a single server only"),
+                ));
+            };
+            if let Some(name) = &config.tls.server_name {
+                server.tls_server_name = Some(name.as_str().into());
+            }
+            tls_name = Some(
+                server
+                    .tls_server_name
+                    .clone()
+                    .unwrap_or_else(|| server.host.clone())
+                    .to_string(),
+            );
+            Some(tls)
+        } else {
+            None
+        };
+        let failed = |error: FredError| {
+            let explained = tls.as_ref().and_then(|tls| {
+                tls.explain(
+                    &error,
+                    &redacted_url,
+                    tls_name.as_deref().unwrap_or_default(),
+                )
+            });
+            explained.unwrap_or_else(|| {
+                map_error(error, &format!("cannot connect to Redis at {redacted_url}"))
+            })
+        };
         if resp3 {
             fred_config.version = fred::types::RespVersion::RESP3;
         }
@@ -180,10 +221,7 @@ impl Connection {
             Ok(Ok(_task)) => {}
             Ok(Err(error)) => {
                 let _ = client.quit().await;
-                return Err(map_error(
-                    error,
-                    &format!("cannot connect to Redis at {redacted_url}"),
-                ));
+                return Err(failed(error));
             }
             Err(_) => {
                 let _ = client.quit().await;
