@@ -427,7 +427,21 @@ async fn shutdown_sends_given_acks_leaves_the_rest_pending_and_no_blocked_client
     for delivery in held.drain(..6) {
         delivery.ack();
     }
-    // The reader is blocked in XREADGROUP now (nothing more to read).
+    // Shut down while the reader is blocked in XREADGROUP (nothing more to
+    // read): wait until the server shows such a client.
+    eventually("the reader blocked in XREADGROUP", || {
+        server
+            .cli(&["CLIENT", "LIST"])
+            .unwrap()
+            .lines()
+            .any(|client| {
+                client.contains("cmd=xreadgroup")
+                    && client
+                        .split(' ')
+                        .any(|field| field.starts_with("flags=") && field.contains('b'))
+            })
+    })
+    .await;
     let started = Instant::now();
     consumer.shutdown();
     assert!(started.elapsed() < PATIENCE);

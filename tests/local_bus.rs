@@ -826,22 +826,67 @@ fn a_parked_batch_receiver_wakes_and_close_ends_it() {
     let topic = bus.topic_with::<u64>("md:solo", exclusive(16)).unwrap();
     let mut sub = topic.subscribe_with(BACKPRESSURE).unwrap();
     let mut publisher = topic.publisher().unwrap();
+    /// The default strategy, reporting each decision to park with the number of
+    /// events its reader had read by then.
+    struct ReportsParking {
+        inner: tickbus::SpinYieldPark,
+        read: Arc<AtomicUsize>,
+        parking: std::sync::mpsc::Sender<usize>,
+    }
+    impl tickbus::WaitStrategy for ReportsParking {
+        fn next_step(&mut self) -> tickbus::WaitStep {
+            let step = self.inner.next_step();
+            if step == tickbus::WaitStep::Park {
+                let _ = self.parking.send(self.read.load(Ordering::SeqCst));
+            }
+            step
+        }
+        fn reset(&mut self) {
+            self.inner.reset();
+        }
+    }
+    let read = Arc::new(AtomicUsize::new(0));
+    let (parking_tx, parking) = std::sync::mpsc::channel();
+    let mut wait = ReportsParking {
+        inner: tickbus::SpinYieldPark::default(),
+        read: Arc::clone(&read),
+        parking: parking_tx,
+    };
     let reader = thread::spawn(move || {
         let mut sum = 0;
         loop {
             // The default strategy parks within ~10 ms of nothing to read.
-            match sub
-                .recv_batch_blocking_with(8, &mut tickbus::SpinYieldPark::default(), |v| sum += *v)
-            {
+            match sub.recv_batch_blocking_with(8, &mut wait, |v| {
+                sum += *v;
+                read.fetch_add(1, Ordering::SeqCst);
+            }) {
                 Ok(n) => assert!((1..=8).contains(&n)),
                 Err(RecvError::Closed) => return sum,
                 Err(error) => panic!("unexpected {error}"),
             }
         }
     });
+    let patience = std::time::Duration::from_secs(30);
     for round in 0..5u64 {
-        // Give the reader time to park between rounds: it must be woken.
-        thread::sleep(std::time::Duration::from_millis(30));
+        // Each round waits until the reader has read every earlier one and
+        // decided to park: the publish must wake it (a lost wake-up leaves it
+        // parked and the next report never comes).
+        let everything = round as usize * 10;
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match parking.recv_timeout(left) {
+                Ok(read) if read == everything => break,
+                Ok(_) => {} // an earlier round's report
+                Err(_) => panic!("round {round}: the reader never went to park after {everything}"),
+            }
+        }
+        if round % 2 == 0 {
+            // Odd rounds publish at once, racing the reader's way into the park;
+            // even rounds let it get there. Nothing public says a thread is
+            // asleep, so that part stays a bounded pause.
+            thread::sleep(std::time::Duration::from_millis(30));
+        }
         publisher
             .publish_batch(round * 10..round * 10 + 10)
             .unwrap();

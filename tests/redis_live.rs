@@ -106,6 +106,7 @@ async fn two_instances_receive_each_others_events_once_in_order() {
         for i in N..2 * N {
             ticks_b.publish(i).unwrap();
         }
+        ticks_b
     });
     // Each side sees its own N events locally and the other's N through Redis.
     for (sub, own, theirs, own_range) in [
@@ -138,15 +139,25 @@ async fn two_instances_receive_each_others_events_once_in_order() {
         assert_eq!(remote, other, "the other instance's events, in order, once");
     }
     publisher_a.join().unwrap();
-    publisher_b.join().unwrap();
-    // Nothing more arrives: in particular no own event comes back.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ticks_b = publisher_b.join().unwrap();
+    // Nothing more arrives: in particular no own event comes back. A fence from
+    // B, written after all of A's entries (A's last receipt resolved): A's reader
+    // handles the stream in order, so anything it would deliver for an earlier
+    // entry reaches `sub_a` before the fence.
+    const FENCE: u64 = u64::MAX;
+    ticks_b.publish(FENCE).unwrap();
+    let fence = next(&mut sub_a).await.unwrap();
+    assert_eq!(
+        (fence.value, fence.meta.source()),
+        (FENCE, b.instance_id()),
+        "nothing before the fence"
+    );
     assert!(matches!(
         sub_a.try_recv(),
         Err(tickbus::TryRecvError::Empty)
     ));
     let stats = a.redis_stats();
-    assert_eq!(stats.received, N);
+    assert_eq!(stats.received, N + 1, "B's events and the fence");
     assert_eq!(
         stats.self_filtered, N,
         "A read its own entries back and filtered them"
@@ -585,6 +596,11 @@ async fn a_full_outbox_hands_the_event_back_and_delivers_nothing() {
         .await
         .unwrap()
         .unwrap();
+    assert_eq!(
+        next(&mut sub).await.unwrap().value,
+        100,
+        "the next event after the 8 is the one published after the restart"
+    );
     assert_eq!(
         server
             .cli(&["XLEN", "tickbus:stream:{risk:check}"])

@@ -373,6 +373,12 @@ async fn three_instances_never_handle_their_own_events() {
         assert_eq!(stats.received, 2 * N, "instance {k}");
         assert_eq!(stats.self_filtered, N, "instance {k} filtered its own");
         assert_eq!(stats.duplicates, 0);
+        // Its reader has handled all 3N entries (2N + N above), and every
+        // delivery they made was received: nothing more can arrive.
+        assert!(
+            matches!(subscribers[k].try_recv(), Err(tickbus::TryRecvError::Empty)),
+            "instance {k}: nothing after the 3N"
+        );
     }
 }
 
