@@ -26,7 +26,7 @@ use tokio::sync::Notify as AsyncNotify;
 use crate::error::ErrorKind;
 use crate::event::EventId;
 use crate::io::{now_ms, Backoff};
-use crate::local::topic::Due;
+use crate::local::persist::Due;
 use crate::receipt::{Receipt, ReceiptSender};
 use crate::transport::redis::Connection;
 

@@ -4,7 +4,7 @@ use std::fmt;
 use std::ops::Deref;
 
 use super::error::PublishError;
-use super::topic::Due;
+use super::persist::Due;
 use super::topic::Topic;
 use crate::event::{EventId, Headers};
 use crate::receipt::Receipt;

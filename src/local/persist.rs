@@ -61,4 +61,3 @@ pub(crate) enum PersistMode {
     /// `try_publish`: never wait.
     Try,
 }
-

@@ -21,7 +21,7 @@ use crate::event::{topic_salt, Extra, Headers, InstanceId, Meta, TopicName};
 use crate::receipt::Receipt;
 use crate::sync::Handshake;
 
-pub(crate) use super::persist::{Due, Persist, PersistMode};
+pub(crate) use super::persist::{Persist, PersistMode};
 
 /// What a slot holds: the value and the metadata that cannot be derived.
 ///
@@ -607,7 +607,7 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
         &self,
         value: T,
         headers: Headers,
-        due: Due,
+        due: super::persist::Due,
     ) -> Result<Receipt<crate::event::EventId>, PublishError<T>> {
         match &self.shared.persist {
             Some(persist) => persist.schedule(&self.shared, value, headers, due),

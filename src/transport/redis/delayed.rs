@@ -7,7 +7,7 @@ use fred::prelude::{ClientLike as _, Value};
 
 use super::{cmd, cmd_offset, Connection};
 use crate::error::{Error, ErrorKind, Result};
-use crate::local::topic::Due;
+use crate::local::persist::Due;
 
 /// Moves what is due (by the server's clock) from the sorted set `KEYS[1]` into
 /// the stream `KEYS[2]`, oldest due first, at most `ARGV[1]` of them, with
