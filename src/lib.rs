@@ -189,6 +189,8 @@ mod live;
 mod local;
 #[cfg(feature = "metrics")]
 mod metrics;
+#[cfg(feature = "redis")]
+pub mod rate;
 mod receipt;
 pub mod recording;
 #[cfg(feature = "redis")]
