@@ -254,6 +254,9 @@ pub mod guide {
     #[cfg(feature = "cache")]
     #[doc = include_str!("../docs/cache.md")]
     pub mod cache {}
+    #[cfg(feature = "redis")]
+    #[doc = include_str!("../docs/rate-limits.md")]
+    pub mod rate_limits {}
     #[doc = include_str!("../docs/operations.md")]
     pub mod operations {}
     #[doc = include_str!("../docs/cli.md")]
