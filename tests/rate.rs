@@ -156,6 +156,13 @@ fn no_second_admits_more_than_limit_plus_burst_across_instances() {
     }
     println!("{} admitted, at most {worst} in one second", admitted.len());
     assert!(worst as u64 <= limit + burst, "{worst} in one second");
+    // And over the whole run: at most one per interval (20 ms) plus burst + 1.
+    let span = admitted.last().unwrap() - admitted.first().unwrap();
+    assert!(
+        admitted.len() as u64 <= span / 20_000 + burst + 1,
+        "{} admitted in {span} µs",
+        admitted.len()
+    );
     let expected = limit as f64 * run_for.as_secs_f64();
     assert!(
         admitted.len() as f64 >= expected * 0.8,
