@@ -55,11 +55,17 @@ fn burst_plus_one_at_once_then_a_retry_after_within_one_interval() {
         }
         other => panic!("burst + 2 admitted: {other:?}"),
     }
+    // Known from that refusal: no round trip until its retry-after.
+    assert!(matches!(
+        limiter.try_acquire_blocking(2).unwrap(),
+        Acquire::Limited { .. }
+    ));
     let stats = limiter.stats();
     assert_eq!(
         (stats.admitted, stats.limited, stats.mode),
         (11, 1, Mode::Shared)
     );
+    assert_eq!(stats.limited_without_round_trip, 1);
     // The state is one key, in the limiter's slot, expiring by itself.
     let key = "tickbus:rate:{venue.orders}";
     assert_eq!(server.cli(&["EXISTS", key]).unwrap().trim(), "1");
@@ -69,6 +75,7 @@ fn burst_plus_one_at_once_then_a_retry_after_within_one_interval() {
         runtime().block_on(limiter.try_acquire(1)).unwrap(),
         Acquire::Limited { .. }
     ));
+    assert_eq!(limiter.stats().limited_without_round_trip, 2);
 }
 
 #[test]

@@ -262,6 +262,10 @@ pub struct RateLimiterStats {
     pub admitted: u64,
     /// Acquires the shared limiter answered with a retry-after.
     pub limited: u64,
+    /// Acquires answered with a retry-after without a round trip: an earlier
+    /// refusal of the shared limiter (of as many permits or fewer) proved
+    /// they could not be admitted yet.
+    pub limited_without_round_trip: u64,
     /// Acquires admitted by the local fallback.
     pub local_admitted: u64,
     /// Acquires the local fallback answered with a retry-after.
@@ -400,6 +404,10 @@ struct Inner {
     connection: Connection,
     runtime: tokio::runtime::Handle,
     mode: AtomicU8,
+    /// Until when (local clock) acquires of at least that many permits are
+    /// known to be refused: the last refusal of the shared limiter.
+    known_limited: Mutex<Option<(Instant, u32)>>,
+    limited_locally: AtomicU64,
     admitted: AtomicU64,
     limited: AtomicU64,
     local_admitted: AtomicU64,
@@ -447,6 +455,8 @@ impl RateLimiter {
                 connection,
                 runtime,
                 mode: AtomicU8::new(SHARED),
+                known_limited: Mutex::new(None),
+                limited_locally: AtomicU64::new(0),
                 admitted: AtomicU64::new(0),
                 limited: AtomicU64::new(0),
                 local_admitted: AtomicU64::new(0),
@@ -484,6 +494,7 @@ impl RateLimiter {
             mode: self.mode(),
             admitted: inner.admitted.load(Ordering::Relaxed),
             limited: inner.limited.load(Ordering::Relaxed),
+            limited_without_round_trip: inner.limited_locally.load(Ordering::Relaxed),
             local_admitted: inner.local_admitted.load(Ordering::Relaxed),
             local_limited: inner.local_limited.load(Ordering::Relaxed),
             unavailable: inner.unavailable.load(Ordering::Relaxed),
@@ -522,11 +533,14 @@ impl RateLimiter {
         let this = self.clone();
         let job = self.start(n);
         async move {
-            let reply = match job? {
-                Some(rx) => Some(rx.await.unwrap_or_else(|_| Err(closed()))),
-                None => None,
-            };
-            this.settle(n, reply)
+            match job? {
+                Step::Known(retry_after) => Ok(Acquire::Limited { retry_after }),
+                Step::Down => this.settle(n, None),
+                Step::Sent(rx, sent) => {
+                    let reply = rx.await.unwrap_or_else(|_| Err(closed()));
+                    this.settle(n, Some((reply, sent)))
+                }
+            }
         }
     }
 
@@ -549,10 +563,14 @@ impl RateLimiter {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_acquire_blocking(&self, n: u32) -> Result<Acquire> {
-        let reply = self
-            .start(n)?
-            .map(|rx| rx.blocking_recv().unwrap_or_else(|_| Err(closed())));
-        self.settle(n, reply)
+        match self.start(n)? {
+            Step::Known(retry_after) => Ok(Acquire::Limited { retry_after }),
+            Step::Down => self.settle(n, None),
+            Step::Sent(rx, sent) => {
+                let reply = rx.blocking_recv().unwrap_or_else(|_| Err(closed()));
+                self.settle(n, Some((reply, sent)))
+            }
+        }
     }
 
     /// Waits until `n` permits are admitted (asking again after each
@@ -618,14 +636,21 @@ impl RateLimiter {
         }
     }
 
-    /// Checks `n` and sends the script to the writer's I/O thread; `None`
-    /// when the connection is known to be down (no round trip).
-    #[allow(clippy::type_complexity)]
-    fn start(&self, n: u32) -> Result<Option<tokio::sync::oneshot::Receiver<Result<GcraReply>>>> {
+    /// Checks `n`, answers from what the last refusal proved if it can, and
+    /// else sends the script to the writer's I/O thread (not when the
+    /// connection is known to be down).
+    fn start(&self, n: u32) -> Result<Step> {
         let inner = &self.inner;
         check_permits(&inner.quota, n, &format!("rate limiter {}", inner.name))?;
         if !inner.connection.is_connected() {
-            return Ok(None);
+            return Ok(Step::Down);
+        }
+        let sent = Instant::now();
+        if let Some((until, fewest)) = *lock(&inner.known_limited) {
+            if n >= fewest && sent < until {
+                inner.limited_locally.fetch_add(1, Ordering::Relaxed);
+                return Ok(Step::Known(until - sent));
+            }
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let this = Arc::clone(inner);
@@ -641,15 +666,15 @@ impl RateLimiter {
                 .await;
             let _ = tx.send(reply);
         });
-        Ok(Some(rx))
+        Ok(Step::Sent(rx, sent))
     }
 
     /// Turns the script's reply (`None`: not sent, the connection is down)
     /// into the answer, falling back by [`OnRedisDown`] when Redis is away.
-    fn settle(&self, n: u32, reply: Option<Result<GcraReply>>) -> Result<Acquire> {
+    fn settle(&self, n: u32, reply: Option<(Result<GcraReply>, Instant)>) -> Result<Acquire> {
         let inner = &self.inner;
         let error = match reply {
-            Some(Ok(GcraReply::Admitted { now_us })) => {
+            Some((Ok(GcraReply::Admitted { now_us }), _)) => {
                 inner.mode.store(SHARED, Ordering::Relaxed);
                 inner.admitted.fetch_add(1, Ordering::Relaxed);
                 return Ok(Acquire::Admitted(Permit {
@@ -658,19 +683,21 @@ impl RateLimiter {
                     decided_by: Mode::Shared,
                 }));
             }
-            Some(Ok(GcraReply::Limited { retry_after_us, .. })) => {
+            Some((Ok(GcraReply::Limited { retry_after_us, .. }), sent)) => {
                 inner.mode.store(SHARED, Ordering::Relaxed);
                 inner.limited.fetch_add(1, Ordering::Relaxed);
-                return Ok(Acquire::Limited {
-                    retry_after: Duration::from_micros(retry_after_us),
-                });
+                let retry_after = Duration::from_micros(retry_after_us);
+                // The script ran after `sent` and the TAT only grows: no
+                // acquire of `n` or more permits is admitted before this.
+                *lock(&inner.known_limited) = Some((sent + retry_after, n));
+                return Ok(Acquire::Limited { retry_after });
             }
-            Some(Err(error))
+            Some((Err(error), _))
                 if !matches!(error.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) =>
             {
                 return Err(error);
             }
-            Some(Err(error)) => Some(error),
+            Some((Err(error), _)) => Some(error),
             None => None,
         };
         match &inner.fallback {
@@ -704,6 +731,16 @@ impl RateLimiter {
             }
         }
     }
+}
+
+/// How an acquire goes on after its checks.
+enum Step {
+    /// A refusal seen earlier proves this one: no round trip.
+    Known(Duration),
+    /// The connection is down: no round trip.
+    Down,
+    /// The script is on its way (sent at that instant).
+    Sent(tokio::sync::oneshot::Receiver<Result<GcraReply>>, Instant),
 }
 
 fn closed() -> Error {
