@@ -11,7 +11,7 @@
 //! `limit + burst` in any window of one period. When Redis is away it fails
 //! closed, or answers from an in-process limiter with a quota of its own
 //! ([`OnRedisDown`]); [`RateLimiter::mode`] says which. The guide,
-//! `docs/rate-limits.md`, has the rule and its bound.
+//! [`guide::rate_limits`](crate::guide::rate_limits), has the rule and its bound.
 //!
 //! # Examples
 //!
