@@ -6,7 +6,7 @@
 //! [`Connection`]), below the live layer, groups, replay, the cache and admin.
 
 use std::future::Future;
-use std::sync::{mpsc, Mutex, MutexGuard, PoisonError};
+use std::sync::{mpsc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -229,5 +229,39 @@ where
                 "the tickbus I/O thread stopped during start-up",
             ))
         }
+    }
+}
+
+/// The process-wide timer of cache loader timeouts, lock waits and rate-limit
+/// waits: one small runtime thread, started on first use, so that callers need
+/// no runtime of their own (any executor can await it).
+pub(crate) fn sleep(duration: Duration) -> impl Future<Output = ()> + Send + 'static {
+    static TIMER: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    let timer = TIMER.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tickbus-timer")
+            .enable_time()
+            .build()
+            .ok()
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    match timer {
+        Some(runtime) => {
+            runtime.spawn(async move {
+                tokio::time::sleep(duration).await;
+                let _ = tx.send(());
+            });
+        }
+        None => {
+            // No timer thread could start: fall back to a thread per sleep.
+            std::thread::spawn(move || {
+                std::thread::sleep(duration);
+                let _ = tx.send(());
+            });
+        }
+    }
+    async move {
+        let _ = rx.await;
     }
 }

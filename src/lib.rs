@@ -190,6 +190,8 @@ mod live;
 mod local;
 #[cfg(feature = "metrics")]
 mod metrics;
+#[cfg(feature = "redis")]
+pub mod rate;
 mod receipt;
 pub mod recording;
 #[cfg(feature = "redis")]
@@ -253,6 +255,9 @@ pub mod guide {
     #[cfg(feature = "cache")]
     #[doc = include_str!("../docs/cache.md")]
     pub mod cache {}
+    #[cfg(feature = "redis")]
+    #[doc = include_str!("../docs/rate-limits.md")]
+    pub mod rate_limits {}
     #[doc = include_str!("../docs/operations.md")]
     pub mod operations {}
     #[doc = include_str!("../docs/cli.md")]

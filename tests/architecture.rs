@@ -32,8 +32,9 @@ const LAYERS: &[&[&str]] = &[
     &["recording", "transport"],
     // The I/O thread, back-off, clock helpers.
     &["io"],
-    // What talks to Redis: the live layer, consumer groups, replay, the cache.
-    &["live", "group", "replay", "cache"],
+    // What talks to Redis: the live layer, consumer groups, replay, the cache,
+    // the rate limiters.
+    &["live", "group", "replay", "cache", "rate"],
     // Views over them: health, metrics, the read-only admin queries.
     &["admin", "health", "metrics"],
     // The `Bus` handle and its builder.

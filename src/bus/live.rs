@@ -380,6 +380,76 @@ impl LiveBus {
         })
     }
 
+    /// The rate limiter `name`, shared through Redis by every instance that
+    /// asks for it (with the same quota: each call's quota is what its
+    /// limiter enforces on the shared state). Fails closed when Redis is away;
+    /// see [`rate_limiter_with`](LiveBus::rate_limiter_with) for a local
+    /// fallback. No round trip: the first acquire makes the first.
+    ///
+    /// Its state is the key `<prefix>:rate:{<name>}`; its commands run on
+    /// the bus's writer connection.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`] for a bad name (1 to 64 characters of
+    /// `a-z`, `0-9`, `_`, `-`, `.`, `:`) or quota (a limit of 0).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use tickbus::{Bus, RedisConfig};
+    /// use tickbus::rate::Quota;
+    ///
+    /// let bus = Bus::builder().redis(RedisConfig::from_url("redis://127.0.0.1:6379")?).build()?;
+    /// let orders = bus.rate_limiter("binance.orders", Quota::per_second(10).with_burst(5))?;
+    /// orders.acquire_blocking(1)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn rate_limiter(
+        &self,
+        name: &str,
+        quota: crate::rate::Quota,
+    ) -> Result<crate::rate::RateLimiter> {
+        self.rate_limiter_with(name, quota, crate::rate::RateLimiterOptions::default())
+    }
+
+    /// As [`rate_limiter`](LiveBus::rate_limiter), with options (what to do
+    /// when Redis is away).
+    ///
+    /// # Errors
+    ///
+    /// As [`rate_limiter`](LiveBus::rate_limiter); also for a bad fallback quota.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use tickbus::{Bus, RedisConfig};
+    /// use tickbus::rate::{OnRedisDown, Quota, RateLimiterOptions};
+    ///
+    /// let bus = Bus::builder().redis(RedisConfig::from_url("redis://127.0.0.1:6379")?).build()?;
+    /// let options = RateLimiterOptions {
+    ///     on_redis_down: OnRedisDown::Local(Quota::per_minute(30)),
+    ///     ..Default::default()
+    /// };
+    /// let llm = bus.rate_limiter_with("openrouter", Quota::per_minute(60), options)?;
+    /// llm.acquire_blocking(1)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn rate_limiter_with(
+        &self,
+        name: &str,
+        quota: crate::rate::Quota,
+        options: crate::rate::RateLimiterOptions,
+    ) -> Result<crate::rate::RateLimiter> {
+        crate::rate::RateLimiter::new(
+            &self.live.config().key_prefix,
+            name,
+            quota,
+            options,
+            self.live.writer_io(),
+        )
+    }
+
     /// The Redis server's version, as it said when the bus connected.
     pub fn redis_version(&self) -> (u32, u32, u32) {
         self.live.server_version()

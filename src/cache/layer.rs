@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use crate::config::RedisConfig;
@@ -396,35 +396,5 @@ async fn track(
     }
 }
 
-/// The process-wide timer of loader timeouts and lock waits: one small runtime
-/// thread, started on first use, so that caches need no runtime of the caller's.
-pub(crate) fn sleep(duration: Duration) -> impl Future<Output = ()> + Send + 'static {
-    static TIMER: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
-    let timer = TIMER.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("tickbus-timer")
-            .enable_time()
-            .build()
-            .ok()
-    });
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    match timer {
-        Some(runtime) => {
-            runtime.spawn(async move {
-                tokio::time::sleep(duration).await;
-                let _ = tx.send(());
-            });
-        }
-        None => {
-            // No timer thread could start: fall back to a thread per sleep.
-            std::thread::spawn(move || {
-                std::thread::sleep(duration);
-                let _ = tx.send(());
-            });
-        }
-    }
-    async move {
-        let _ = rx.await;
-    }
-}
+/// The process-wide timer (it lives in `io`, shared with the rate limiters).
+pub(crate) use crate::io::sleep;

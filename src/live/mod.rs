@@ -637,6 +637,12 @@ impl Live {
         }
     }
 
+    /// The writer's connection and the runtime of its I/O thread, for what
+    /// runs short commands of its own on them (the rate limiters).
+    pub(crate) fn writer_io(&self) -> (Connection, tokio::runtime::Handle) {
+        (self.writer.clone(), self.writer_runtime.clone())
+    }
+
     /// Deletes the stream (and the reader positions) of `topic` in Redis.
     pub(crate) fn purge_stream(&self, topic: &TopicName) -> Result<bool> {
         let writer = self.writer.clone();

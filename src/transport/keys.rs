@@ -48,6 +48,12 @@ pub(crate) fn cache_lock_prefix(prefix: &str) -> String {
     format!("{prefix}:lock:cache:")
 }
 
+/// `<prefix>:rate:{<name>}`: a shared rate limiter's state (its theoretical
+/// arrival time, in microseconds of the server's clock).
+pub(crate) fn rate(prefix: &str, name: &str) -> String {
+    format!("{prefix}:rate:{{{name}}}")
+}
+
 /// `<key>:fsync-probe`: the write of no consequence before a `WAITAOF` barrier
 /// (beside `key`, so in its slot).
 pub(crate) fn fsync_probe(key: &str) -> String {
@@ -87,6 +93,7 @@ mod tests {
         assert_eq!(state(p, "risk:current"), "tickbus:state:risk:current");
         assert_eq!(cache_prefix(p), "tickbus:cache:");
         assert_eq!(cache_lock_prefix(p), "tickbus:lock:cache:");
+        assert_eq!(rate(p, "binance.orders"), "tickbus:rate:{binance.orders}");
         assert_eq!(
             fsync_probe("tickbus:stream:{a:b}"),
             "tickbus:stream:{a:b}:fsync-probe"

@@ -31,12 +31,14 @@ use crate::event::StreamId;
 mod cache;
 mod delayed;
 mod groups;
+mod rate;
 mod streams;
 mod tls;
 
 #[cfg(feature = "cache")]
 pub(crate) use cache::Invalidation;
 pub(crate) use groups::{info_stream_id, info_text, info_u64, InfoRow};
+pub(crate) use rate::GcraReply;
 pub(crate) use streams::{PageEntries, PageEntry, RangePage};
 
 /// The oldest server with everything tickbus uses (`XAUTOCLAIM` arrived in 6.2).
