@@ -11,6 +11,13 @@
 //!   thread (tickbus's cache I/O thread; a 1-worker runtime for fred), and both
 //!   are called from the bench thread's current-thread runtime. Target: at most
 //!   1.2× the anchor.
+//! * `miss` (criterion only, no anchor): the in-process single flight, on an
+//!   embedded bus (memory and loader, no Redis) so that nothing else is timed.
+//!   `get_or_load_1`: `Cache::get_or_load` of a fresh key whose loader is ready
+//!   at once (memory miss, the flight, the loader call, the memory fill);
+//!   `get_or_load_8_coalesced`: 8 lookups of one fresh key joined in one task,
+//!   its loader pending once so that the other 7 wait on the first one's flight
+//!   (figures per key, so per 8 lookups and 1 load).
 //!
 //! Figures come from a PRIVATE `redis-server` the bench starts itself
 //! (`tickbus::test_util::RedisServer`), never from a shared one. After criterion,
@@ -35,6 +42,8 @@ const REDIS_KEYS: usize = 200_000;
 const ROUNDS: usize = 8;
 const MEMORY_OPS_PER_ROUND: usize = 2_000_000;
 const REDIS_OPS_PER_ROUND: usize = 10_000;
+/// Fresh keys of one `miss` cache before a new one is made.
+const MISS_KEYS: usize = 200_000;
 
 fn value(i: usize) -> String {
     format!("{i:064}")
@@ -61,6 +70,11 @@ struct Rig {
     /// the keys run out, so every read misses memory).
     next: usize,
     redis_cache: Cache<String>,
+    /// The `miss` contenders' cache (embedded bus: memory and loader only), its
+    /// bus, and the next fresh key's number.
+    miss_bus: Bus,
+    miss_cache: Cache<String>,
+    miss_next: usize,
 }
 
 impl Rig {
@@ -114,6 +128,8 @@ impl Rig {
             client
         });
         let redis_cache = bus.cache::<String>("bench_redis", config()).unwrap();
+        let miss_bus = Bus::builder().build().unwrap();
+        let miss_cache = miss_bus.cache::<String>("bench_miss", config()).unwrap();
         Rig {
             _server: server,
             bus,
@@ -126,7 +142,62 @@ impl Rig {
             redis_keys,
             next: 0,
             redis_cache,
+            miss_bus,
+            miss_cache,
+            miss_next: 0,
         }
+    }
+
+    /// The first of `ops` fresh keys of the `miss` contenders (a new cache, so
+    /// an empty memory, every `MISS_KEYS`).
+    fn take_miss_keys(&mut self, ops: usize) -> usize {
+        if self.miss_next + ops > MISS_KEYS {
+            self.miss_next = 0;
+            self.miss_cache = self
+                .miss_bus
+                .cache::<String>("bench_miss", config())
+                .unwrap();
+        }
+        let first = self.miss_next;
+        self.miss_next += ops;
+        first
+    }
+
+    fn tickbus_miss(&mut self, ops: usize) -> Duration {
+        let first = self.take_miss_keys(ops);
+        let cache = &self.miss_cache;
+        let keys: Vec<String> = (first..first + ops).map(|i| format!("m-{i}")).collect();
+        self.runtime.block_on(async {
+            let started = Instant::now();
+            for key in &keys {
+                let got = cache
+                    .get_or_load(key, |key| async move { Ok::<_, std::io::Error>(key) })
+                    .await;
+                black_box(got.unwrap());
+            }
+            started.elapsed()
+        })
+    }
+
+    fn tickbus_miss_coalesced(&mut self, ops: usize) -> Duration {
+        let first = self.take_miss_keys(ops);
+        let cache = &self.miss_cache;
+        let keys: Vec<String> = (first..first + ops).map(|i| format!("m-{i}")).collect();
+        self.runtime.block_on(async {
+            let started = Instant::now();
+            for key in &keys {
+                let lookups = (0..8).map(|_| {
+                    cache.get_or_load(key, |key| async move {
+                        tokio::task::yield_now().await;
+                        Ok::<_, std::io::Error>(key)
+                    })
+                });
+                for got in futures::future::join_all(lookups).await {
+                    black_box(got.unwrap());
+                }
+            }
+            started.elapsed()
+        })
     }
 
     fn tickbus_memory(&self, ops: usize) -> Duration {
@@ -255,7 +326,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--test" || a == "--list");
     if args.iter().any(|a| a == "--list") {
-        println!("memory_hit: benchmark\nredis_hit: benchmark\nrounds: benchmark");
+        println!("memory_hit: benchmark\nredis_hit: benchmark\nmiss: benchmark\nrounds: benchmark");
         return;
     }
     let only_rounds = args.iter().any(|a| a == "rounds");
@@ -281,6 +352,14 @@ fn main() {
         });
         group.bench_function("fred_get", |b| {
             b.iter_custom(|iters| rig_cell.borrow_mut().fred_redis(iters as usize))
+        });
+        group.finish();
+        let mut group = criterion.benchmark_group("miss");
+        group.bench_function("get_or_load_1", |b| {
+            b.iter_custom(|iters| rig_cell.borrow_mut().tickbus_miss(iters as usize))
+        });
+        group.bench_function("get_or_load_8_coalesced", |b| {
+            b.iter_custom(|iters| rig_cell.borrow_mut().tickbus_miss_coalesced(iters as usize))
         });
         group.finish();
         criterion.final_summary();
