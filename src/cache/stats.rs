@@ -114,6 +114,7 @@ pub(crate) fn stats_by_namespace() -> Vec<(String, CacheStats)> {
         sum.redis_errors += stats.redis_errors;
         sum.invalidations += stats.invalidations;
         sum.flushes += stats.flushes;
+        sum.fills_superseded += stats.fills_superseded;
     }
     sums.into_iter().collect()
 }
