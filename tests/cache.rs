@@ -726,3 +726,80 @@ fn eval_snapshot(
         other => panic!("unexpected EVAL reply {other:?}"),
     }
 }
+
+/// Concurrent lookups of one key in one process share one flight: one loader
+/// call, whose value or error every caller gets. An error is not kept (the
+/// next lookup calls the loader again), and when the first lookup is cancelled
+/// a waiting one loads instead. Memory and loader only (an embedded bus).
+#[test]
+fn concurrent_lookups_of_one_key_share_one_loader_call_and_errors_are_not_kept() {
+    use tokio::sync::Semaphore;
+    const CALLERS: usize = 50;
+    let bus = Bus::builder().build().unwrap();
+    let cache = bus.cache::<String>("flight", labels()).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    // The loaders wait for a permit; `gated: false` loaders do not wait.
+    let gate = Arc::new(Semaphore::new(0));
+    let lookup = |key: &'static str, fail: bool, gated: bool| {
+        let (cache, calls, gate) = (cache.clone(), Arc::clone(&calls), Arc::clone(&gate));
+        async move {
+            cache
+                .get_or_load(key, |key| async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    if gated {
+                        gate.acquire().await.unwrap().forget();
+                    }
+                    if fail {
+                        Err(std::io::Error::other("API down"))
+                    } else {
+                        Ok(format!("value of {key}"))
+                    }
+                })
+                .await
+        }
+    };
+    // `join!` polls the lookups (`join_all` polls each once) before the gate
+    // opens, and a lookup reaches the flight on its first poll (memory misses
+    // at once): all of them are in the flight before its loader can finish.
+    runtime().block_on(async {
+        let (values, ()) = tokio::join!(
+            futures::future::join_all((0..CALLERS).map(|_| lookup("k", false, true))),
+            async { gate.add_permits(1) },
+        );
+        for value in values {
+            assert_eq!(value.unwrap(), "value of k");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one loader call");
+        let stats = cache.stats();
+        assert_eq!((stats.loads, stats.misses), (1, 1), "{stats:?}");
+
+        // A failing loader: every caller gets its error, and it is not kept.
+        calls.store(0, Ordering::SeqCst);
+        let (errors, ()) = tokio::join!(
+            futures::future::join_all((0..CALLERS).map(|_| lookup("e", true, true))),
+            async { gate.add_permits(1) },
+        );
+        for error in errors {
+            let error = error.unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::Loader);
+            assert!(error.to_string().contains("API down"), "{error}");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one loader call");
+        assert_eq!(cache.stats().load_errors, 1);
+        assert_eq!(lookup("e", false, false).await.unwrap(), "value of e");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "the error was not kept");
+
+        // The first lookup cancelled while a second one waits on its flight:
+        // the second one loads.
+        calls.store(0, Ordering::SeqCst);
+        let mut first = Box::pin(lookup("c", false, true));
+        assert!(futures::poll!(&mut first).is_pending());
+        let mut second = Box::pin(lookup("c", false, false));
+        assert!(futures::poll!(&mut second).is_pending(), "it waits");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        drop(first);
+        assert_eq!(second.await.unwrap(), "value of c");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(cache.peek("c").as_deref(), Some("value of c"));
+    });
+}

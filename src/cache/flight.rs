@@ -49,21 +49,17 @@ where
                 .unwrap_or_else(PoisonError::into_inner);
             Arc::clone(flights.entry(key.to_string()).or_default())
         };
-        let outcome = flight
+        // Leaves the flight however this lookup ends, cancelled included.
+        let leave = Leave {
+            flights: &self.inner.flights,
+            key,
+            flight,
+        };
+        leave
+            .flight
             .get_or_init(|| self.miss(key, loader, optional))
             .await
-            .clone();
-        {
-            let mut flights = self
-                .inner
-                .flights
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if flights.get(key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-                flights.remove(key);
-            }
-        }
-        outcome
+            .clone()
     }
 
     /// The lookup of a key memory did not have: Redis, the lock, the loader.
@@ -276,4 +272,63 @@ enum Waited<V> {
     Locked(String),
     Load,
     RedisDown,
+}
+
+/// A lookup's hold on its key's flight. Dropped when the lookup ends, or is
+/// cancelled: it removes the flight's entry once the flight has an outcome
+/// (later lookups start afresh), or when this was the last lookup holding it
+/// (a lookup cancelled while it led the flight, with nobody waiting, must not
+/// leave the entry behind). A flight whose leader was cancelled while others
+/// wait keeps its entry: one of them loads (`OnceCell` runs the next caller's
+/// init), and newcomers join it rather than load a second time.
+struct Leave<'a, V> {
+    flights: &'a std::sync::Mutex<std::collections::HashMap<String, Flight<V>>>,
+    key: &'a str,
+    flight: Flight<V>,
+}
+
+impl<V> Drop for Leave<'_, V> {
+    fn drop(&mut self) {
+        let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        // Under the map's lock no lookup can take a new hold: the count is the
+        // map's and the current lookups'.
+        let ours = flights
+            .get(self.key)
+            .is_some_and(|flight| Arc::ptr_eq(flight, &self.flight));
+        if ours && (self.flight.initialized() || Arc::strong_count(&self.flight) == 2) {
+            flights.remove(self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::cache::CacheConfig;
+
+    /// A lookup cancelled while it leads a flight nobody else waits on takes
+    /// the flight's entry with it (it stayed behind before `Leave`).
+    #[test]
+    fn a_cancelled_lone_lookup_leaves_no_flight_behind() {
+        let bus = crate::Bus::builder().build().unwrap();
+        let cache = bus
+            .cache::<String>("flight", CacheConfig::with_ttl(Duration::from_secs(60)))
+            .unwrap();
+        let flights = || cache.inner.flights.lock().unwrap().len();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut lookup = Box::pin(cache.get_or_load("k", |_| async {
+                std::future::pending::<()>().await;
+                Ok::<_, std::io::Error>(String::new())
+            }));
+            assert!(futures::poll!(&mut lookup).is_pending());
+            assert_eq!(flights(), 1);
+            drop(lookup);
+            assert_eq!(flights(), 0);
+        });
+    }
 }
