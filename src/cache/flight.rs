@@ -1,5 +1,12 @@
 //! One flight per key: a lookup that memory did not answer goes to Redis,
 //! the cross-instance load lock and the loader once per key in this process.
+//!
+//! Hand-written (a map of `OnceCell`s) rather than moka's loader coalescing:
+//! the memory layer is moka's sync cache and must not keep every outcome (a
+//! fill superseded in Redis, `None` without a negative TTL), and a separate
+//! `moka::future::Cache` used only to coalesce measured a coalesced miss at
+//! twice the cost (32.1 against 15.8 µs per key, `benches/cache.rs`, `miss`)
+//! and panics after 200 cancelled leaders in a row.
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
