@@ -98,7 +98,8 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> Route for TypedRoute<T
                     stream_id: event.stream_id,
                 },
                 Headers::from(event.headers.clone()),
-            ),
+            )
+            .into(),
         };
         let shared = &self.topic.shared;
         shared

@@ -630,6 +630,49 @@ impl Extra {
     }
 }
 
+/// What few events carry beyond their sequence and time, as a slot and a
+/// [`Meta`] hold it: a nullable shared pointer whose release is out of line, so
+/// that the hot paths (a publish drops the value it overwrites, a receive
+/// drops its event) do not inline an `Arc` drop (inlined, it grew `publish` by
+/// a quarter and a publish + receive cost ~15% more).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub(crate) struct ExtraSlot(pub(crate) Option<Arc<Extra>>);
+
+impl ExtraSlot {
+    pub(crate) const NONE: ExtraSlot = ExtraSlot(None);
+
+    #[inline(always)]
+    pub(crate) fn is_none(&self) -> bool {
+        self.0.is_none()
+    }
+
+    #[inline]
+    pub(crate) fn get(&self) -> Option<&Extra> {
+        self.0.as_deref()
+    }
+}
+
+impl From<Option<Arc<Extra>>> for ExtraSlot {
+    #[inline]
+    fn from(extra: Option<Arc<Extra>>) -> Self {
+        ExtraSlot(extra)
+    }
+}
+
+impl Drop for ExtraSlot {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            release(self.0.take());
+        }
+        #[cold]
+        #[inline(never)]
+        fn release(extra: Option<Arc<Extra>>) {
+            drop(extra);
+        }
+    }
+}
+
 /// What every event carries besides its payload: id, topic sequence, source
 /// instance, publish time and [`Headers`]. Built without allocation: the id is
 /// derived from the sequence when asked for, and headers are shared, not
@@ -662,7 +705,7 @@ pub struct Meta {
     pub(crate) salt: u32,
     /// Another instance's ids, headers; `None` for most events. One pointer,
     /// so that a `Meta` stays 48 bytes (it is returned by every receive).
-    pub(crate) extra: Option<Arc<Extra>>,
+    pub(crate) extra: ExtraSlot,
 }
 
 impl Meta {
@@ -704,7 +747,7 @@ impl Meta {
 
     #[inline]
     fn remote(&self) -> Option<&Remote> {
-        self.extra.as_ref().and_then(|extra| extra.remote.as_ref())
+        self.extra.get().and_then(|extra| extra.remote.as_ref())
     }
 
     /// The event's headers: what its publisher gave
@@ -712,7 +755,7 @@ impl Meta {
     /// field `h` of the stream entry it was read from. Empty for most events.
     pub fn headers(&self) -> &Headers {
         static NONE: Headers = Headers::new();
-        self.extra.as_ref().map_or(&NONE, |extra| &extra.headers)
+        self.extra.get().map_or(&NONE, |extra| &extra.headers)
     }
 }
 

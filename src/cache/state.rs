@@ -379,7 +379,8 @@ impl StateStore {
                     stream_id,
                 },
                 Headers::new(),
-            ),
+            )
+            .into(),
         };
         topic.shared.publish_stored(stored).map_err(|_| {
             Error::new(

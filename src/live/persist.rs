@@ -71,7 +71,7 @@ impl<T: Serialize + Clone + Send + Sync + 'static> Persist<T> for DurablePersist
         }
         let order = lock(&self.order);
         let mut stored = topic.stored(value);
-        stored.extra = Extra::local(headers);
+        stored.extra = Extra::local(headers).into();
         let timestamp_ns = stored.timestamp_ns;
         let published = match mode {
             PersistMode::Try => topic

@@ -74,7 +74,7 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> RemoteSink for TypedSi
                 let stored = Stored {
                     value,
                     timestamp_ns,
-                    extra: Extra::remote(remote, headers),
+                    extra: Extra::remote(remote, headers).into(),
                 };
                 topic
                     .publish_stored(stored)

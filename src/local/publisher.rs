@@ -11,6 +11,7 @@ use super::error::{PublishError, TryPublishError};
 use super::ring::{ClaimError, Claimer, Taken};
 use super::topic::{Stored, TopicShared};
 use crate::error::{Error, ErrorKind, Result};
+use crate::event::ExtraSlot;
 
 /// The one publisher of a topic created with
 /// [`TopicOptions::exclusive_publisher`](crate::TopicOptions::exclusive_publisher),
@@ -166,7 +167,7 @@ impl<T: Clone + Send + Sync + 'static> Publisher<T> {
             next_value().map(|value| Stored {
                 value,
                 timestamp_ns,
-                extra: None,
+                extra: ExtraSlot::NONE,
             })
         })?;
         if wake {

@@ -17,7 +17,7 @@ use super::wait::{SpinYieldPark, WaitStep, WaitStrategy};
 use crate::clock::Clock;
 use crate::config::{SlowPolicy, SubscribeOptions, TopicOptions};
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::{topic_salt, Extra, Headers, InstanceId, Meta, TopicName};
+use crate::event::{topic_salt, Extra, ExtraSlot, Headers, InstanceId, Meta, TopicName};
 use crate::receipt::Receipt;
 use crate::sync::Handshake;
 
@@ -34,7 +34,7 @@ pub(crate) struct Stored<T> {
     pub(crate) timestamp_ns: u64,
     /// Set only for events that came from another instance (through Redis) or
     /// were published with headers: the common event pays one null pointer.
-    pub(crate) extra: Option<Arc<Extra>>,
+    pub(crate) extra: ExtraSlot,
 }
 
 impl<T> SlotValue for Stored<T> {
@@ -271,7 +271,7 @@ impl<T> TopicShared<T> {
         Stored {
             value,
             timestamp_ns: self.clock.now_ns(),
-            extra: None,
+            extra: ExtraSlot::NONE,
         }
     }
 
@@ -561,7 +561,7 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
                 .map(|(seq, _)| seq);
         }
         let mut stored = self.shared.stored(value);
-        stored.extra = Extra::local(headers);
+        stored.extra = Extra::local(headers).into();
         #[cfg(feature = "tracing")]
         let timestamp_ns = stored.timestamp_ns;
         let published = self
