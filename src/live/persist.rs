@@ -35,6 +35,19 @@ pub(super) struct DurablePersist<T> {
     pub(super) _payload: PhantomData<fn(T)>,
 }
 
+impl<T: Serialize> DurablePersist<T> {
+    /// The payload and the `h` field, within the limits.
+    fn encode(
+        &self,
+        value: &T,
+        headers: &Headers,
+    ) -> crate::error::Result<(Vec<u8>, Option<Bytes>)> {
+        let data = codec::encode_payload(value, &self.limits)?;
+        let h = wire::encode_headers(headers.as_slice(), &EntryLimits::new(&self.limits))?;
+        Ok((data, h))
+    }
+}
+
 impl<T: Serialize + Clone + Send + Sync + 'static> Persist<T> for DurablePersist<T> {
     fn publish(
         &self,
@@ -54,13 +67,9 @@ impl<T: Serialize + Clone + Send + Sync + 'static> Persist<T> for DurablePersist
         let _entered = span.enter();
         // Encode first: an event that cannot be persisted is refused before any
         // subscriber sees it.
-        let data = match codec::encode_payload(&value, &self.limits) {
-            Ok(data) => data,
+        let (data, h) = match self.encode(&value, &headers) {
+            Ok(encoded) => encoded,
             Err(error) => return Err(PublishError::Rejected(value, error)),
-        };
-        let h = match wire::encode_headers(headers.as_slice(), &EntryLimits::new(&self.limits)) {
-            Ok(h) => h,
-            Err(error) => return Err(PublishError::Rejected(value, error.into())),
         };
         let outbox = &self.core.outbox;
         let wait = mode != PersistMode::Try && outbox.policy == OutboxFull::Wait;
@@ -132,13 +141,9 @@ impl<T: Serialize + Clone + Send + Sync + 'static> Persist<T> for DurablePersist
         if self.core.closed.load(std::sync::atomic::Ordering::Acquire) {
             return Err(PublishError::Closed(value));
         }
-        let data = match codec::encode_payload(&value, &self.limits) {
-            Ok(data) => data,
+        let (data, h) = match self.encode(&value, &headers) {
+            Ok(encoded) => encoded,
             Err(error) => return Err(PublishError::Rejected(value, error)),
-        };
-        let h = match wire::encode_headers(headers.as_slice(), &EntryLimits::new(&self.limits)) {
-            Ok(h) => h,
-            Err(error) => return Err(PublishError::Rejected(value, error.into())),
         };
         let timestamp_ns = topic.clock.now_ns();
         // Not a ring event: no topic sequence to derive the id from, so random

@@ -498,7 +498,12 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
                 .publish_persisted(value, Headers::new(), PersistMode::Publish)
                 .map(|(seq, _)| seq);
         }
-        let stored = self.shared.stored(value);
+        self.publish_local(self.shared.stored(value))
+    }
+
+    /// A local topic's publish of a stamped event: waits for room, then traces.
+    #[inline(always)]
+    fn publish_local(&self, stored: Stored<T>) -> Result<u64, PublishError<T>> {
         #[cfg(feature = "tracing")]
         let timestamp_ns = stored.timestamp_ns;
         let published = self
@@ -562,17 +567,7 @@ impl<T: Clone + Send + Sync + 'static> Topic<T> {
         }
         let mut stored = self.shared.stored(value);
         stored.extra = Extra::local(headers).into();
-        #[cfg(feature = "tracing")]
-        let timestamp_ns = stored.timestamp_ns;
-        let published = self
-            .shared
-            .publish_stored(stored)
-            .map_err(|(error, stored)| self.shared.publish_error(error, stored.into_value()));
-        #[cfg(feature = "tracing")]
-        if let Ok(seq) = published {
-            self.shared.trace_publish(seq, timestamp_ns);
-        }
-        published
+        self.publish_local(stored)
     }
 
     /// Whether events published here are persisted to Redis (see
